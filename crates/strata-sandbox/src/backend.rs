@@ -1,0 +1,415 @@
+//! The process-sandbox backend: prepares the host once, then spawns sandboxes from specs.
+
+use std::ffi::{CString, c_char};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use crate::cgroup::{CgroupFs, Hierarchy, RealFs};
+use crate::child::{self, ChildArgs, Stamps};
+use crate::error::{Result, SandboxError};
+use crate::netns::NetnsPool;
+use crate::plan::{self, HostLayout};
+use crate::sandbox::Sandbox;
+use crate::seccomp::{self, Filters};
+use crate::spec::{NetworkMode, SandboxSpec, SeccompMode, SpawnTimings};
+
+/// Host-wide settings of the backend.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// Where the backend keeps its mount point and minimal /etc.
+    pub run_dir: PathBuf,
+    /// Network namespaces kept ready for `NetworkMode::None` sandboxes.
+    pub netns_pool: usize,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            run_dir: PathBuf::from("/run/strata"),
+            // 4: covers a burst of cold starts on a small machine while the refill thread,
+            // at ~1 ms a namespace, catches up.
+            netns_pool: 4,
+        }
+    }
+}
+
+/// Spawns process sandboxes. Cheap to clone; all clones share one spawner thread.
+#[derive(Clone)]
+pub struct Backend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("cgroups", &self.inner.hierarchy.version())
+            .finish()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) hierarchy: Hierarchy,
+    pub(crate) fs: Arc<dyn CgroupFs>,
+    layout: HostLayout,
+    netns: NetnsPool,
+    filters_errno: Filters,
+    filters_kill: Filters,
+    cap_last: u32,
+    devnull: OwnedFd,
+    seq: AtomicU64,
+    tag: String,
+    jobs: mpsc::Sender<Job>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The entries of the host's root the sandbox's root is assembled from.
+const BASE_DIRS: &[&str] = &["/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin"];
+/// Host /etc entries carried into the sandbox's /etc when present.
+const ETC_EXTRA: &[&str] = &["/etc/ssl", "/etc/ca-certificates", "/etc/alternatives"];
+
+fn write_etc(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let files: &[(&str, String)] = &[
+        (
+            "passwd",
+            "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+                .into(),
+        ),
+        ("group", "root:x:0:\nnogroup:x:65534:\n".into()),
+        ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n".into()),
+        (
+            "nsswitch.conf",
+            "passwd: files\ngroup: files\nhosts: files dns\n".into(),
+        ),
+        (
+            "resolv.conf",
+            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ),
+        ("hostname", "strata\n".into()),
+    ];
+    for (name, content) in files {
+        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        std::fs::write(&tmp, content)?;
+        std::fs::rename(&tmp, dir.join(name))?;
+    }
+    for extra in ETC_EXTRA {
+        if let Some(name) = Path::new(extra).file_name() {
+            std::fs::create_dir_all(dir.join(name))?;
+        }
+    }
+    Ok(())
+}
+
+fn cap_last() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        // 40 (CAP_CHECKPOINT_RESTORE) is the last capability of every kernel since 5.9.
+        .unwrap_or(40)
+}
+
+impl Backend {
+    /// Prepare the host: detect cgroups, create the parent group, remove groups a dead daemon
+    /// left behind, write the minimal /etc, start the network-namespace pool.
+    pub fn new(config: BackendConfig) -> Result<Self> {
+        let hierarchy = Hierarchy::detect()?;
+        Self::with_hierarchy(config, hierarchy, Arc::new(RealFs))
+    }
+
+    /// Like [`Backend::new`] with a given hierarchy and cgroup filesystem.
+    pub fn with_hierarchy(config: BackendConfig, hierarchy: Hierarchy, fs: Arc<dyn CgroupFs>) -> Result<Self> {
+        hierarchy.prepare(fs.as_ref())?;
+        let swept = sweep_dead(&hierarchy, fs.as_ref());
+        if swept > 0 {
+            tracing::info!(swept, "removed cgroups left by a daemon that is gone");
+        }
+        let io = |op: &'static str| move |source| SandboxError::Sys { op, source };
+        let root_dir = config.run_dir.join("root");
+        let etc_dir = config.run_dir.join("etc");
+        std::fs::create_dir_all(&root_dir).map_err(io("create run dir"))?;
+        write_etc(&etc_dir).map_err(io("write sandbox /etc"))?;
+        let layout = HostLayout {
+            root_dir,
+            etc_dir,
+            base: plan::inspect_base(BASE_DIRS),
+            etc_extra: ETC_EXTRA.iter().map(PathBuf::from).filter(|p| p.is_dir()).collect(),
+        };
+        let netns = NetnsPool::new(config.netns_pool).map_err(io("network namespace pool"))?;
+        let devnull: OwnedFd = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(io("open /dev/null"))?
+            .into();
+        let (jobs, rx) = mpsc::channel::<Job>();
+        // Sandboxes get PR_SET_PDEATHSIG, which fires when the *thread* that cloned them
+        // exits; so every clone happens on this one thread, which lives as long as the process.
+        std::thread::Builder::new()
+            .name("strata-spawner".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })
+            .map_err(io("start spawner thread"))?;
+        let tag = format!("{}-{}", std::process::id(), BACKEND_SEQ.fetch_add(1, Ordering::Relaxed));
+        Ok(Backend {
+            inner: Arc::new(Inner {
+                hierarchy,
+                fs,
+                layout,
+                netns,
+                filters_errno: seccomp::compile(SeccompMode::Errno)?,
+                filters_kill: seccomp::compile(SeccompMode::Kill)?,
+                cap_last: cap_last(),
+                devnull,
+                seq: AtomicU64::new(0),
+                tag,
+                jobs,
+            }),
+        })
+    }
+
+    /// "v1" or "v2".
+    pub fn cgroup_version(&self) -> &'static str {
+        self.inner.hierarchy.version()
+    }
+
+    /// Network namespaces ready in the pool.
+    pub fn netns_ready(&self) -> usize {
+        self.inner.netns.ready()
+    }
+
+    /// Start a sandbox. Blocks until the process has exec'd (or failed to).
+    pub fn spawn(&self, spec: SandboxSpec) -> Result<Sandbox> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .jobs
+            .send(Box::new(move || {
+                let _ = tx.send(spawn_on_this_thread(&inner, spec));
+            }))
+            .map_err(|_| SandboxError::SpawnerGone)?;
+        rx.recv().map_err(|_| SandboxError::SpawnerGone)?
+    }
+}
+
+static BACKEND_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Remove groups whose daemon (the pid in their name) is no longer running.
+fn sweep_dead(h: &Hierarchy, fs: &dyn CgroupFs) -> usize {
+    let alive = |name: &str| -> bool {
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            return false;
+        };
+        // SAFETY: kill with signal 0 only checks for existence.
+        pid == std::process::id() as i32 || unsafe { libc::kill(pid, 0) } == 0
+    };
+    h.sweep_where(fs, |name| !alive(name))
+}
+
+fn cstring(s: impl AsRef<[u8]>, what: &str) -> Result<CString> {
+    CString::new(s.as_ref().to_vec()).map_err(|_| SandboxError::InvalidSpec(format!("{what} contains a NUL byte")))
+}
+
+fn fprog(p: &[libc::sock_filter]) -> libc::sock_fprog {
+    libc::sock_fprog {
+        len: p.len() as u16,
+        filter: p.as_ptr().cast_mut(),
+    }
+}
+
+fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<Sandbox> {
+    let t0 = Instant::now();
+    if spec.uid == 0 || spec.gid == 0 {
+        return Err(SandboxError::InvalidSpec("sandboxes never run as uid or gid 0".into()));
+    }
+    if !spec.program.is_absolute() {
+        return Err(SandboxError::InvalidSpec(format!(
+            "program {} is not an absolute path",
+            spec.program.display()
+        )));
+    }
+    if spec.fds.len() > 13 || spec.fds.iter().any(|m| !(0..64).contains(&m.target)) {
+        return Err(SandboxError::InvalidSpec(
+            "at most 13 descriptors, with targets below 64".into(),
+        ));
+    }
+    let plan = plan::build(&spec, &inner.layout)?;
+    let program = cstring(spec.program.as_os_str().as_bytes(), "program")?;
+    let args: Vec<CString> = spec
+        .args
+        .iter()
+        .map(|a| cstring(a, "argument"))
+        .collect::<Result<_>>()?;
+    let env: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstring(format!("{k}={v}"), "environment"))
+        .collect::<Result<_>>()?;
+    let mut argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const c_char> = env.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let hostname = cstring(&spec.hostname, "hostname")?;
+    let cwd = cstring(spec.cwd.as_os_str().as_bytes(), "cwd")?;
+
+    let t_cg = Instant::now();
+    let name = format!("{}-{}", inner.tag, inner.seq.fetch_add(1, Ordering::Relaxed));
+    let cgroup = inner.hierarchy.create(inner.fs.as_ref(), &name, &spec.limits)?;
+    let procs: Vec<OwnedFd> = match cgroup
+        .procs_files()
+        .iter()
+        .map(|p| File::options().write(true).open(p).map(OwnedFd::from))
+        .collect::<std::io::Result<_>>()
+    {
+        Ok(v) => v,
+        Err(source) => {
+            let _ = cgroup.remove(inner.fs.as_ref());
+            return Err(SandboxError::Cgroup {
+                op: "open",
+                path: cgroup.procs_files()[0].clone(),
+                source,
+            });
+        }
+    };
+    let cgroup_time = t_cg.elapsed();
+    let procs_raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
+
+    let t_ns = Instant::now();
+    let netns = match spec.network {
+        NetworkMode::None => match inner.netns.take() {
+            Ok((fd, _)) => Some(fd),
+            Err(source) => {
+                let _ = cgroup.remove(inner.fs.as_ref());
+                return Err(SandboxError::Sys {
+                    op: "network namespace",
+                    source,
+                });
+            }
+        },
+        NetworkMode::Host => None,
+    };
+    let netns_time = t_ns.elapsed();
+
+    let mut fd_pairs: Vec<(RawFd, RawFd)> = spec.fds.iter().map(|m| (m.fd.as_raw_fd(), m.target)).collect();
+    for std_fd in 0..3 {
+        if !fd_pairs.iter().any(|(_, t)| *t == std_fd) {
+            fd_pairs.push((inner.devnull.as_raw_fd(), std_fd));
+        }
+    }
+    let rlimits = [
+        (libc::RLIMIT_NOFILE, spec.limits.nofile),
+        (libc::RLIMIT_CORE, 0),
+        (libc::RLIMIT_FSIZE, spec.limits.fsize_bytes),
+    ];
+    let filters = match spec.seccomp {
+        SeccompMode::Errno => &inner.filters_errno,
+        SeccompMode::Kill => &inner.filters_kill,
+    };
+    let deny = fprog(&filters.denylist);
+    let prefix = fprog(&filters.prefix);
+    let stamps = Stamps::default();
+    let mut pipe = [0 as RawFd; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        let _ = cgroup.remove(inner.fs.as_ref());
+        return Err(SandboxError::sys("pipe2"));
+    }
+    // SAFETY: both fds were just created and are owned here.
+    let (err_r, err_w) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+    let args = ChildArgs {
+        plan: &plan,
+        cgroup_procs: &procs_raw,
+        netns: netns.as_ref().map(AsRawFd::as_raw_fd),
+        hostname: &hostname,
+        cwd: &cwd,
+        program: &program,
+        argv: &argv,
+        envp: &envp,
+        rlimits: &rlimits,
+        uid: spec.uid,
+        gid: spec.gid,
+        cap_last: inner.cap_last,
+        filters: [&deny, &prefix],
+        fds: &fd_pairs,
+        err_pipe: err_w.as_raw_fd(),
+        stamps: &stamps,
+    };
+
+    // The child runs on its own stack; 256 KiB is ample for the setup code, which makes no
+    // deep calls.
+    let mut stack = vec![0u8; 256 << 10];
+    // SAFETY: the stack grows down on x86_64; the top is the end of the buffer, 16-aligned.
+    let stack_top = unsafe { stack.as_mut_ptr().add(stack.len()) } as usize & !15;
+    let flags = libc::CLONE_VM
+        | libc::CLONE_VFORK
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_PIDFD
+        | libc::SIGCHLD;
+    let mut pidfd: libc::c_int = -1;
+    let t_clone = child::now_ns();
+    // SAFETY: `child_main` only reads `args`, which lives until after clone returns; with
+    // CLONE_VFORK this thread is suspended until the child execs or exits, so the stack and
+    // every borrowed buffer outlive the child's use of them.
+    let pid = unsafe {
+        libc::clone(
+            child::child_main,
+            stack_top as *mut libc::c_void,
+            flags,
+            (&args as *const ChildArgs<'_>).cast_mut().cast(),
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    let t_back = child::now_ns();
+    if pid < 0 {
+        let e = SandboxError::sys("clone");
+        let _ = cgroup.remove(inner.fs.as_ref());
+        return Err(e);
+    }
+    // SAFETY: CLONE_PIDFD stored a new descriptor we now own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    drop(err_w);
+    drop(procs);
+    drop(netns);
+    let mut msg = [0u8; 8];
+    // SAFETY: reading into a stack buffer from our own pipe.
+    let n = unsafe { libc::read(err_r.as_raw_fd(), msg.as_mut_ptr().cast(), msg.len()) };
+    let mut sandbox = Sandbox::new(Arc::clone(inner), pid, pidfd, cgroup);
+    if n == 8 {
+        let step = u32::from_ne_bytes(msg[..4].try_into().expect("4 bytes"));
+        let errno = i32::from_ne_bytes(msg[4..].try_into().expect("4 bytes"));
+        let _ = sandbox.wait();
+        return Err(SandboxError::Setup {
+            step: child::code::name(step, &plan),
+            source: std::io::Error::from_raw_os_error(errno),
+        });
+    }
+    // The parent's copies of the passed descriptors are no longer needed.
+    spec.fds.clear();
+    let (s, m, x) = (
+        stamps.started.load(Ordering::Relaxed),
+        stamps.mounted.load(Ordering::Relaxed),
+        stamps.exec.load(Ordering::Relaxed),
+    );
+    let d = |a: u64, b: u64| Duration::from_nanos(b.saturating_sub(a));
+    sandbox.timings = SpawnTimings {
+        cgroup: cgroup_time,
+        netns: netns_time,
+        namespaces: d(t_clone, s),
+        mounts: d(s, m),
+        privileges: d(m, x),
+        exec: d(x, t_back),
+        total: t0.elapsed(),
+    };
+    Ok(sandbox)
+}

@@ -1,0 +1,134 @@
+//! A pool of empty network namespaces (loopback up, nothing else).
+//!
+//! Creating a network namespace costs about a millisecond here with tails past 10 ms, too
+//! much for the spawn path; sharing one namespace would let sandboxes reach each other over
+//! loopback. So a background thread keeps a few fresh ones ready and each sandbox takes its
+//! own; the namespace dies with the sandbox.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Pool of ready network namespaces.
+#[derive(Debug)]
+pub struct NetnsPool {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    ready: Mutex<Vec<OwnedFd>>,
+    wake: Condvar,
+    target: usize,
+}
+
+impl NetnsPool {
+    /// Start a pool that keeps `target` namespaces ready.
+    pub fn new(target: usize) -> io::Result<Self> {
+        let inner = Arc::new(Shared {
+            ready: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            target,
+        });
+        if target > 0 {
+            // Fail early if this host cannot create network namespaces at all.
+            let first = create()?;
+            inner.ready.lock().expect("netns pool lock").push(first);
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("strata-netns".into())
+                .spawn(move || refill(weak))?;
+        }
+        Ok(NetnsPool { inner })
+    }
+
+    /// Take a namespace: from the pool when one is ready (`true`), else made now (`false`).
+    pub fn take(&self) -> io::Result<(OwnedFd, bool)> {
+        let got = self.inner.ready.lock().expect("netns pool lock").pop();
+        self.inner.wake.notify_one();
+        match got {
+            Some(fd) => Ok((fd, true)),
+            None => create().map(|fd| (fd, false)),
+        }
+    }
+
+    /// Namespaces ready right now.
+    pub fn ready(&self) -> usize {
+        self.inner.ready.lock().expect("netns pool lock").len()
+    }
+}
+
+fn refill(pool: std::sync::Weak<Shared>) {
+    loop {
+        let Some(shared) = pool.upgrade() else { return };
+        let need = {
+            let ready = shared.ready.lock().expect("netns pool lock");
+            let (ready, _) = shared
+                .wake
+                .wait_timeout_while(ready, Duration::from_secs(1), |r| r.len() >= shared.target)
+                .expect("netns pool lock");
+            shared.target.saturating_sub(ready.len())
+        };
+        for _ in 0..need {
+            match create() {
+                Ok(fd) => shared.ready.lock().expect("netns pool lock").push(fd),
+                Err(e) => {
+                    tracing::warn!(error = %e, "creating a network namespace failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn open_ns() -> io::Result<OwnedFd> {
+    Ok(File::open("/proc/thread-self/ns/net")?.into())
+}
+
+/// Create a network namespace with loopback up, without moving the calling thread.
+pub fn create() -> io::Result<OwnedFd> {
+    let orig = open_ns()?;
+    // SAFETY: unshare affects only this thread's network namespace; we move back below.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let made = open_ns().and_then(|fd| loopback_up().map(|_| fd));
+    // SAFETY: `orig` is an open namespace fd of the right type.
+    let back = unsafe { libc::setns(orig.as_raw_fd(), libc::CLONE_NEWNET) };
+    if back < 0 {
+        // This thread is stuck in the new namespace; nothing else is affected, but say so.
+        let e = io::Error::last_os_error();
+        tracing::error!(error = %e, "could not return to the original network namespace");
+        return Err(e);
+    }
+    made
+}
+
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `sock` is a fresh fd we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the `ifreq` we pass.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! One running sandbox: wait for it, kill it, account for it, tear it down.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::Inner;
+use crate::cgroup::Cgroup;
+use crate::error::{Result, SandboxError};
+use crate::spec::{Exit, ExitKind, SpawnTimings, Usage};
+
+/// A running (or finished, not yet torn down) sandbox. Dropping it kills and removes it.
+pub struct Sandbox {
+    inner: Arc<Inner>,
+    pid: i32,
+    pidfd: OwnedFd,
+    cgroup: Cgroup,
+    exit: Option<Exit>,
+    pub(crate) timings: SpawnTimings,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("pid", &self.pid)
+            .field("cgroup", &self.cgroup.name())
+            .finish()
+    }
+}
+
+impl Sandbox {
+    pub(crate) fn new(inner: Arc<Inner>, pid: i32, pidfd: OwnedFd, cgroup: Cgroup) -> Self {
+        Sandbox {
+            inner,
+            pid,
+            pidfd,
+            cgroup,
+            exit: None,
+            timings: SpawnTimings::default(),
+        }
+    }
+
+    /// The host pid of the sandbox's first process (pid 1 inside).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// A pidfd of the first process: readable once it has exited (for async waiting).
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// How long each phase of the start took.
+    pub fn timings(&self) -> SpawnTimings {
+        self.timings
+    }
+
+    /// The cgroup's name (under `strata/`).
+    pub fn cgroup_name(&self) -> &str {
+        self.cgroup.name()
+    }
+
+    /// Current resource usage.
+    pub fn usage(&self) -> Usage {
+        self.cgroup.usage(self.inner.fs.as_ref())
+    }
+
+    /// Pids (host view) of every process in the sandbox.
+    pub fn pids(&self) -> Vec<i32> {
+        self.cgroup.pids(self.inner.fs.as_ref())
+    }
+
+    /// SIGKILL the sandbox: its first process is the init of its pid namespace, so the
+    /// kernel kills every other process in it too; the cgroup is swept for good measure.
+    pub fn kill(&self) {
+        if self.exit.is_none() {
+            // SAFETY: pidfd_send_signal on our own pidfd; no memory is passed.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    self.pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    0usize,
+                    0u32,
+                );
+            }
+            self.cgroup.kill_all(self.inner.fs.as_ref());
+        }
+    }
+
+    /// Send a signal to the first process.
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        // SAFETY: as in `kill`.
+        let rc = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), sig, 0usize, 0u32) };
+        if rc < 0 {
+            Err(SandboxError::sys("pidfd_send_signal"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Has it exited? Never blocks. Once it has, the sandbox is torn down.
+    pub fn try_wait(&mut self) -> Result<Option<Exit>> {
+        self.reap(libc::WNOHANG)
+    }
+
+    /// Wait for the sandbox to exit, then tear it down.
+    pub fn wait(&mut self) -> Result<Exit> {
+        self.reap(0)?.ok_or_else(|| SandboxError::Sys {
+            op: "waitid",
+            source: std::io::ErrorKind::WouldBlock.into(),
+        })
+    }
+
+    /// Kill, wait and tear down.
+    pub fn terminate(&mut self) -> Result<Exit> {
+        self.kill();
+        self.wait()
+    }
+
+    fn reap(&mut self, flags: i32) -> Result<Option<Exit>> {
+        if let Some(e) = self.exit {
+            return Ok(Some(e));
+        }
+        // SAFETY: siginfo_t is plain data; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: waitid on our pidfd (P_PIDFD = 3) with a valid siginfo pointer.
+            let rc = unsafe {
+                libc::waitid(
+                    3 as libc::idtype_t,
+                    self.pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | flags,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(SandboxError::Sys {
+                    op: "waitid",
+                    source: e,
+                });
+            }
+        }
+        // SAFETY: after a successful waitid the pid field is initialised (0 = nothing yet).
+        if unsafe { info.si_pid() } == 0 {
+            return Ok(None);
+        }
+        // SAFETY: as above.
+        let status = unsafe { info.si_status() };
+        let code = info.si_code;
+        let usage = self.teardown();
+        let kind = if code == libc::CLD_EXITED {
+            ExitKind::Exited(status)
+        } else if usage.oom_kills > 0 && status == libc::SIGKILL {
+            ExitKind::Oom
+        } else {
+            ExitKind::Signaled(status)
+        };
+        let exit = Exit { kind, usage };
+        self.exit = Some(exit);
+        Ok(Some(exit))
+    }
+
+    /// Read the final usage and remove the cgroup. The pid namespace's init has been reaped,
+    /// which the kernel only allows once every other process in the namespace is gone, so the
+    /// group empties promptly; the retries cover the kernel's asynchronous cgroup release.
+    fn teardown(&mut self) -> Usage {
+        let fs = self.inner.fs.as_ref();
+        let usage = self.cgroup.usage(fs);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            self.cgroup.kill_all(fs);
+            match self.cgroup.remove(fs) {
+                Ok(()) => break,
+                Err(e) if Instant::now() > deadline => {
+                    tracing::warn!(error = %e, cgroup = self.cgroup.name(), "sandbox cgroup not removed");
+                    break;
+                }
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+        usage
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.terminate();
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The process sandbox against the real kernel (needs root; CI runs as root). Each test
+//! asserts from inside the sandbox with a probe program, and from outside through the
+//! cgroup accounting.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strata_sandbox::{
+    Backend, BackendConfig, Exit, ExitKind, FdMapping, Limits, NetworkMode, SandboxSpec, SeccompMode,
+};
+
+fn backend() -> &'static Backend {
+    static B: OnceLock<Backend> = OnceLock::new();
+    B.get_or_init(|| Backend::new(BackendConfig::default()).expect("sandbox backend (run the tests as root)"))
+}
+
+fn pipe() -> (std::fs::File, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array with two fresh descriptors we then own.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: as above.
+    unsafe { (std::fs::File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Run a spec to completion, returning its exit and its stdout and stderr.
+fn run(mut spec: SandboxSpec) -> (Exit, String, String) {
+    let (mut out_r, out_w) = pipe();
+    let (mut err_r, err_w) = pipe();
+    spec.fds.push(FdMapping { fd: out_w, target: 1 });
+    spec.fds.push(FdMapping { fd: err_w, target: 2 });
+    let mut sb = backend().spawn(spec).expect("spawn");
+    let errs = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_r.read_to_string(&mut s);
+        s
+    });
+    let mut out = String::new();
+    out_r.read_to_string(&mut out).unwrap();
+    let exit = sb.wait().unwrap();
+    (exit, out, errs.join().unwrap())
+}
+
+fn python(script: &str) -> SandboxSpec {
+    SandboxSpec::new(
+        "/usr/bin/python3",
+        vec!["python3".into(), "-I".into(), "-c".into(), script.into()],
+    )
+}
+
+fn code_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, content) in files {
+        std::fs::write(d.path().join(name), content).unwrap();
+    }
+    d
+}
+
+const PROBE: &str = r#"
+import ctypes, errno, json, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def sc(nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return 0 if r >= 0 else ctypes.get_errno()
+def can_write(p):
+    try:
+        with open(os.path.join(p, ".probe"), "w") as f: f.write("x")
+        return True
+    except OSError as e:
+        return e.errno
+out = {}
+out["pid"] = os.getpid()
+out["procs"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+out["uid"] = os.getuid(); out["gid"] = os.getgid()
+st = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+out["capeff"] = st["CapEff"].strip(); out["capprm"] = st["CapPrm"].strip(); out["capbnd"] = st["CapBnd"].strip()
+out["nnp"] = st["NoNewPrivs"].strip(); out["seccomp"] = st["Seccomp"].strip()
+out["write_root"] = can_write("/"); out["write_usr"] = can_write("/usr"); out["write_code"] = can_write("/code")
+out["write_tmp"] = can_write("/tmp")
+out["sys"] = os.path.exists("/sys"); out["kvm"] = os.path.exists("/dev/kvm")
+out["dev"] = sorted(os.listdir("/dev"))
+out["hostname"] = socket.gethostname()
+out["code"] = sorted(os.listdir("/code"))
+nr = dict(mount=165, umount2=166, pivot_root=155, ptrace=101, process_vm_readv=310, process_vm_writev=311,
+          kexec_load=246, kexec_file_load=320, init_module=175, finit_module=313, delete_module=176, bpf=321,
+          perf_event_open=298, keyctl=250, add_key=248, request_key=249, reboot=169, swapon=167, swapoff=168,
+          setns=308, unshare=272, open_by_handle_at=304, userfaultfd=323, ioperm=173, iopl=172, clone3=435)
+out["denied"] = {k: errno.errorcode.get(sc(v), str(sc(v))) for k, v in nr.items()}
+# clone with a new user namespace (flags 0x10000000 | SIGCHLD)
+out["clone_newuser"] = errno.errorcode.get(sc(56, 0x10000000 | 17, 0, 0, 0, 0), "ok")
+out["unshare_newuser"] = errno.errorcode.get(sc(272, 0x10000000), "ok")
+port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+try:
+    socket.create_connection(("127.0.0.1", port), timeout=1).close(); out["connect"] = "ok"
+except OSError as e:
+    out["connect"] = errno.errorcode.get(e.errno, str(e))
+print(json.dumps(out))
+"#;
+
+fn probe(network: NetworkMode) -> Value {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let code = code_dir(&[("main.py", "print('hi')\n")]);
+    let mut spec = SandboxSpec::new(
+        "/usr/bin/python3",
+        vec![
+            "python3".into(),
+            "-I".into(),
+            "-c".into(),
+            PROBE.into(),
+            port.to_string(),
+        ],
+    );
+    spec.code = Some(code.path().to_path_buf());
+    spec.network = network;
+    let (exit, out, err) = run(spec);
+    assert_eq!(exit.kind, ExitKind::Exited(0), "probe failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("probe output {out:?}: {e}; stderr {err}"))
+}
+
+#[test]
+fn isolation_seen_from_inside() {
+    let p = probe(NetworkMode::None);
+    assert_eq!(p["pid"], 1, "{p}");
+    assert_eq!(p["procs"], serde_json::json!([1]), "only itself in /proc");
+    assert_ne!(p["uid"], 0);
+    assert_ne!(p["gid"], 0);
+    for cap in ["capeff", "capprm", "capbnd"] {
+        assert_eq!(p[cap], "0000000000000000", "{cap}");
+    }
+    assert_eq!(p["nnp"], "1");
+    assert_eq!(p["seccomp"], "2");
+    assert_eq!(p["write_root"], libc::EROFS);
+    assert_eq!(p["write_usr"], libc::EROFS);
+    assert_eq!(p["write_code"], libc::EROFS);
+    assert_eq!(p["write_tmp"], true);
+    assert_eq!(p["sys"], false);
+    assert_eq!(p["kvm"], false);
+    assert_eq!(
+        p["dev"],
+        serde_json::json!([
+            "fd", "full", "null", "random", "stderr", "stdin", "stdout", "urandom", "zero"
+        ])
+    );
+    assert_eq!(p["hostname"], "strata");
+    assert_eq!(p["code"], serde_json::json!(["main.py"]));
+    for (call, errno) in p["denied"].as_object().unwrap() {
+        let want = if call == "clone3" { "ENOSYS" } else { "EPERM" };
+        assert_eq!(errno, want, "{call}");
+    }
+    assert_eq!(p["clone_newuser"], "EPERM");
+    assert_eq!(p["unshare_newuser"], "EPERM");
+    assert_eq!(p["connect"], "ECONNREFUSED", "the host's listener is not reachable");
+}
+
+#[test]
+fn host_network_is_an_explicit_opt_in() {
+    let p = probe(NetworkMode::Host);
+    assert_eq!(p["connect"], "ok");
+}
+
+#[test]
+fn seccomp_kill_mode_kills_the_process() {
+    let mut spec = python("import ctypes; ctypes.CDLL(None).syscall(165, 0, 0, 0, 0, 0); print('survived')");
+    spec.seccomp = SeccompMode::Kill;
+    let (exit, out, _) = run(spec);
+    assert_eq!(exit.kind, ExitKind::Signaled(libc::SIGSYS));
+    assert_eq!(out, "");
+}
+
+#[test]
+fn sandboxes_cannot_see_each_other() {
+    let a_code = code_dir(&[("secret.txt", "a's secret")]);
+    let mut a = python("open('/tmp/a-was-here','w').write('x'); import time; time.sleep(30)");
+    a.code = Some(a_code.path().to_path_buf());
+    let mut a = backend().spawn(a).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let script = format!(
+        "import os, json; print(json.dumps([os.path.exists('/tmp/a-was-here'), os.path.exists({:?}), sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), os.listdir('/code') if os.path.exists('/code') else []]))",
+        a_code.path().join("secret.txt").display().to_string()
+    );
+    let (exit, out, err) = run(python(&script));
+    assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
+    let seen: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(seen, serde_json::json!([false, false, [1], []]));
+    a.terminate().unwrap();
+}
+
+#[test]
+fn memory_hog_is_reported_as_oom() {
+    let mut spec = python("x = []\nwhile True: x.append(bytearray(1 << 20))");
+    spec.limits = Limits {
+        memory_bytes: 48 << 20,
+        ..Limits::default()
+    };
+    let (exit, _, _) = run(spec);
+    assert_eq!(exit.kind, ExitKind::Oom, "{exit:?}");
+    assert!(exit.usage.oom_kills >= 1);
+    assert!(exit.usage.memory_peak_bytes >= 40 << 20, "{exit:?}");
+}
+
+#[test]
+fn fork_bomb_hits_the_pids_wall_and_the_host_stays_responsive() {
+    let bomb = "import os, time\nn = 0\nwhile True:\n  try:\n    if os.fork() == 0:\n      time.sleep(30); os._exit(0)\n    n += 1\n  except OSError as e:\n    print(n, e.errno, flush=True); break\ntime.sleep(30)";
+    let mut spec = python(bomb);
+    spec.limits = Limits {
+        pids: 32,
+        ..Limits::default()
+    };
+    let (mut out_r, out_w) = pipe();
+    spec.fds.push(FdMapping { fd: out_w, target: 1 });
+    let mut sb = backend().spawn(spec).unwrap();
+    let mut line = [0u8; 64];
+    let n = out_r.read(&mut line).unwrap();
+    let line = String::from_utf8_lossy(&line[..n]).trim().to_owned();
+    assert_eq!(line, "31 11", "31 children, then fork fails with EAGAIN");
+    let inside = sb.pids().len();
+    assert_eq!(inside, 32, "{inside} processes in a sandbox limited to 32");
+    // The host still forks and execs promptly.
+    let t = Instant::now();
+    for _ in 0..20 {
+        assert!(std::process::Command::new("/bin/true").status().unwrap().success());
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "host fork+exec ×20 took {:?}",
+        t.elapsed()
+    );
+    sb.terminate().unwrap();
+}
+
+#[test]
+fn cpu_quota_of_half_a_core_gives_about_half_a_core() {
+    let mut spec = python("import time\nend = time.monotonic() + 2\nwhile time.monotonic() < end: pass");
+    spec.limits = Limits {
+        cpu_millis: Some(500),
+        ..Limits::default()
+    };
+    let t = Instant::now();
+    let (exit, _, _) = run(spec);
+    let wall = t.elapsed().as_secs_f64();
+    assert_eq!(exit.kind, ExitKind::Exited(0));
+    let share = exit.usage.cpu_usec as f64 / 1e6 / wall;
+    assert!(
+        (0.35..=0.62).contains(&share),
+        "cpu share {share:.2} (cpu {} us over {wall:.2} s)",
+        exit.usage.cpu_usec
+    );
+}
+
+#[test]
+fn tmp_beyond_its_size_is_enospc() {
+    let mut spec = python(
+        "import errno\ntry:\n  open('/tmp/big','wb').write(b'x' * (4 << 20))\n  print('fit')\nexcept OSError as e:\n  print(errno.errorcode[e.errno])",
+    );
+    spec.limits = Limits {
+        tmp_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let (exit, out, err) = run(spec);
+    assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
+    assert_eq!(out.trim(), "ENOSPC");
+}
+
+#[test]
+fn setup_failure_names_the_step_and_leaves_nothing() {
+    let spec = SandboxSpec::new("/usr/bin/does-not-exist", vec![]);
+    let err = backend().spawn(spec).unwrap_err();
+    assert!(
+        err.to_string().contains("`exec`") && err.to_string().contains("No such file"),
+        "{err}"
+    );
+    let spec = SandboxSpec {
+        uid: 0,
+        ..SandboxSpec::new("/bin/true", vec![])
+    };
+    assert!(backend().spawn(spec).unwrap_err().to_string().contains("uid"));
+}
+
+fn processes_of_uid(uid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let real = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if real == Some(uid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn strata_cgroups(tag_pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for ctrl in ["memory", "cpu", "cpuacct", "pids", "unified"] {
+        let dir = Path::new("/sys/fs/cgroup").join(ctrl).join("strata");
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{tag_pid}-")) && e.path().is_dir() {
+                    out.push(format!("{ctrl}/{name}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn two_hundred_spawn_kill_cycles_leave_nothing_behind() {
+    const UID: u32 = 61_001;
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    for i in 0..200 {
+        let script = match i % 4 {
+            0 => "exit 0",
+            1 => "sleep 30 & sleep 30 & sleep 30",
+            _ => "(sleep 30 &) ; sleep 30 & sleep 30",
+        };
+        let mut spec = SandboxSpec::new("/bin/sh", vec!["sh".into(), "-c".into(), script.into()]);
+        spec.uid = UID;
+        spec.gid = UID;
+        let mut sb = backend().spawn(spec).unwrap();
+        if i % 2 == 1 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if i % 4 == 0 {
+            sb.wait().unwrap();
+        } else {
+            sb.terminate().unwrap();
+        }
+    }
+    assert_eq!(
+        processes_of_uid(UID),
+        Vec::<i32>::new(),
+        "no process of the sandbox uid survives"
+    );
+    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    assert_eq!(mounts_before, mounts_after, "no mount leaks into the host namespace");
+    // Other tests of this binary may be running; only count groups of this test's uid by
+    // checking none is left with a uid-61001 process and that the total is bounded.
+    let left: Vec<String> = strata_cgroups(std::process::id())
+        .into_iter()
+        .filter(|g| {
+            let procs = Path::new("/sys/fs/cgroup").join(g).join("cgroup.procs");
+            std::fs::read_to_string(procs)
+                .map(|s| s.trim().is_empty())
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(left.len() <= 24, "empty leftover cgroups: {left:?}");
+}
+
+/// Entry used by `a_killed_daemon_takes_its_sandboxes_along`: when run with the env var set,
+/// it spawns a sandbox, prints the pid and sleeps until killed.
+#[test]
+fn holder_entry() {
+    if std::env::var_os("STRATA_SANDBOX_HOLDER").is_none() {
+        return;
+    }
+    let mut spec = SandboxSpec::new("/bin/sh", vec!["sh".into(), "-c".into(), "sleep 60 & sleep 60".into()]);
+    spec.uid = 61_002;
+    spec.gid = 61_002;
+    let sb = backend().spawn(spec).unwrap();
+    println!("SANDBOX_PID={}", sb.pid());
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_killed_daemon_takes_its_sandboxes_along() {
+    let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "holder_entry", "--nocapture", "--test-threads=1"])
+        .env("STRATA_SANDBOX_HOLDER", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let holder_pid = holder.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_of_uid(61_002).len() < 2 {
+        assert!(Instant::now() < deadline, "holder never started its sandbox");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_of_uid(61_002).is_empty() {
+        assert!(Instant::now() < deadline, "sandbox processes outlived their daemon");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its cgroups are left; the next backend start removes them.
+    assert!(!strata_cgroups(holder_pid).is_empty());
+    Backend::new(BackendConfig::default()).unwrap();
+    assert_eq!(strata_cgroups(holder_pid), Vec::<String>::new());
+}
+
+#[test]
+fn timings_and_usage_are_recorded() {
+    let spec = SandboxSpec::new("/bin/true", vec![]);
+    let mut sb = backend().spawn(spec).unwrap();
+    let t = sb.timings();
+    assert!(t.total > Duration::ZERO && t.mounts > Duration::ZERO && t.namespaces > Duration::ZERO);
+    assert!(t.total >= t.mounts + t.privileges);
+    let exit = sb.wait().unwrap();
+    assert_eq!(exit.kind, ExitKind::Exited(0));
+    assert!(exit.usage.cpu_usec > 0);
+}

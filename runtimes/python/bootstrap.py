@@ -1,0 +1,679 @@
+"""Strata Python runtime bootstrap (protocol v1, see docs/protocol.md).
+
+Run as ``/usr/bin/python3 -I /strata/runtime/python/bootstrap.py`` with fd 3 a
+connected SOCK_STREAM unix socket to the platform. Stdlib only.
+
+Environment:
+  STRATA_HANDLER      "module:function" (module may be dotted), default "main:handle"
+  STRATA_CODE_DIR     directory with the user's code, default /code
+  STRATA_CONCURRENCY  max in-flight invokes, default 1 (inline, no threads)
+"""
+
+import io
+import json
+import os
+import sys
+import time
+from _thread import allocate_lock
+from contextvars import ContextVar
+from struct import Struct
+
+CTRL_FD = 3
+SMALL_BODY = 64 * 1024  # bodies up to this size are sent in the same write as the header
+
+_u32 = Struct(">I")
+_pack = _u32.pack
+_unpack = _u32.unpack
+_unpack_from = _u32.unpack_from
+_loads = json.loads
+_scan_once = json.JSONDecoder().scan_once  # json.loads minus its Python-level checks
+# Compact JSON, UTF-8 kept as is, NaN/Infinity rejected (they are not JSON).
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_oswrite = os.write
+
+_H_TEXT = '[["content-type","text/plain; charset=utf-8"]]'
+_H_BIN = '[["content-type","application/octet-stream"]]'
+_H_JSON = '[["content-type","application/json"]]'
+_CT_TEXT = "text/plain; charset=utf-8"
+_CT_BIN = "application/octet-stream"
+_CT_JSON = "application/json"
+
+_wlock = allocate_lock()  # every frame is written whole under this lock
+_current = ContextVar("strata_call", default=None)
+_cur_get = _current.get
+_cur_set = _current.set
+_cur_reset = _current.reset
+
+Response = None  # strata.Response, set in main()
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+def _die(code):
+    for s in (sys.__stdout__, sys.__stderr__):
+        try:
+            s.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def _write_rest(data, n):
+    mv = memoryview(data)
+    while n < len(mv):
+        n += _oswrite(CTRL_FD, mv[n:])
+
+
+def _write_all(data):
+    try:
+        _write_rest(data, 0)
+    except OSError:
+        # The platform closed the control channel: nobody is left to answer to.
+        _die(0)
+
+
+def _send(header, body=b""):
+    """Write one frame. header: UTF-8 JSON bytes; body: bytes."""
+    bl = len(body)
+    if bl <= SMALL_BODY:
+        data = b"".join((_pack(len(header)), header, _pack(bl), body))
+        with _wlock:
+            _write_all(data)
+    else:
+        prefix = b"".join((_pack(len(header)), header, _pack(bl)))
+        with _wlock:
+            _write_all(prefix)
+            _write_all(body)
+
+
+# ---------------------------------------------------------------- stdout capture
+
+
+class _Call:
+    """One in-flight invoke: its id and the unfinished output line of each stream."""
+
+    __slots__ = ("jid", "done", "partial")
+
+    def __init__(self, cid_json):
+        self.jid = cid_json  # the call id, JSON-encoded
+        self.done = False
+        self.partial = None
+
+    def _log(self, stream, line):
+        h = '{"t":"log","id":%s,"stream":"%s","line":%s}' % (self.jid, stream, _encode(line))
+        _send(h.encode("utf-8", "replace"))
+
+    def write(self, stream, s):
+        partial = self.partial
+        if "\n" not in s:
+            if s:
+                if partial is None:
+                    partial = self.partial = {"stdout": [], "stderr": []}
+                partial[stream].append(s)
+            return
+        lines = s.split("\n")
+        if partial is not None and partial[stream]:
+            buf = partial[stream]
+            buf.append(lines[0])
+            lines[0] = "".join(buf)
+            buf.clear()
+        tail = lines.pop()
+        if tail:
+            if partial is None:
+                partial = self.partial = {"stdout": [], "stderr": []}
+            partial[stream].append(tail)
+        for line in lines:
+            self._log(stream, line)
+
+    def flush_partial(self):
+        """At the end of the call: send unterminated lines as log frames."""
+        partial = self.partial
+        if partial is not None:
+            for stream in ("stdout", "stderr"):
+                buf = partial[stream]
+                if buf:
+                    line = "".join(buf)
+                    buf.clear()
+                    self._log(stream, line)
+
+
+class _Stream(io.TextIOBase):
+    """sys.stdout / sys.stderr replacement: log frames during a call, else the real stream."""
+
+    def __init__(self, real, stream):
+        self._real = real
+        self._stream = stream
+
+    def write(self, s):
+        call = _cur_get()
+        if call is None or call.done:
+            return self._real.write(s)
+        if not isinstance(s, str):
+            raise TypeError("write() argument must be str, not %s" % type(s).__name__)
+        call.write(self._stream, s)
+        return len(s)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        # During a call an unterminated line stays buffered until its newline or
+        # the end of the call, so that a log frame always carries a whole line.
+        try:
+            self._real.flush()
+        except Exception:
+            pass
+
+    def writable(self):
+        return True
+
+    def readable(self):
+        return False
+
+    def seekable(self):
+        return False
+
+    def isatty(self):
+        return False
+
+    def fileno(self):
+        return self._real.fileno()
+
+    @property
+    def encoding(self):
+        return self._real.encoding
+
+    @property
+    def errors(self):
+        return self._real.errors
+
+    @property
+    def buffer(self):
+        return self._real.buffer
+
+    @property
+    def line_buffering(self):
+        return True
+
+    @property
+    def name(self):
+        return "<%s>" % self._stream
+
+    def close(self):
+        pass
+
+    @property
+    def closed(self):
+        return False
+
+
+# ---------------------------------------------------------------------- requests
+
+
+class _Headers(dict):
+    """dict of lowercase header names; lookups are case-insensitive."""
+
+    __slots__ = ()
+
+    def __getitem__(self, k):
+        return dict.__getitem__(self, k.lower() if isinstance(k, str) else k)
+
+    def __contains__(self, k):
+        return dict.__contains__(self, k.lower() if isinstance(k, str) else k)
+
+    def get(self, k, default=None):
+        return dict.get(self, k.lower() if isinstance(k, str) else k, default)
+
+
+class Request:
+    """What a handler receives. query/headers are parsed lazily on first access."""
+
+    __slots__ = ("id", "method", "path", "query_string", "body", "_hl", "_h", "_ql", "_q")
+
+    def __init__(self, msg, body):
+        self.id = msg.get("id")
+        self.method = msg.get("method") or "GET"
+        self.path = msg.get("path") or "/"
+        self.query_string = msg.get("query") or ""
+        self._hl = msg.get("headers") or ()
+        self.body = body
+        self._h = self._ql = self._q = None
+
+    @property
+    def header_list(self):
+        """[(name, value), ...] in arrival order, names lowercase, repeats kept."""
+        return [(k, v) for k, v in self._hl]
+
+    @property
+    def headers(self):
+        """{name: value}; repeated headers joined with ", "."""
+        h = self._h
+        if h is None:
+            h = _Headers()
+            for k, v in self._hl:
+                if k in h:
+                    h[k] = h[k] + ", " + v
+                else:
+                    dict.__setitem__(h, k, v)
+            self._h = h
+        return h
+
+    @property
+    def query_list(self):
+        """[(name, value), ...] decoded from query_string, blanks kept."""
+        ql = self._ql
+        if ql is None:
+            if self.query_string:
+                from urllib.parse import parse_qsl
+
+                ql = parse_qsl(self.query_string, keep_blank_values=True)
+            else:
+                ql = []
+            self._ql = ql
+        return ql
+
+    @property
+    def query(self):
+        """{name: value}; the last value of a repeated name wins."""
+        q = self._q
+        if q is None:
+            q = self._q = dict(self.query_list)
+        return q
+
+    def text(self):
+        """The body decoded as UTF-8 (invalid bytes become U+FFFD)."""
+        return self.body.decode("utf-8", "replace")
+
+    def json(self):
+        """The body parsed as JSON."""
+        return _loads(self.body)
+
+    def __repr__(self):
+        return "<Request %s %s%s%s (%d bytes)>" % (
+            self.method,
+            self.path,
+            "?" if self.query_string else "",
+            self.query_string,
+            len(self.body),
+        )
+
+
+# --------------------------------------------------------------------- responses
+
+
+class _BadResult(Exception):
+    pass
+
+
+def _norm_headers(headers):
+    """dict or list of pairs -> list of [name, value] str pairs."""
+    out = []
+    if headers is None:
+        return out
+    if isinstance(headers, dict):
+        items = headers.items()
+    elif isinstance(headers, (list, tuple)):
+        items = headers
+    else:
+        raise _BadResult("response headers must be a dict or a list of (name, value) pairs, not %s" % type(headers).__name__)
+    for item in items:
+        try:
+            k, v = item
+        except (TypeError, ValueError):
+            raise _BadResult("response header %r is not a (name, value) pair" % (item,)) from None
+        if not isinstance(k, str) or not k:
+            raise _BadResult("response header name %r is not a non-empty str" % (k,))
+        values = v if isinstance(v, (list, tuple)) else (v,)
+        for v in values:
+            if isinstance(v, (bytes, bytearray)):
+                v = bytes(v).decode("latin-1")
+            elif not isinstance(v, str):
+                v = str(v)
+            if "\r" in v or "\n" in v or "\0" in v or "\r" in k or "\n" in k or "\0" in k or ":" in k:
+                raise _BadResult("response header %r: %r contains a forbidden character" % (k, v))
+            out.append([k, v])
+    return out
+
+
+def _from_parts(cid_json, status, headers, body):
+    if type(status) is not int or not 100 <= status <= 999:
+        raise _BadResult("response status must be an int in 100..999, not %r" % (status,))
+    hl = _norm_headers(headers)
+    if body is None:
+        b, ct = b"", None
+    elif isinstance(body, bytes):
+        b, ct = body, _CT_BIN
+    elif isinstance(body, (bytearray, memoryview)):
+        b, ct = bytes(body), _CT_BIN
+    elif isinstance(body, str):
+        b, ct = body.encode("utf-8"), _CT_TEXT
+    else:
+        b, ct = _encode(body).encode("utf-8"), _CT_JSON
+    if b and ct is not None:
+        for k, _ in hl:
+            if k.lower() == "content-type":
+                break
+        else:
+            hl.append(["content-type", ct])
+    h = '{"t":"response","id":%s,"status":%d,"headers":%s}' % (cid_json, status, _encode(hl))
+    return h.encode("utf-8", "replace"), b
+
+
+_RESPONSE_KEYS = frozenset(("status", "headers", "body"))
+
+
+def _build(cid_json, res):
+    """Map a handler's return value to (response header bytes, body bytes)."""
+    t = type(res)
+    if t is str:
+        h, b = _H_TEXT, res.encode("utf-8")
+        status = 200
+    elif t is bytes:
+        h, b, status = _H_BIN, res, 200
+    elif res is None:
+        h, b, status = "[]", b"", 204
+    elif t is Response or isinstance(res, Response):
+        return _from_parts(cid_json, res.status, res.headers, res.body)
+    elif (
+        isinstance(res, dict)
+        and "status" in res
+        and type(res["status"]) is int
+        and _RESPONSE_KEYS.issuperset(res.keys())
+    ):
+        return _from_parts(cid_json, res["status"], res.get("headers"), res.get("body"))
+    elif isinstance(res, (bytes, bytearray, memoryview)):
+        h, b, status = _H_BIN, bytes(res), 200
+    elif isinstance(res, str):
+        h, b, status = _H_TEXT, str(res).encode("utf-8"), 200
+    else:
+        h, b, status = _H_JSON, _encode(res).encode("utf-8"), 200
+    return ('{"t":"response","id":%s,"status":%d,"headers":%s}' % (cid_json, status, h)).encode("utf-8", "replace"), b
+
+
+def _error_header(cid_json, text):
+    return ('{"t":"error","id":%s,"message":%s}' % (cid_json, _encode(text))).encode("utf-8", "replace")
+
+
+def _format_exc(e):
+    """The exception's traceback text without the frames of this bootstrap, asyncio and importlib."""
+    import traceback
+
+    internal = (os.path.abspath(__file__), os.path.dirname(os.path.abspath(traceback.__file__)) + os.sep)
+    te = traceback.TracebackException(type(e), e, e.__traceback__, compact=True)
+    user = [
+        f
+        for f in te.stack
+        if f.filename != internal[0]
+        and not (
+            f.filename.startswith(internal[1])
+            and f.filename[len(internal[1]):].split(os.sep, 1)[0] in ("asyncio", "importlib", "concurrent")
+        )
+        and not f.filename.startswith("<frozen importlib")
+    ]
+    if user:
+        te.stack = traceback.StackSummary.from_list(user)
+    return "".join(te.format()).rstrip("\n")
+
+
+# ---------------------------------------------------------------------- async
+
+
+_loop = None
+_loop_lock = allocate_lock()
+_loop_thread_mode = False  # True when STRATA_CONCURRENCY > 1
+
+
+def _await(aw):
+    """Run an awaitable returned by the handler to completion, return its result."""
+    global _loop
+    import asyncio
+
+    if not _loop_thread_mode:
+        # Inline mode: one event loop, driven in the main thread during calls.
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(_loop)
+        return _loop.run_until_complete(aw)
+    # Thread-pool mode: one shared event loop running in its own thread; the
+    # worker blocks until its coroutine is done. The call's context (and so the
+    # current call id for log frames) follows the coroutine into the loop.
+    with _loop_lock:
+        if _loop is None:
+            import threading
+
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run():
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            threading.Thread(target=run, name="strata-asyncio", daemon=True).start()
+            ready.wait()
+            _loop = loop
+    if not asyncio.iscoroutine(aw):
+        aw = _as_coroutine(aw)
+    return asyncio.run_coroutine_threadsafe(aw, _loop).result()
+
+
+async def _as_coroutine(aw):
+    return await aw
+
+
+# ------------------------------------------------------------------------ calls
+
+
+_R_HEAD = b'{"t":"response","id":'
+_R_TEXT = b',"status":200,"headers":' + _H_TEXT.encode() + b"}"
+_R_BIN = b',"status":200,"headers":' + _H_BIN.encode() + b"}"
+
+
+def _invoke(handler, msg, body):
+    """Run one call and send its log frames and response/error frame."""
+    cid_json = _encode(msg.get("id"))
+    call = _Call(cid_json)
+    token = _cur_set(call)
+    try:
+        res = handler(Request(msg, body))
+        t = type(res)
+        # Fast paths for the common results; everything else goes through _build.
+        if t is str:
+            h, b = _R_HEAD + cid_json.encode("utf-8", "replace") + _R_TEXT, res.encode("utf-8")
+        elif t is bytes:
+            h, b = _R_HEAD + cid_json.encode("utf-8", "replace") + _R_BIN, res
+        else:
+            if t is not dict and res is not None and hasattr(res, "__await__"):
+                res = _await(res)
+            try:
+                h, b = _build(cid_json, res)
+            except _BadResult as e:
+                h, b = _error_header(cid_json, "invalid response: %s" % e), b""
+            except Exception as e:
+                h, b = _error_header(
+                    cid_json,
+                    "handler returned a value that cannot be serialised (%s): %s: %s"
+                    % (type(res).__name__, type(e).__name__, e),
+                ), b""
+    except (Exception, SystemExit) as e:
+        h, b = _error_header(cid_json, _format_exc(e)), b""
+    finally:
+        _cur_reset(token)
+        call.done = True
+        if call.partial is not None:
+            call.flush_partial()
+    bl = len(b)
+    try:
+        if bl <= SMALL_BODY:
+            data = b"".join((_pack(len(h)), h, _pack(bl), b))
+            with _wlock:
+                n = _oswrite(CTRL_FD, data)
+                if n != len(data):
+                    _write_rest(data, n)
+        else:
+            data = b"".join((_pack(len(h)), h, _pack(bl)))
+            with _wlock:
+                _write_rest(data, 0)
+                _write_rest(b, 0)
+    except OSError:
+        _die(0)
+
+
+def _serve(handler, concurrency):
+    rf = io.open(CTRL_FD, "rb", buffering=256 * 1024, closefd=False)
+    read = rf.read
+    unpack = _unpack
+    unpack_from = _unpack_from
+    scan = _scan_once
+    invoke = _invoke
+    submit = None
+    if concurrency > 1:
+        submit = _start_pool(handler, concurrency)
+    while True:
+        try:
+            b = read(4)
+            if len(b) != 4:
+                break
+            hl = unpack(b)[0]
+            hb = read(hl + 4)
+            if len(hb) != hl + 4:
+                break
+            bl = unpack_from(hb, hl)[0]
+            if bl:
+                body = read(bl)
+                if len(body) != bl:
+                    break
+            else:
+                body = b""
+        except OSError:
+            break
+        try:
+            msg = scan(hb[:hl].decode(), 0)[0]
+            t = msg["t"]
+        except Exception:
+            sys.__stderr__.write("strata bootstrap: bad frame header %r\n" % (hb[:200],))
+            _die(1)
+        if t == "invoke":
+            if submit is None:
+                invoke(handler, msg, body)
+            else:
+                submit((msg, body))
+        elif t == "shutdown":
+            break
+        else:
+            sys.__stderr__.write("strata bootstrap: ignoring unknown frame type %r\n" % (t,))
+    _die(0)
+
+
+def _start_pool(handler, n):
+    import threading
+    from queue import SimpleQueue
+
+    global _loop_thread_mode
+    _loop_thread_mode = True
+    q = SimpleQueue()
+
+    def worker():
+        get = q.get
+        try:
+            while True:
+                msg, body = get()
+                _invoke(handler, msg, body)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc(file=sys.__stderr__)
+            _die(1)
+
+    for i in range(n):
+        threading.Thread(target=worker, name="strata-worker-%d" % i, daemon=True).start()
+    return q.put
+
+
+# ------------------------------------------------------------------------- init
+
+
+def _load_handler(spec):
+    import importlib
+
+    mod_name, sep, fn_name = spec.rpartition(":")
+    if not sep:
+        mod_name, fn_name = spec, "handle"
+    mod_name = mod_name.strip()
+    fn_name = fn_name.strip() or "handle"
+    if mod_name.endswith(".py"):
+        mod_name = mod_name[:-3]
+    mod_name = mod_name.replace("/", ".").strip(".")
+    if not mod_name:
+        raise ValueError("STRATA_HANDLER %r: expected \"module:function\"" % spec)
+    mod = importlib.import_module(mod_name)
+    fn = mod
+    for part in fn_name.split("."):
+        try:
+            fn = getattr(fn, part)
+        except AttributeError:
+            raise AttributeError(
+                "handler %r: module %r (%s) has no attribute %r"
+                % (spec, mod_name, getattr(mod, "__file__", "?"), fn_name)
+            ) from None
+    if not callable(fn):
+        raise TypeError("handler %r is not callable (it is a %s)" % (spec, type(fn).__name__))
+    return fn
+
+
+def main():
+    global Response
+    try:
+        os.fstat(CTRL_FD)
+    except OSError:
+        sys.stderr.write("strata bootstrap: fd 3 (the control channel) is not open\n")
+        sys.exit(2)
+
+    runtime_dir = os.path.dirname(os.path.abspath(__file__))
+    code_dir = os.path.abspath(os.environ.get("STRATA_CODE_DIR") or "/code")
+    spec = os.environ.get("STRATA_HANDLER") or "main:handle"
+    try:
+        concurrency = int(os.environ.get("STRATA_CONCURRENCY") or "1")
+    except ValueError:
+        concurrency = 1
+    concurrency = max(1, concurrency)
+
+    # `strata` is imported from the runtime dir before the code dir goes on the
+    # path, so the platform's module always wins; the code dir comes first for
+    # everything else, like a script's own directory.
+    sys.path.insert(0, runtime_dir)
+    import strata
+
+    Response = strata.Response
+    sys.path.insert(0, code_dir)
+    try:
+        os.chdir(code_dir)
+    except OSError:
+        pass
+    sys.argv = [os.path.join(code_dir, spec.partition(":")[0])]
+
+    # Line-buffer the real streams so output outside calls reaches the platform promptly.
+    for s in (sys.__stdout__, sys.__stderr__):
+        try:
+            s.reconfigure(line_buffering=True)
+        except Exception:
+            pass
+    sys.stdout = _Stream(sys.__stdout__, "stdout")
+    sys.stderr = _Stream(sys.__stderr__, "stderr")
+
+    t0 = time.perf_counter()
+    try:
+        handler = _load_handler(spec)
+    except BaseException as e:  # SyntaxError, ImportError, SystemExit, ... all fail the init
+        msg = _format_exc(e)
+        _send(('{"t":"init_error","message":%s}' % _encode(msg)).encode("utf-8", "replace"))
+        _die(1)
+    import_ms = (time.perf_counter() - t0) * 1000.0
+    _send(('{"t":"ready","import_ms":%.3f}' % import_ms).encode())
+    _serve(handler, concurrency)
+
+
+if __name__ == "__main__":
+    main()
