@@ -49,24 +49,53 @@ const strata = require(STRATA_JS);
 const BRAND = strata.RESPONSE_BRAND;
 
 // ------------------------------------------------------------------ control channel
+//
+// Until the handler is loaded, fd 3 is blocking and written with fs.writeSync.
+// Then a net.Socket takes it over for reading, with `onread` so that every read
+// lands in one reused buffer (no 64 KiB allocation per read). Frames are still
+// written with fs.writeSync while nothing is queued in the socket (one syscall,
+// none of the stream machinery); only if the kernel buffer is full (EAGAIN) do
+// they go through sock.write, which queues and preserves order.
 
-let sock;
+let sock = null;
+
 try {
   fs.fstatSync(CTRL_FD);
-  sock = new net.Socket({ fd: CTRL_FD, readable: true, writable: true, allowHalfOpen: false });
 } catch (e) {
-  process.stderr.write(`strata bootstrap: fd 3 (the control channel) is not usable: ${e.message}\n`);
+  process.stderr.write(`strata bootstrap: fd 3 (the control channel) is not open: ${e.message}\n`);
   process.exit(2);
 }
-sock.on('error', (e) => {
+
+function channelGone(e) {
   // EPIPE / ECONNRESET: the platform went away; nobody is left to answer to.
   if (e.code !== 'EPIPE' && e.code !== 'ECONNRESET') {
     origStderrWrite(`strata bootstrap: control channel error: ${e.message}\n`);
   }
   process.exit(0);
-});
-sock.on('end', () => process.exit(0));
-sock.on('close', () => process.exit(0));
+}
+
+// Write buf; returns true if it was all written synchronously.
+function writeOut(buf, cb) {
+  if (sock === null || sock.writableLength === 0) {
+    let n = 0;
+    for (;;) {
+      try {
+        n += fs.writeSync(CTRL_FD, buf, n);
+      } catch (e) {
+        if (e.code === 'EAGAIN' && sock !== null) break;
+        if (e.code === 'EINTR' || e.code === 'EAGAIN') continue;
+        channelGone(e);
+      }
+      if (n === buf.length) {
+        if (cb) cb();
+        return true;
+      }
+    }
+    buf = buf.subarray(n);
+  }
+  sock.write(buf, cb);
+  return false;
+}
 
 // Write one frame. header: JSON string; body: Buffer (or undefined).
 function send(header, body, cb) {
@@ -78,14 +107,14 @@ function send(header, body, cb) {
     out.write(header, 4, hl, 'utf8');
     out.writeUInt32BE(bl, 4 + hl);
     if (bl) body.copy(out, 8 + hl);
-    sock.write(out, cb);
+    writeOut(out, cb);
   } else {
     const prefix = Buffer.allocUnsafe(8 + hl);
     prefix.writeUInt32BE(hl, 0);
     prefix.write(header, 4, hl, 'utf8');
     prefix.writeUInt32BE(bl, 4 + hl);
-    sock.write(prefix);
-    sock.write(body, cb);
+    writeOut(prefix);
+    writeOut(body, cb);
   }
 }
 
@@ -95,20 +124,28 @@ function jstr(s) {
   return JSON.stringify(typeof s.toWellFormed === 'function' ? s.toWellFormed() : s);
 }
 
-// Frame reader: chunks are only concatenated once a whole frame (or length
-// prefix) is known to be there, so large bodies are copied once.
-let chunks = [];
-let chunksLen = 0;
+// Frame reader. `pending` holds (copies of) bytes of an incomplete frame; they
+// are only concatenated once the whole frame (or length prefix) is there.
+let pending = [];
+let pendingLen = 0;
 let want = 4;
 let onFrame = null;
 
-function onData(chunk) {
-  chunks.push(chunk);
-  chunksLen += chunk.length;
-  if (chunksLen < want) return;
-  const buf = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, chunksLen);
-  chunks = [];
-  chunksLen = 0;
+function onRead(nread, readBuf) {
+  let buf = readBuf.subarray(0, nread);
+  let reused = true; // buf is (part of) the shared read buffer, overwritten by the next read
+  if (pendingLen !== 0) {
+    pendingLen += nread;
+    if (pendingLen < want) {
+      pending.push(Buffer.from(buf));
+      return;
+    }
+    pending.push(buf);
+    buf = Buffer.concat(pending, pendingLen);
+    reused = false;
+    pending = [];
+    pendingLen = 0;
+  }
   const end = buf.length;
   let off = 0;
   for (;;) {
@@ -126,15 +163,32 @@ function onData(chunk) {
       origStderrWrite(`strata bootstrap: bad frame header: ${e.message}\n`);
       process.exit(1);
     }
-    const body = bl === 0 ? EMPTY : buf.subarray(off + 8 + hl, off + total);
+    let body = EMPTY;
+    if (bl !== 0) {
+      body = buf.subarray(off + 8 + hl, off + total);
+      if (reused) body = Buffer.from(body);
+    }
     off += total;
     onFrame(msg, body);
   }
   if (off < end) {
-    const rest = off === 0 ? buf : buf.subarray(off);
-    chunks.push(rest);
-    chunksLen = rest.length;
+    const rest = buf.subarray(off);
+    pending.push(reused ? Buffer.from(rest) : rest);
+    pendingLen = rest.length;
   }
+}
+
+function openSocket() {
+  sock = new net.Socket({
+    fd: CTRL_FD,
+    readable: true,
+    writable: true,
+    allowHalfOpen: false,
+    onread: { buffer: Buffer.allocUnsafe(256 * 1024), callback: onRead },
+  });
+  sock.on('error', channelGone);
+  sock.on('end', () => process.exit(0));
+  sock.on('close', () => process.exit(0));
 }
 
 // ------------------------------------------------------------------- output capture
@@ -367,8 +421,6 @@ function isResponseShaped(v) {
   return true;
 }
 
-const WebResponse = globalThis.Response;
-
 // Map a handler's return value to [response header JSON, body Buffer]
 // (or a promise of it, for a fetch Response).
 function build(jid, v) {
@@ -383,7 +435,9 @@ function build(jid, v) {
       if (b !== undefined) return [responseHeader(jid, 200, H_BIN), b];
       if (v[BRAND] === true) return fromParts(jid, v.status, v.headers, v.body);
       if (isResponseShaped(v)) return fromParts(jid, v.status, v.headers, v.body);
-      if (WebResponse !== undefined && v instanceof WebResponse) {
+      // A fetch Response (the global one). Checked last and by shape first:
+      // touching globalThis.Response loads undici, which costs startup time.
+      if (typeof v.arrayBuffer === 'function' && typeof globalThis.Response === 'function' && v instanceof globalThis.Response) {
         return v.arrayBuffer().then((ab) => {
           const hl = [];
           for (const [k, val] of v.headers) hl.push([k, val]);
@@ -550,13 +604,13 @@ async function main() {
   try {
     handler = await loadHandler(HANDLER_SPEC);
   } catch (e) {
-    send(`{"t":"init_error","message":${jstr(formatError(e))}}`, undefined, () => process.exit(1));
-    return;
+    send(`{"t":"init_error","message":${jstr(formatError(e))}}`); // blocking write
+    process.exit(1);
   }
   const importMs = performance.now() - t0;
   send(`{"t":"ready","import_ms":${importMs.toFixed(3)}}`);
   onFrame = frame;
-  sock.on('data', onData);
+  openSocket();
 }
 
 main();

@@ -1,0 +1,15 @@
+//! The shared vocabulary of Strata: the developer manifest (`strata.toml`) and its locked
+//! form, invocation records, log lines and the stable error codes of the HTTP edge.
+//!
+//! This crate does no I/O beyond parsing text it is given; every other crate may depend on
+//! it, and it depends on no other Strata crate.
+#![forbid(unsafe_code)]
+
+mod error_code;
+mod manifest;
+mod record;
+pub mod units;
+
+pub use error_code::ErrorCode;
+pub use manifest::{ExecMode, FunctionSpec, Manifest, ManifestError, Network, Runtime};
+pub use record::{ColdStart, InvocationRecord, LogLine, LogStream};

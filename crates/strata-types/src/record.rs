@@ -1,0 +1,70 @@
+//! What the platform remembers about each invocation and each line a function printed.
+
+use serde::{Deserialize, Serialize};
+
+/// Breakdown of a cold start, milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ColdStart {
+    /// Creating the sandbox (namespaces, mounts, cgroup) until exec.
+    pub sandbox_ms: f64,
+    /// From exec until the runtime started loading the handler.
+    pub runtime_init_ms: f64,
+    /// Loading the handler module (import and top-level code).
+    pub import_ms: f64,
+}
+
+/// One invocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvocationRecord {
+    /// The call id (X-Call-Id).
+    pub call_id: String,
+    /// Function name.
+    pub function: String,
+    /// Version that served it.
+    pub version: String,
+    /// Start, milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// Wall time in the platform, milliseconds.
+    pub duration_ms: f64,
+    /// Whether the call waited for a new instance.
+    pub cold: bool,
+    /// The cold start's breakdown, when cold.
+    pub cold_start: Option<ColdStart>,
+    /// HTTP status returned to the caller.
+    pub status: u16,
+    /// Error code, when the call failed on the platform's side.
+    pub error: Option<String>,
+    /// CPU time the instance used during the call, milliseconds (from the cgroup).
+    pub cpu_ms: f64,
+    /// Peak memory of the instance so far, bytes (from the cgroup).
+    pub memory_peak_bytes: u64,
+    /// The instance that served it.
+    pub instance: Option<String>,
+}
+
+/// Which stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// The function's stdout.
+    Stdout,
+    /// The function's stderr.
+    Stderr,
+    /// The platform, about the function (instance started, killed, …).
+    System,
+}
+
+/// One line of a function's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Position in the function's log, increasing.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    /// The call it belongs to, when known.
+    pub call_id: Option<String>,
+    /// Stream.
+    pub stream: LogStream,
+    /// The text, without the newline.
+    pub line: String,
+}
