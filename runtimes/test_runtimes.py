@@ -841,64 +841,146 @@ class ExecHelloCTests(unittest.TestCase):
 
 # ------------------------------------------------------------------- benchmark
 
+# A minimal platform side in C: sequential invokes on fd 3, prints round trips/s.
+BENCH_CLIENT_C = r"""
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+static unsigned char rb[1 << 16];
+static size_t rpos, rlen;
+static void get(void *dst, size_t n) {
+    unsigned char *d = dst;
+    while (n) {
+        if (rpos == rlen) {
+            ssize_t r = read(3, rb, sizeof rb);
+            if (r <= 0) { fprintf(stderr, "bench client: read failed\n"); exit(1); }
+            rpos = 0; rlen = (size_t)r;
+        }
+        size_t k = rlen - rpos < n ? rlen - rpos : n;
+        if (d) { memcpy(d, rb + rpos, k); d += k; }
+        rpos += k; n -= k;
+    }
+}
+static unsigned u32(const unsigned char *p) { return (unsigned)p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3]; }
+static void put32(unsigned char *p, unsigned v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    unsigned char f[256], h[4096];
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long i = 0; i < n; i++) {
+        int hl = snprintf((char *)f + 4, 200,
+            "{\"t\":\"invoke\",\"id\":\"b%ld\",\"method\":\"GET\",\"path\":\"/\",\"query\":\"\",\"headers\":[]}", i);
+        put32(f, (unsigned)hl);
+        put32(f + 4 + hl, 0);
+        if (write(3, f, (size_t)hl + 8) != hl + 8) { fprintf(stderr, "bench client: write failed\n"); return 1; }
+        unsigned char l[4];
+        get(l, 4);
+        unsigned rl = u32(l);
+        if (rl >= sizeof h) { fprintf(stderr, "bench client: header too long\n"); return 1; }
+        get(h, rl);
+        h[rl] = 0;
+        get(l, 4);
+        get(NULL, u32(l));
+        if (!strstr((char *)h, "\"response\"")) { fprintf(stderr, "bench client: not a response: %s\n", h); return 1; }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("%.1f\n", n / ((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9));
+    return 0;
+}
+"""
 
-def bench_one(name, argv, env, seconds=3.0):
-    inst = Instance(argv, env=env, cwd="/")
-    try:
-        inst.ready()
-        inst.sock.settimeout(None)  # plain blocking I/O: no poll() before every recv
-        sendall = inst.sock.sendall
-        read = inst.rf.read
-        unpack, unpack_from = U32.unpack, U32.unpack_from
 
-        def run(n, base):
-            for i in range(base, base + n):
-                h = b'{"t":"invoke","id":"%d","method":"GET","path":"/","query":"","headers":[]}' % i
-                sendall(b"".join((U32.pack(len(h)), h, b"\0\0\0\0")))
-                hl = unpack(read(4))[0]
-                hb = read(hl + 4)
-                bl = unpack_from(hb, hl)[0]
-                if bl:
-                    read(bl)
-            return json.loads(hb[:hl])
+def bench_python_client(inst, seconds):
+    """Sequential round trips/s with this Python process as the platform."""
+    inst.sock.settimeout(None)  # plain blocking I/O: no poll() before every recv
+    sendall = inst.sock.sendall
+    read = inst.rf.read
+    unpack, unpack_from = U32.unpack, U32.unpack_from
 
-        last = run(2000, 0)  # warm-up
-        assert last["t"] == "response" and last["id"] == "1999", last
-        n, total, t0 = 0, 0, time.perf_counter()
-        batch = 5000
-        while time.perf_counter() - t0 < seconds:
-            last = run(batch, 10**6 + total)
-            total += batch
-        dt = time.perf_counter() - t0
-        assert last["t"] == "response" and last["id"] == str(10**6 + total - 1), last
-        rate = total / dt
-        print("%-28s %8.0f round trips/s  (%.1f us each, %d calls)" % (name, rate, 1e6 / rate, total))
-        return rate
-    finally:
-        inst.close()
+    def run(n, base):
+        for i in range(base, base + n):
+            h = b'{"t":"invoke","id":"%d","method":"GET","path":"/","query":"","headers":[]}' % i
+            sendall(b"".join((U32.pack(len(h)), h, b"\0\0\0\0")))
+            hl = unpack(read(4))[0]
+            hb = read(hl + 4)
+            bl = unpack_from(hb, hl)[0]
+            if bl:
+                read(bl)
+        return json.loads(hb[:hl])
+
+    last = run(2000, 0)  # warm-up
+    assert last["t"] == "response" and last["id"] == "1999", last
+    total, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        last = run(2000, 10**6 + total)
+        total += 2000
+    rate = total / (time.perf_counter() - t0)
+    assert last["t"] == "response" and last["id"] == str(10**6 + total - 1), last
+    return rate
 
 
-def bench():
+def bench_c_client(inst, client, n):
+    """Sequential round trips/s with a C program as the platform (it gets our end of fd 3)."""
+    fd = inst.sock.fileno()
+
+    def as_fd3():
+        if fd == 3:
+            os.set_inheritable(3, True)
+        else:
+            os.dup2(fd, 3)
+
+    out = subprocess.run([client, str(n)], stdout=subprocess.PIPE, preexec_fn=as_fd3, close_fds=False, check=True)
+    return float(out.stdout)
+
+
+def bench(seconds=1.5, trials=3):
     d = tempfile.mkdtemp(prefix="strata-bench-")
     try:
         write_files(d, {"main.py": "def handle(req):\n    return 'ok'\n",
+                        "amain.py": "async def handle(req):\n    return 'ok'\n",
                         "main.js": "exports.handle = (req) => 'ok';\n",
                         "amain.js": "exports.handle = async (req) => 'ok';\n"})
         env = {"STRATA_CODE_DIR": d, "STRATA_HANDLER": "main:handle"}
-        print("sequential invoke -> response round trips over a socketpair, trivial handler,")
-        print("client: this Python process")
+        runs = []
         if os.path.exists(PYTHON):
-            bench_one("python (concurrency 1)", [PYTHON, "-I", PY_BOOTSTRAP], env)
-            bench_one("python (concurrency 4)", [PYTHON, "-I", PY_BOOTSTRAP], dict(env, STRATA_CONCURRENCY="4"))
+            py = [PYTHON, "-I", PY_BOOTSTRAP]
+            runs += [("python, sync, concurrency 1", py, env),
+                     ("python, async, concurrency 1", py, dict(env, STRATA_HANDLER="amain:handle")),
+                     ("python, sync, concurrency 4", py, dict(env, STRATA_CONCURRENCY="4"))]
         if os.path.exists(NODE):
-            bench_one("node (sync handler)", [NODE, NODE_BOOTSTRAP], env)
-            bench_one("node (async handler)", [NODE, NODE_BOOTSTRAP], dict(env, STRATA_HANDLER="amain:handle"))
-            bench_one("node (async, concurrency 4)", [NODE, NODE_BOOTSTRAP],
-                      dict(env, STRATA_HANDLER="amain:handle", STRATA_CONCURRENCY="4"))
+            runs += [("node, sync, concurrency 1", [NODE, NODE_BOOTSTRAP], env),
+                     ("node, async, concurrency 1", [NODE, NODE_BOOTSTRAP], dict(env, STRATA_HANDLER="amain:handle")),
+                     ("node, async, concurrency 4", [NODE, NODE_BOOTSTRAP],
+                      dict(env, STRATA_HANDLER="amain:handle", STRATA_CONCURRENCY="4"))]
+        client = None
         if shutil.which(CC):
             binary = os.path.join(d, "hello")
+            client = os.path.join(d, "bench-client")
+            with open(client + ".c", "w") as f:
+                f.write(BENCH_CLIENT_C)
             subprocess.run([CC, "-O2", "-o", binary, HELLO_C], check=True)
-            bench_one("hello-c (client ceiling)", [binary], env)
+            subprocess.run([CC, "-O2", "-o", client, client + ".c"], check=True)
+            runs.append(("hello-c (the floor)", [binary], env))
+        print("Sequential invoke -> response round trips per second over a socketpair, trivial")
+        print("handler, best of %d runs; platform side played by this Python process / by C." % trials)
+        print("%-30s %14s %14s" % ("", "python client", "C client"))
+        for name, argv, e in runs:
+            best_py = best_c = 0.0
+            for _ in range(trials):
+                inst = Instance(argv, env=e, cwd="/")
+                try:
+                    inst.ready()
+                    best_py = max(best_py, bench_python_client(inst, seconds))
+                    if client:
+                        n = int(max(best_py, 5000) * seconds)
+                        best_c = max(best_c, bench_c_client(inst, client, n))
+                finally:
+                    inst.close()
+            print("%-30s %12.0f/s %12.0f/s" % (name, best_py, best_c), flush=True)
     finally:
         shutil.rmtree(d, True)
 

@@ -74,48 +74,47 @@ function channelGone(e) {
   process.exit(0);
 }
 
-// Write buf; returns true if it was all written synchronously.
-function writeOut(buf, cb) {
+// Write buf[0:len]. `scratch`: buf is the shared OUT buffer, so whatever
+// cannot be written right away must be copied before it is queued.
+function writeOut(buf, len, scratch) {
+  let n = 0;
   if (sock === null || sock.writableLength === 0) {
-    let n = 0;
     for (;;) {
       try {
-        n += fs.writeSync(CTRL_FD, buf, n);
+        n += fs.writeSync(CTRL_FD, buf, n, len - n);
       } catch (e) {
         if (e.code === 'EAGAIN' && sock !== null) break;
         if (e.code === 'EINTR' || e.code === 'EAGAIN') continue;
         channelGone(e);
       }
-      if (n === buf.length) {
-        if (cb) cb();
-        return true;
-      }
+      if (n === len) return;
     }
-    buf = buf.subarray(n);
   }
-  sock.write(buf, cb);
-  return false;
+  const rest = buf.subarray(n, len);
+  sock.write(scratch ? Buffer.from(rest) : rest);
 }
 
+// Frames are assembled in OUT when they fit (a UTF-8 char is at most 3 bytes per UTF-16 unit).
+const OUT = Buffer.allocUnsafe(SMALL_BODY + 64 * 1024);
+
 // Write one frame. header: JSON string; body: Buffer (or undefined).
-function send(header, body, cb) {
-  const hl = Buffer.byteLength(header);
+function send(header, body) {
   const bl = body === undefined ? 0 : body.length;
-  if (bl <= SMALL_BODY) {
-    const out = Buffer.allocUnsafe(8 + hl + bl);
-    out.writeUInt32BE(hl, 0);
-    out.write(header, 4, hl, 'utf8');
-    out.writeUInt32BE(bl, 4 + hl);
-    if (bl) body.copy(out, 8 + hl);
-    writeOut(out, cb);
-  } else {
-    const prefix = Buffer.allocUnsafe(8 + hl);
-    prefix.writeUInt32BE(hl, 0);
-    prefix.write(header, 4, hl, 'utf8');
-    prefix.writeUInt32BE(bl, 4 + hl);
-    writeOut(prefix);
-    writeOut(body, cb);
+  if (8 + 3 * header.length + bl <= OUT.length) {
+    const hl = OUT.write(header, 4, 'utf8');
+    OUT.writeUInt32BE(hl, 0);
+    OUT.writeUInt32BE(bl, 4 + hl);
+    if (bl !== 0) body.copy(OUT, 8 + hl);
+    writeOut(OUT, 8 + hl + bl, true);
+    return;
   }
+  const hl = Buffer.byteLength(header);
+  const prefix = Buffer.allocUnsafe(8 + hl);
+  prefix.writeUInt32BE(hl, 0);
+  prefix.write(header, 4, hl, 'utf8');
+  prefix.writeUInt32BE(bl, 4 + hl);
+  writeOut(prefix, prefix.length, false);
+  if (bl !== 0) writeOut(body, bl, false);
 }
 
 // JSON string literal for a frame header; lone surrogates become U+FFFD so that the
@@ -132,21 +131,22 @@ let want = 4;
 let onFrame = null;
 
 function onRead(nread, readBuf) {
-  let buf = readBuf.subarray(0, nread);
+  let buf = readBuf;
+  let end = nread;
   let reused = true; // buf is (part of) the shared read buffer, overwritten by the next read
   if (pendingLen !== 0) {
     pendingLen += nread;
     if (pendingLen < want) {
-      pending.push(Buffer.from(buf));
+      pending.push(Buffer.from(buf.subarray(0, nread)));
       return;
     }
-    pending.push(buf);
+    pending.push(buf.subarray(0, nread));
     buf = Buffer.concat(pending, pendingLen);
+    end = buf.length;
     reused = false;
     pending = [];
     pendingLen = 0;
   }
-  const end = buf.length;
   let off = 0;
   for (;;) {
     const avail = end - off;
@@ -172,7 +172,7 @@ function onRead(nread, readBuf) {
     onFrame(msg, body);
   }
   if (off < end) {
-    const rest = buf.subarray(off);
+    const rest = buf.subarray(off, end);
     pending.push(reused ? Buffer.from(rest) : rest);
     pendingLen = rest.length;
   }

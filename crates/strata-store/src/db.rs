@@ -1,0 +1,558 @@
+//! The registry, records and logs in redb.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use strata_types::{FunctionSpec, InvocationRecord, LogLine, LogStream};
+
+use crate::blobs::{Blobs, PackageError};
+use crate::now_ms;
+
+/// name → FunctionMeta (JSON).
+const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
+/// (name, version) → FunctionSpec (JSON).
+const VERSIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("versions");
+/// (name, seq) → InvocationRecord (JSON).
+const RECORDS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("records");
+/// call id → (name, seq).
+const CALLS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("calls");
+/// (name, seq) → LogLine (JSON).
+const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database.
+    #[error("state database: {0}")]
+    Db(#[from] redb::Error),
+    /// A stored value that does not decode (written by another version of Strata?).
+    #[error("stored value for {key} does not decode: {source}")]
+    Decode {
+        /// Which entry.
+        key: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// Code storage.
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    /// The filesystem.
+    #[error("data directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// No such function.
+    #[error("function {0} not found")]
+    FunctionNotFound(String),
+    /// No such version.
+    #[error("function {name} has no version {version}")]
+    VersionNotFound {
+        /// Function.
+        name: String,
+        /// Version asked for.
+        version: String,
+    },
+}
+
+macro_rules! db_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+db_errors!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One version of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionMeta {
+    /// Content hash prefix.
+    pub version: String,
+    /// When it was first deployed.
+    pub created_at_ms: u64,
+}
+
+/// A function in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionMeta {
+    /// Name.
+    pub name: String,
+    /// The version that serves calls.
+    pub active: String,
+    /// The version active before the last change (rollback target).
+    pub previous: Option<String>,
+    /// Every version, oldest first.
+    pub versions: Vec<VersionMeta>,
+    /// First deploy.
+    pub created_at_ms: u64,
+}
+
+enum Write {
+    Record(InvocationRecord),
+    Log { function: String, call_id: Option<String>, stream: LogStream, line: String, ts_ms: u64 },
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// The embedded store. Cheap to clone; the last clone dropped flushes and closes it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    blobs: Blobs,
+    writes: Mutex<Option<mpsc::Sender<Write>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Serialises registry changes (deploy, rollback, delete).
+    registry: Mutex<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after its last batch; joining it releases its
+        // handle on the database, so the file can be opened again right away.
+        drop(self.writes.lock().map(|mut w| w.take()));
+        if let Some(h) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { key: key.into(), source })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("plain data structs always serialise")
+}
+
+impl Store {
+    /// Open (or create) the store under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let db = Arc::new(Database::create(data_dir.join("state.redb"))?);
+        {
+            let tx = db.begin_write()?;
+            tx.open_table(FUNCTIONS)?;
+            tx.open_table(VERSIONS)?;
+            tx.open_table(RECORDS)?;
+            tx.open_table(CALLS)?;
+            tx.open_table(LOGS)?;
+            tx.commit()?;
+        }
+        let blobs = Blobs::open(&data_dir.join("blobs"))?;
+        let (writes, rx) = mpsc::channel();
+        let writer_db = Arc::clone(&db);
+        let handle =
+            std::thread::Builder::new().name("strata-store-writer".into()).spawn(move || writer(writer_db, rx))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                blobs,
+                writes: Mutex::new(Some(writes)),
+                writer: Mutex::new(Some(handle)),
+                registry: Mutex::new(()),
+            }),
+        })
+    }
+
+    fn send(&self, w: Write) -> bool {
+        self.inner.writes.lock().expect("writer lock").as_ref().is_some_and(|s| s.send(w).is_ok())
+    }
+
+    /// Code storage.
+    pub fn blobs(&self) -> &Blobs {
+        &self.inner.blobs
+    }
+
+    /// Register `spec` as version `version` of its function and make it active.
+    /// Returns whether the version is new.
+    pub fn activate_new(&self, version: &str, spec: &FunctionSpec) -> Result<bool> {
+        let _g = self.inner.registry.lock().expect("registry lock");
+        let tx = self.inner.db.begin_write()?;
+        let created;
+        {
+            let mut versions = tx.open_table(VERSIONS)?;
+            let mut functions = tx.open_table(FUNCTIONS)?;
+            let existing = functions.get(spec.name.as_str())?.map(|v| decode::<FunctionMeta>(&spec.name, v.value())).transpose()?;
+            let now = now_ms();
+            let mut meta = existing.unwrap_or_else(|| FunctionMeta {
+                name: spec.name.clone(),
+                active: version.into(),
+                previous: None,
+                versions: Vec::new(),
+                created_at_ms: now,
+            });
+            created = !meta.versions.iter().any(|v| v.version == version);
+            if created {
+                meta.versions.push(VersionMeta { version: version.into(), created_at_ms: now });
+                versions.insert((spec.name.as_str(), version), encode(spec).as_slice())?;
+            }
+            if meta.active != version {
+                meta.previous = Some(std::mem::replace(&mut meta.active, version.into()));
+            }
+            functions.insert(spec.name.as_str(), encode(&meta).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(created)
+    }
+
+    /// A function's registry entry.
+    pub fn function(&self, name: &str) -> Result<FunctionMeta> {
+        let tx = self.inner.db.begin_read()?;
+        let t = tx.open_table(FUNCTIONS)?;
+        match t.get(name)? {
+            Some(v) => decode(name, v.value()),
+            None => Err(StoreError::FunctionNotFound(name.into())),
+        }
+    }
+
+    /// Every function, by name.
+    pub fn functions(&self) -> Result<Vec<FunctionMeta>> {
+        let tx = self.inner.db.begin_read()?;
+        let t = tx.open_table(FUNCTIONS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The spec of one version.
+    pub fn spec(&self, name: &str, version: &str) -> Result<FunctionSpec> {
+        let tx = self.inner.db.begin_read()?;
+        let t = tx.open_table(VERSIONS)?;
+        match t.get((name, version))? {
+            Some(v) => decode(&format!("{name}@{version}"), v.value()),
+            None => Err(StoreError::VersionNotFound { name: name.into(), version: version.into() }),
+        }
+    }
+
+    /// Make an existing version active: `to`, or the previously active one.
+    pub fn rollback(&self, name: &str, to: Option<&str>) -> Result<FunctionMeta> {
+        let _g = self.inner.registry.lock().expect("registry lock");
+        let tx = self.inner.db.begin_write()?;
+        let meta = {
+            let mut functions = tx.open_table(FUNCTIONS)?;
+            let mut meta: FunctionMeta = match functions.get(name)? {
+                Some(v) => decode(name, v.value())?,
+                None => return Err(StoreError::FunctionNotFound(name.into())),
+            };
+            let target = match to {
+                Some(v) => v.to_owned(),
+                None => match meta.previous.clone() {
+                    Some(p) => p,
+                    None => {
+                        // No previous: the version deployed before the active one.
+                        let i = meta.versions.iter().position(|v| v.version == meta.active).unwrap_or(0);
+                        match i.checked_sub(1).and_then(|j| meta.versions.get(j)) {
+                            Some(v) => v.version.clone(),
+                            None => {
+                                return Err(StoreError::VersionNotFound { name: name.into(), version: "(previous)".into() });
+                            }
+                        }
+                    }
+                },
+            };
+            if !meta.versions.iter().any(|v| v.version == target) {
+                return Err(StoreError::VersionNotFound { name: name.into(), version: target });
+            }
+            if meta.active != target {
+                meta.previous = Some(std::mem::replace(&mut meta.active, target));
+            }
+            functions.insert(name, encode(&meta).as_slice())?;
+            meta
+        };
+        tx.commit()?;
+        Ok(meta)
+    }
+
+    /// Remove a function, its versions, records and logs.
+    pub fn delete(&self, name: &str) -> Result<FunctionMeta> {
+        self.flush();
+        let _g = self.inner.registry.lock().expect("registry lock");
+        let tx = self.inner.db.begin_write()?;
+        let meta = {
+            let mut functions = tx.open_table(FUNCTIONS)?;
+            let meta: FunctionMeta = match functions.remove(name)? {
+                Some(v) => decode(name, v.value())?,
+                None => return Err(StoreError::FunctionNotFound(name.into())),
+            };
+            let mut versions = tx.open_table(VERSIONS)?;
+            for v in &meta.versions {
+                versions.remove((name, v.version.as_str()))?;
+            }
+            let mut records = tx.open_table(RECORDS)?;
+            let mut calls = tx.open_table(CALLS)?;
+            let mut ids = Vec::new();
+            for entry in records.range((name, 0)..=(name, u64::MAX))? {
+                let (_, v) = entry?;
+                if let Ok(r) = decode::<InvocationRecord>(name, v.value()) {
+                    ids.push(r.call_id);
+                }
+            }
+            for id in ids {
+                calls.remove(id.as_str())?;
+            }
+            records.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+            tx.open_table(LOGS)?.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+            meta
+        };
+        tx.commit()?;
+        // Code of versions no other function shares (names differ, so none does).
+        for v in &meta.versions {
+            self.inner.blobs.remove(&v.version);
+        }
+        Ok(meta)
+    }
+
+    /// Queue an invocation record for writing.
+    pub fn record(&self, r: InvocationRecord) {
+        self.send(Write::Record(r));
+    }
+
+    /// Queue a log line for writing.
+    pub fn log(&self, function: &str, call_id: Option<&str>, stream: LogStream, line: String) {
+        self.send(Write::Log {
+            function: function.into(),
+            call_id: call_id.map(str::to_owned),
+            stream,
+            line,
+            ts_ms: now_ms(),
+        });
+    }
+
+    /// Wait until everything queued so far is durably written.
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.send(Write::Flush(tx)) {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
+    /// The newest `limit` records of a function, newest first.
+    pub fn records(&self, name: &str, limit: usize) -> Result<Vec<InvocationRecord>> {
+        let tx = self.inner.db.begin_read()?;
+        let t = tx.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        for entry in t.range((name, 0)..=(name, u64::MAX))?.rev().take(limit) {
+            let (_, v) = entry?;
+            out.push(decode(name, v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// One record by call id.
+    pub fn call(&self, call_id: &str) -> Result<Option<InvocationRecord>> {
+        let tx = self.inner.db.begin_read()?;
+        let calls = tx.open_table(CALLS)?;
+        let Some(at) = calls.get(call_id)? else { return Ok(None) };
+        let (name, seq) = at.value();
+        let records = tx.open_table(RECORDS)?;
+        match records.get((name, seq))? {
+            Some(v) => Ok(Some(decode(call_id, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Log lines of a function with `seq >= since`, oldest first, at most `limit`.
+    pub fn logs(&self, name: &str, since: u64, limit: usize) -> Result<Vec<LogLine>> {
+        let tx = self.inner.db.begin_read()?;
+        let t = tx.open_table(LOGS)?;
+        let mut out = Vec::new();
+        for entry in t.range((name, since)..=(name, u64::MAX))?.take(limit) {
+            let (_, v) = entry?;
+            out.push(decode(name, v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The newest `limit` log lines (for `logs` without `since`).
+    pub fn tail(&self, name: &str, limit: usize) -> Result<Vec<LogLine>> {
+        let tx = self.inner.db.begin_read()?;
+        let t = tx.open_table(LOGS)?;
+        let mut out = Vec::new();
+        for entry in t.range((name, 0)..=(name, u64::MAX))?.rev().take(limit) {
+            let (_, v) = entry?;
+            out.push(decode(name, v.value())?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+/// The batch writer: take what is queued (up to 50 ms or 4096 items), commit once.
+fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>) {
+    let mut next_seq: HashMap<(bool, String), u64> = HashMap::new();
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + Duration::from_millis(50);
+        while batch.len() < 4096 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+            if matches!(batch.last(), Some(Write::Flush(_))) {
+                break;
+            }
+        }
+        if let Err(e) = write_batch(&db, &mut next_seq, &mut batch) {
+            tracing::error!(error = %e, dropped = batch.len(), "writing records and logs failed");
+        }
+        for w in batch {
+            if let Write::Flush(done) = w {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+fn seq_for(
+    next: &mut HashMap<(bool, String), u64>,
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    is_log: bool,
+    name: &str,
+) -> Result<u64> {
+    let key = (is_log, name.to_owned());
+    if let Some(n) = next.get_mut(&key) {
+        *n += 1;
+        return Ok(*n);
+    }
+    let last = table.range((name, 0)..=(name, u64::MAX))?.next_back().transpose()?.map(|(k, _)| k.value().1);
+    let n = last.map_or(1, |l| l + 1);
+    next.insert(key, n);
+    Ok(n)
+}
+
+fn write_batch(db: &Database, next: &mut HashMap<(bool, String), u64>, batch: &mut [Write]) -> Result<()> {
+    let tx = db.begin_write()?;
+    {
+        let mut records = tx.open_table(RECORDS)?;
+        let mut calls = tx.open_table(CALLS)?;
+        let mut logs = tx.open_table(LOGS)?;
+        for w in batch.iter_mut() {
+            match w {
+                Write::Record(r) => {
+                    let seq = seq_for(next, &records, false, &r.function)?;
+                    records.insert((r.function.as_str(), seq), encode(r).as_slice())?;
+                    calls.insert(r.call_id.as_str(), (r.function.as_str(), seq))?;
+                }
+                Write::Log { function, call_id, stream, line, ts_ms } => {
+                    let seq = seq_for(next, &logs, true, function)?;
+                    let l = LogLine {
+                        seq,
+                        ts_ms: *ts_ms,
+                        call_id: call_id.take(),
+                        stream: *stream,
+                        line: std::mem::take(line),
+                    };
+                    logs.insert((function.as_str(), seq), encode(&l).as_slice())?;
+                }
+                Write::Flush(_) => {}
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_types::Manifest;
+
+    fn spec(name: &str) -> FunctionSpec {
+        Manifest::parse("t", &format!("name='{name}'\nruntime='python'\nhandler='main:handle'\n")).unwrap().spec
+    }
+
+    fn record(name: &str, id: &str) -> InvocationRecord {
+        InvocationRecord {
+            call_id: id.into(),
+            function: name.into(),
+            version: "v1".into(),
+            started_at_ms: 1,
+            duration_ms: 1.0,
+            cold: false,
+            cold_start: None,
+            status: 200,
+            error: None,
+            cpu_ms: 0.5,
+            memory_peak_bytes: 10,
+            instance: None,
+        }
+    }
+
+    #[test]
+    fn versions_activate_roll_back_and_survive_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            assert!(s.activate_new("aaa", &spec("f")).unwrap());
+            assert!(s.activate_new("bbb", &spec("f")).unwrap());
+            assert!(!s.activate_new("aaa", &spec("f")).unwrap(), "same content again is not new");
+            assert_eq!(s.function("f").unwrap().active, "aaa");
+            assert_eq!(s.rollback("f", None).unwrap().active, "bbb");
+            assert_eq!(s.rollback("f", Some("aaa")).unwrap().active, "aaa");
+            assert!(matches!(s.rollback("f", Some("zzz")), Err(StoreError::VersionNotFound { .. })));
+            s.record(record("f", "c1"));
+            s.log("f", Some("c1"), LogStream::Stdout, "hello".into());
+            s.flush();
+        }
+        let s = Store::open(d.path()).unwrap();
+        let m = s.function("f").unwrap();
+        assert_eq!(m.versions.len(), 2);
+        assert_eq!(s.spec("f", "bbb").unwrap().name, "f");
+        assert_eq!(s.call("c1").unwrap().unwrap().call_id, "c1");
+        let logs = s.logs("f", 0, 10).unwrap();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0].line, "hello");
+        s.log("f", None, LogStream::Stderr, "again".into());
+        s.flush();
+        assert_eq!(s.logs("f", 0, 10).unwrap()[1].seq, 2, "sequence continues after reopen");
+    }
+
+    #[test]
+    fn delete_removes_everything_of_the_function_only() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        s.activate_new("a1", &spec("a")).unwrap();
+        s.activate_new("b1", &spec("b")).unwrap();
+        s.record(record("a", "ca"));
+        s.record(record("b", "cb"));
+        s.log("a", None, LogStream::Stdout, "x".into());
+        s.flush();
+        s.delete("a").unwrap();
+        assert!(matches!(s.function("a"), Err(StoreError::FunctionNotFound(_))));
+        assert!(s.call("ca").unwrap().is_none());
+        assert!(s.logs("a", 0, 10).unwrap().is_empty());
+        assert!(s.call("cb").unwrap().is_some());
+        assert_eq!(s.functions().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn records_newest_first() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        for i in 0..5 {
+            s.record(record("f", &format!("c{i}")));
+        }
+        s.flush();
+        let r = s.records("f", 2).unwrap();
+        assert_eq!(r.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>(), vec!["c4", "c3"]);
+    }
+}
