@@ -405,6 +405,7 @@ exports.handle = (req) => {
       return 'from coroutine';
     })();
     case '/reject': return Promise.reject(new Error('rejected boom'));
+    case '/stray-reject': Promise.reject(new Error('stray rejection')); return 'still fine';
     case '/web-response': return new globalThis.Response('web', { status: 202, headers: { 'x-w': '1' } });
     case '/big': return Buffer.alloc(Number(req.query.n), 'z');
     default: return new Response(404, null, 'no route ' + req.path);
@@ -772,6 +773,13 @@ class NodeRuntimeTests(RuntimeCases, unittest.TestCase):
         self.assertIn("rejected boom", r.message)
         self.assertEqual(inst.invoke("/str").body, b"hello")
 
+    def test_unhandled_rejection_does_not_stop_the_instance(self):
+        inst = self.start()
+        self.assertEqual(inst.invoke("/stray-reject").body, b"still fine")
+        self.assertEqual(inst.invoke("/str").body, b"hello")
+        self.assertEqual(inst.shutdown(), 0)
+        self.assertIn("stray rejection", inst.output("stderr"))
+
     def test_fetch_response_is_accepted(self):
         inst = self.start()
         r = inst.invoke("/web-response")
@@ -925,6 +933,7 @@ def bench_python_client(inst, seconds):
 
 def bench_c_client(inst, client, n):
     """Sequential round trips/s with a C program as the platform (it gets our end of fd 3)."""
+    inst.sock.settimeout(None)  # a timeout makes the (shared) descriptor non-blocking
     fd = inst.sock.fileno()
 
     def as_fd3():

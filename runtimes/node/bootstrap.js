@@ -40,7 +40,8 @@ Module._resolveFilename = function (request, parent, isMain, options) {
     try {
       return origResolve.call(this, request, parent, isMain, options);
     } catch (e) {
-      return STRATA_JS;
+      if (e && e.code === 'MODULE_NOT_FOUND') return STRATA_JS;
+      throw e;
     }
   }
   return origResolve.call(this, request, parent, isMain, options);
@@ -193,9 +194,18 @@ function openSocket() {
 
 // ------------------------------------------------------------------- output capture
 
-// The call whose handler is running. AsyncLocalStorage follows a call through
-// its awaits, timers and callbacks, so concurrent calls get their own lines.
-const als = new AsyncLocalStorage();
+// Which call is running. With STRATA_CONCURRENCY > 1, an AsyncLocalStorage
+// follows each call through its awaits, timers and callbacks, so concurrent calls
+// get their own lines. With 1 there is at most one call in flight and a plain
+// variable says the same for free (AsyncLocalStorage's promise hooks cost about a
+// third of an async call). Either way output from async work an earlier call left
+// behind is attributed to the call in flight, as the platform does with raw output.
+const als = CONCURRENCY > 1 ? new AsyncLocalStorage() : null;
+let current; // the call in flight, when als === null
+
+function currentCall() {
+  return als === null ? current : als.getStore();
+}
 
 class Call {
   constructor(id) {
@@ -232,6 +242,7 @@ class Call {
   // End of the call: flush unterminated lines; later output goes to the real streams.
   finish() {
     this.done = true;
+    if (current === this) current = undefined;
     if (this.partOut !== '') { this.log('stdout', this.partOut); this.partOut = ''; }
     if (this.partErr !== '') { this.log('stderr', this.partErr); this.partErr = ''; }
   }
@@ -253,7 +264,7 @@ function chunkToString(chunk, encoding) {
 function patchStream(stream, isErr) {
   const orig = stream.write;
   stream.write = function write(chunk, encoding, cb) {
-    const call = als.getStore();
+    const call = currentCall();
     if (call === undefined || call.done) return orig.apply(this, arguments);
     if (typeof encoding === 'function') { cb = encoding; encoding = undefined; }
     call.write(isErr, chunkToString(chunk, encoding));
@@ -269,7 +280,7 @@ const origStderrWrite = patchStream(process.stderr, true);
 // belongs to one) but does not take the instance down; an uncaught exception does.
 process.on('unhandledRejection', (reason) => {
   const text = `Unhandled promise rejection: ${formatError(reason)}\n`;
-  const call = als.getStore();
+  const call = currentCall();
   if (call !== undefined && !call.done) call.write(true, text);
   else origStderrWrite(text);
 });
@@ -452,8 +463,14 @@ function build(jid, v) {
   return [responseHeader(jid, 200, H_JSON), Buffer.from(jsonOrThrow(v), 'utf8')];
 }
 
+// Stack lines of the runtime itself (this file, node internals) are noise to the user.
+function isOwnFrame(line) {
+  const t = line.trimStart();
+  return t.startsWith('at ') && (t.includes(__filename + ':') || t.includes('node:internal/'));
+}
+
 function formatError(e) {
-  if (e instanceof Error) return util.inspect(e);
+  if (e instanceof Error) return util.inspect(e).split('\n').filter((l) => !isOwnFrame(l)).join('\n');
   if (typeof e === 'string') return e;
   return `thrown non-Error value: ${util.inspect(e)}`;
 }
@@ -485,14 +502,13 @@ function sendResult(call, res) {
   send(out[0], out[1]);
 }
 
-function onResolved(res) {
-  this.finish();
-  if (sendResult(this, res) !== true) done();
-}
-
-function onRejected(err) {
-  this.finish();
-  sendError(this, formatError(err));
+function settle(call, value, failed) {
+  call.finish();
+  if (failed) {
+    sendError(call, formatError(value));
+  } else if (sendResult(call, value) === true) {
+    return; // done() once the fetch Response body has been read
+  }
   done();
 }
 
@@ -501,19 +517,21 @@ function invoke(msg, body) {
   const call = new Call(msg.id);
   let res;
   try {
-    res = als.run(call, handler, new Request(msg, body));
+    if (als === null) {
+      current = call;
+      res = handler(new Request(msg, body));
+    } else {
+      res = als.run(call, handler, new Request(msg, body));
+    }
+    if (res !== null && typeof res === 'object' && typeof res.then === 'function') {
+      Promise.resolve(res).then((v) => settle(call, v, false), (e) => settle(call, e, true));
+      return;
+    }
   } catch (e) {
-    call.finish();
-    sendError(call, formatError(e));
-    done();
+    settle(call, e, true);
     return;
   }
-  if (res !== null && typeof res === 'object' && typeof res.then === 'function') {
-    Promise.resolve(res).then(onResolved.bind(call), onRejected.bind(call));
-    return;
-  }
-  call.finish();
-  if (sendResult(call, res) !== true) done();
+  settle(call, res, false);
 }
 
 function done() {
@@ -613,4 +631,7 @@ async function main() {
   openSocket();
 }
 
-main();
+main().catch((e) => {
+  origStderrWrite(`strata bootstrap: ${formatError(e)}\n`);
+  process.exit(1);
+});

@@ -412,8 +412,7 @@ def _format_exc(e):
         )
         and not f.filename.startswith("<frozen importlib")
     ]
-    if user:
-        te.stack = traceback.StackSummary.from_list(user)
+    te.stack = traceback.StackSummary.from_list(user)  # no user frame: just the exception
     return "".join(te.format()).rstrip("\n")
 
 
@@ -471,39 +470,26 @@ _R_TEXT = b',"status":200,"headers":' + _H_TEXT.encode() + b"}"
 _R_BIN = b',"status":200,"headers":' + _H_BIN.encode() + b"}"
 
 
-def _invoke(handler, msg, body):
-    """Run one call and send its log frames and response/error frame."""
-    cid_json = _encode(msg.get("id"))
-    call = _Call(cid_json)
-    token = _cur_set(call)
+def _result(cid_json, res):
+    """(header, body) of the response frame for a handler's (awaited) return value."""
+    t = type(res)
+    # Fast paths for the common results; everything else goes through _build.
+    if t is str:
+        return _R_HEAD + cid_json.encode("utf-8", "replace") + _R_TEXT, res.encode("utf-8")
+    if t is bytes:
+        return _R_HEAD + cid_json.encode("utf-8", "replace") + _R_BIN, res
     try:
-        res = handler(Request(msg, body))
-        t = type(res)
-        # Fast paths for the common results; everything else goes through _build.
-        if t is str:
-            h, b = _R_HEAD + cid_json.encode("utf-8", "replace") + _R_TEXT, res.encode("utf-8")
-        elif t is bytes:
-            h, b = _R_HEAD + cid_json.encode("utf-8", "replace") + _R_BIN, res
-        else:
-            if t is not dict and res is not None and hasattr(res, "__await__"):
-                res = _await(res)
-            try:
-                h, b = _build(cid_json, res)
-            except _BadResult as e:
-                h, b = _error_header(cid_json, "invalid response: %s" % e), b""
-            except Exception as e:
-                h, b = _error_header(
-                    cid_json,
-                    "handler returned a value that cannot be serialised (%s): %s: %s"
-                    % (type(res).__name__, type(e).__name__, e),
-                ), b""
-    except (Exception, SystemExit) as e:
-        h, b = _error_header(cid_json, _format_exc(e)), b""
-    finally:
-        _cur_reset(token)
-        call.done = True
-        if call.partial is not None:
-            call.flush_partial()
+        return _build(cid_json, res)
+    except _BadResult as e:
+        return _error_header(cid_json, "invalid response: %s" % e), b""
+    except Exception as e:
+        return _error_header(
+            cid_json,
+            "handler returned a value that cannot be serialised (%s): %s: %s" % (type(res).__name__, type(e).__name__, e),
+        ), b""
+
+
+def _send_frame(h, b):
     bl = len(b)
     try:
         if bl <= SMALL_BODY:
@@ -521,34 +507,74 @@ def _invoke(handler, msg, body):
         _die(0)
 
 
-def _serve(handler, concurrency):
+_NOT_AWAITABLE = frozenset((str, bytes, dict, list, type(None), int, float, bool))
+
+
+def _invoke(handler, msg, body):
+    """Run one call (sync handler, or an awaitable result run via _await); send its frames."""
+    cid_json = _encode(msg.get("id"))
+    call = _Call(cid_json)
+    token = _cur_set(call)
+    try:
+        res = handler(Request(msg, body))
+        if type(res) not in _NOT_AWAITABLE and hasattr(res, "__await__"):
+            res = _await(res)
+        h, b = _result(cid_json, res)
+    except (Exception, SystemExit) as e:
+        h, b = _error_header(cid_json, _format_exc(e)), b""
+    finally:
+        _cur_reset(token)
+        call.done = True
+        if call.partial is not None:
+            call.flush_partial()
+    _send_frame(h, b)
+
+
+async def _ainvoke(handler, msg, body):
+    """_invoke for an async handler, awaited directly inside the serving coroutine."""
+    cid_json = _encode(msg.get("id"))
+    call = _Call(cid_json)
+    token = _cur_set(call)
+    try:
+        res = handler(Request(msg, body))
+        if type(res) not in _NOT_AWAITABLE and hasattr(res, "__await__"):
+            res = await res
+        h, b = _result(cid_json, res)
+    except (Exception, SystemExit) as e:
+        h, b = _error_header(cid_json, _format_exc(e)), b""
+    finally:
+        _cur_reset(token)
+        call.done = True
+        if call.partial is not None:
+            call.flush_partial()
+    _send_frame(h, b)
+
+
+def _frames():
+    """Yield (header dict, body) for each invoke frame; return on shutdown or EOF."""
     rf = io.open(CTRL_FD, "rb", buffering=256 * 1024, closefd=False)
     read = rf.read
     unpack = _unpack
     unpack_from = _unpack_from
     scan = _scan_once
-    invoke = _invoke
-    submit = None
-    if concurrency > 1:
-        submit = _start_pool(handler, concurrency)
     while True:
         try:
             b = read(4)
             if len(b) != 4:
-                break
+                return
             hl = unpack(b)[0]
             hb = read(hl + 4)
             if len(hb) != hl + 4:
-                break
+                return
             bl = unpack_from(hb, hl)[0]
             if bl:
                 body = read(bl)
                 if len(body) != bl:
-                    break
+                    return
             else:
                 body = b""
         except OSError:
-            break
+            return
         try:
             msg = scan(hb[:hl].decode(), 0)[0]
             t = msg["t"]
@@ -556,14 +582,46 @@ def _serve(handler, concurrency):
             sys.__stderr__.write("strata bootstrap: bad frame header %r\n" % (hb[:200],))
             _die(1)
         if t == "invoke":
-            if submit is None:
-                invoke(handler, msg, body)
-            else:
-                submit((msg, body))
+            yield msg, body
         elif t == "shutdown":
-            break
+            return
         else:
             sys.__stderr__.write("strata bootstrap: ignoring unknown frame type %r\n" % (t,))
+
+
+def _is_coroutine_function(fn):
+    """`async def` function or method, or an instance whose __call__ is one."""
+    code = getattr(fn, "__code__", None)
+    if code is None and not isinstance(fn, type):
+        code = getattr(getattr(type(fn), "__call__", None), "__code__", None)
+    return code is not None and bool(code.co_flags & 0x80)  # inspect.CO_COROUTINE
+
+
+def _serve(handler, concurrency):
+    global _loop
+    if concurrency > 1:
+        # A pool of worker threads; the main thread only reads frames.
+        submit = _start_pool(handler, concurrency)
+        for item in _frames():
+            submit(item)
+    elif _is_coroutine_function(handler):
+        # `async def` handler, one call at a time: the frame loop itself runs as a
+        # coroutine on one event loop and awaits each call directly (no Task per call).
+        import asyncio
+
+        _loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(_loop)
+
+        async def serve():
+            ainvoke = _ainvoke
+            for msg, body in _frames():
+                await ainvoke(handler, msg, body)
+
+        _loop.run_until_complete(serve())
+    else:
+        invoke = _invoke
+        for msg, body in _frames():
+            invoke(handler, msg, body)
     _die(0)
 
 
@@ -577,10 +635,11 @@ def _start_pool(handler, n):
 
     def worker():
         get = q.get
+        invoke = _invoke
         try:
             while True:
                 msg, body = get()
-                _invoke(handler, msg, body)
+                invoke(handler, msg, body)
         except BaseException:
             import traceback
 
@@ -652,7 +711,6 @@ def main():
         os.chdir(code_dir)
     except OSError:
         pass
-    sys.argv = [os.path.join(code_dir, spec.partition(":")[0])]
 
     # Line-buffer the real streams so output outside calls reaches the platform promptly.
     for s in (sys.__stdout__, sys.__stderr__):

@@ -1,1 +1,279 @@
+//! The Orchestration layer: routes each invocation of a function to an instance of its
+//! active version, starts instances while calls wait (scale from zero), stops idle ones
+//! after keep-alive (scale to zero), keeps `min_instances`, drains old versions on redeploy,
+//! and records every call.
+//!
+//! The decisions are pure functions in [`scaling`]; [`pool`] carries them out with real
+//! instances. Nothing here speaks HTTP: the gateway calls [`Orchestrator::invoke`].
 
+pub mod pool;
+pub mod scaling;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use strata_instance::{InvokeError, LaunchSpec, LogSink, Request, Response, Runtimes};
+use strata_sandbox::Backend;
+use strata_store::{Store, now_ms};
+use strata_types::{ColdStart, ErrorCode, FunctionSpec, InvocationRecord, LogStream};
+
+pub use pool::{Lease, Pool, PoolStats};
+
+/// Why a call did not produce a handler response.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// No such function.
+    #[error("function {0} not found")]
+    NotFound(String),
+    /// No instance became free in time, or the queue is full.
+    #[error("function is over capacity")]
+    OverCapacity,
+    /// The pool is being replaced (internal; the router retries on the new one).
+    #[error("function version is draining")]
+    Draining,
+    /// The instance failed to load the handler.
+    #[error("instance failed to start: {0}")]
+    Init(String),
+    /// The call failed in the instance.
+    #[error(transparent)]
+    Invoke(#[from] InvokeError),
+    /// The daemon is stopping.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// The stable code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::NotFound(_) => ErrorCode::FunctionNotFound,
+            Error::OverCapacity | Error::Draining => ErrorCode::OverCapacity,
+            Error::Init(_) => ErrorCode::InitError,
+            Error::Invoke(InvokeError::Timeout(_)) => ErrorCode::Timeout,
+            Error::Invoke(InvokeError::Oom) => ErrorCode::Oom,
+            Error::Invoke(InvokeError::Crash(_)) => ErrorCode::Crash,
+            Error::Invoke(InvokeError::Function(_)) => ErrorCode::FunctionError,
+            Error::ShuttingDown => ErrorCode::ShuttingDown,
+        }
+    }
+}
+
+/// What every pool needs.
+pub struct Context {
+    /// The sandbox backend.
+    pub backend: Backend,
+    /// Runtime bootstraps.
+    pub runtimes: Runtimes,
+    /// State.
+    pub store: Store,
+    /// Calls that may wait per function version before 429.
+    pub queue_depth: usize,
+}
+
+impl Context {
+    /// Where a function's output goes: its log in the store.
+    pub fn log_sink(&self, function: &str) -> LogSink {
+        let store = self.store.clone();
+        let function = function.to_owned();
+        Arc::new(move |call: Option<&str>, stream: LogStream, line: String| store.log(&function, call, stream, line))
+    }
+}
+
+/// The outcome of one call, for the gateway.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The handler's response, or why there is none.
+    pub result: Result<Response, Error>,
+    /// The version that served it.
+    pub version: Option<String>,
+    /// Whether it waited for a new instance.
+    pub cold: Option<ColdStart>,
+}
+
+struct Entry {
+    active: Arc<Pool>,
+}
+
+/// Routes calls to pools.
+pub struct Orchestrator {
+    ctx: Arc<Context>,
+    functions: Mutex<HashMap<String, Entry>>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator").finish_non_exhaustive()
+    }
+}
+
+/// How long a drained version's calls in flight may take before their instances are killed.
+const DRAIN_GRACE: Duration = Duration::from_secs(60);
+
+impl Orchestrator {
+    /// An orchestrator with no functions; call [`Orchestrator::activate`] for each, and
+    /// spawn [`Orchestrator::run_ticks`].
+    pub fn new(ctx: Context) -> Arc<Self> {
+        Arc::new(Orchestrator {
+            ctx: Arc::new(ctx),
+            functions: Mutex::new(HashMap::new()),
+            stopping: false.into(),
+        })
+    }
+
+    /// The shared context.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Route `spec.name` to `version` (a new pool); the previous pool drains in the background.
+    pub fn activate(&self, spec: FunctionSpec, version: &str) {
+        let launch = LaunchSpec {
+            code_dir: self.ctx.store.blobs().code_dir(version),
+            spec: Arc::new(spec),
+            version: version.to_owned(),
+        };
+        let name = launch.spec.name.clone();
+        let pool = Pool::new(Arc::clone(&self.ctx), launch);
+        let old = self.functions.lock().expect("functions lock").insert(name, Entry { active: pool });
+        if let Some(old) = old {
+            tokio::spawn(async move { old.active.drain(DRAIN_GRACE).await });
+        }
+    }
+
+    /// Forget a function; its instances drain.
+    pub async fn remove(&self, name: &str) {
+        let old = self.functions.lock().expect("functions lock").remove(name);
+        if let Some(old) = old {
+            old.active.drain(DRAIN_GRACE).await;
+        }
+    }
+
+    /// The active pool of a function.
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.functions.lock().expect("functions lock").get(name).map(|e| Arc::clone(&e.active))
+    }
+
+    /// Stats of every function's active pool.
+    pub fn stats(&self) -> Vec<(String, PoolStats)> {
+        let pools: Vec<(String, Arc<Pool>)> =
+            self.functions.lock().expect("functions lock").iter().map(|(k, e)| (k.clone(), Arc::clone(&e.active))).collect();
+        pools.into_iter().map(|(k, p)| (k, p.stats())).collect()
+    }
+
+    /// Keep-alive and min-instance upkeep, once a second, forever.
+    pub async fn run_ticks(self: Arc<Self>) {
+        let mut every = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            every.tick().await;
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            let pools: Vec<Arc<Pool>> =
+                self.functions.lock().expect("functions lock").values().map(|e| Arc::clone(&e.active)).collect();
+            let now = Instant::now();
+            for p in pools {
+                p.tick(now);
+            }
+        }
+    }
+
+    /// Invoke a function and record the call.
+    pub async fn invoke(&self, name: &str, req: Request) -> Outcome {
+        let started = Instant::now();
+        let started_ms = now_ms();
+        let call_id = req.id.clone();
+        if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            return Outcome { result: Err(Error::ShuttingDown), version: None, cold: None };
+        }
+        // A redeploy can swap the pool between lookup and acquire: retry on the new one.
+        let mut lease = None;
+        let mut last_err = Error::NotFound(name.to_owned());
+        let mut pool = None;
+        for _ in 0..3 {
+            let Some(p) = self.pool(name) else {
+                return Outcome { result: Err(Error::NotFound(name.to_owned())), version: None, cold: None };
+            };
+            let wait = Duration::from_millis(p.launch.spec.timeout_ms).max(Duration::from_secs(30));
+            match p.acquire(wait).await {
+                Ok(l) => {
+                    lease = Some(l);
+                    pool = Some(p);
+                    break;
+                }
+                Err(Error::Draining) => {
+                    last_err = Error::Draining;
+                    continue;
+                }
+                Err(e) => {
+                    last_err = e;
+                    pool = Some(p);
+                    break;
+                }
+            }
+        }
+        let version = pool.as_ref().map(|p| p.launch.version.clone());
+        let Some(lease) = lease else {
+            self.record(name, &call_id, version.clone(), started_ms, started, None, &Err(last_err.clone()), (0.0, 0), None);
+            return Outcome { result: Err(last_err), version, cold: None };
+        };
+        let cold = lease.cold;
+        let inst = Arc::clone(lease.instance());
+        let result = inst.invoke(req).await.map_err(Error::from);
+        let usage = inst.take_usage();
+        drop(lease);
+        self.record(name, &call_id, version.clone(), started_ms, started, cold, &result, usage, Some(inst.id()));
+        Outcome { result, version, cold }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one record's fields, gathered in one place
+    fn record(
+        &self,
+        name: &str,
+        call_id: &str,
+        version: Option<String>,
+        started_ms: u64,
+        started: Instant,
+        cold: Option<ColdStart>,
+        result: &Result<Response, Error>,
+        (cpu_ms, memory_peak_bytes): (f64, u64),
+        instance: Option<&str>,
+    ) {
+        let (status, error) = match result {
+            Ok(r) => (r.status, None),
+            Err(e) => (e.code().status(), Some(e.code().as_str().to_owned())),
+        };
+        self.ctx.store.record(InvocationRecord {
+            call_id: call_id.to_owned(),
+            function: name.to_owned(),
+            version: version.unwrap_or_default(),
+            started_at_ms: started_ms,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            cold: cold.is_some(),
+            cold_start: cold,
+            status,
+            error,
+            cpu_ms,
+            memory_peak_bytes,
+            instance: instance.map(str::to_owned),
+        });
+    }
+
+    /// Stop taking calls and stop every instance (calls in flight get `grace`).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        let pools: Vec<Arc<Pool>> =
+            self.functions.lock().expect("functions lock").drain().map(|(_, e)| e.active).collect();
+        let drains = pools.iter().map(|p| p.drain(grace));
+        futures_join_all(drains).await;
+        self.ctx.store.flush();
+    }
+}
+
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
+    let handles: Vec<_> = futs.collect();
+    for f in handles {
+        f.await;
+    }
+}

@@ -20,6 +20,8 @@
 //! - `SPAWN_BENCH_N`: rounds (default 1000); `SPAWN_BENCH_WARMUP`: warm-up rounds (default 50).
 //! - `SPAWN_BENCH_NETNS_POOL`: `BackendConfig::netns_pool` (default: the backend's default).
 //! - `SPAWN_BENCH_NETWORK=host`: spawn with `NetworkMode::Host` (diagnostics only).
+//! - `SPAWN_BENCH_NETNS_SCHED=idle`: move the backend's `strata-netns` refill thread to
+//!   `SCHED_IDLE` (diagnostics only: shows what the refill competing for CPU costs).
 //! - `SPAWN_BENCH_ONLY=sandbox,fork,crun`: measure only these (diagnostics only).
 //!
 //! Prints a table (ms) and writes every figure to `target/bench/sandbox-spawn.json`.
@@ -227,6 +229,28 @@ fn crun_namespaces(bundle: &Path) -> Vec<String> {
                 .map(|a| a.iter().filter_map(|n| n["type"].as_str().map(str::to_owned)).collect())
         })
         .unwrap_or_default()
+}
+
+/// Put this process's threads named `name` under `SCHED_IDLE`; returns how many.
+fn sched_idle_threads(name: &str) -> Result<usize> {
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc/self/task")? {
+        let e = e?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let Ok(tid) = e.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+            continue;
+        };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler(2) on a thread of this process with a valid param.
+        if unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setscheduler(SCHED_IDLE)");
+        }
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Block until the pidfd is readable (the process has exited).
@@ -481,6 +505,13 @@ fn main() -> Result<()> {
     }
     let netns_pool = config.netns_pool;
     let backend = Backend::new(config).context("sandbox backend")?;
+    let netns_sched_idle = std::env::var("SPAWN_BENCH_NETNS_SCHED").as_deref() == Ok("idle");
+    if netns_sched_idle {
+        ensure!(
+            sched_idle_threads("strata-netns")? == 1,
+            "no strata-netns thread to move to SCHED_IDLE"
+        );
+    }
     // Let the pool fill before the warm-up.
     let deadline = Instant::now() + Duration::from_secs(5);
     while backend.netns_ready() < netns_pool && Instant::now() < deadline {
@@ -512,7 +543,8 @@ fn main() -> Result<()> {
         backend.cgroup_version()
     );
     println!(
-        "sandbox: network {network:?}, netns pool {netns_pool}; binary {}",
+        "sandbox: network {network:?}, netns pool {netns_pool}{}; binary {}",
+        if netns_sched_idle { " (refill thread SCHED_IDLE)" } else { "" },
         bin.display()
     );
     match (&crun, &bundle) {
@@ -684,6 +716,7 @@ fn main() -> Result<()> {
         "sandbox": {
             "network": format!("{network:?}"),
             "netns_pool": netns_pool,
+            "netns_refill_sched_idle": netns_sched_idle,
             "netns_pool_empty_before_spawn": rec.pool_empty,
             "netns_phase_over_200us": rec.netns_slow,
         },

@@ -12,6 +12,8 @@ pub enum ErrorCode {
     VersionNotFound,
     /// No invocation with that id (404).
     CallNotFound,
+    /// No such route (404).
+    RouteNotFound,
     /// The request body exceeds the configured limit (413).
     PayloadTooLarge,
     /// The request is malformed (400).
@@ -40,7 +42,7 @@ impl ErrorCode {
     /// The HTTP status code.
     pub fn status(self) -> u16 {
         match self {
-            ErrorCode::FunctionNotFound | ErrorCode::VersionNotFound | ErrorCode::CallNotFound => 404,
+            ErrorCode::FunctionNotFound | ErrorCode::VersionNotFound | ErrorCode::CallNotFound | ErrorCode::RouteNotFound => 404,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::BadRequest | ErrorCode::InvalidManifest => 400,
             ErrorCode::Timeout => 504,
@@ -57,6 +59,7 @@ impl ErrorCode {
             ErrorCode::FunctionNotFound => "function_not_found",
             ErrorCode::VersionNotFound => "version_not_found",
             ErrorCode::CallNotFound => "call_not_found",
+            ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::InvalidManifest => "invalid_manifest",

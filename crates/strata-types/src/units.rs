@@ -107,3 +107,36 @@ mod tests {
         }
     }
 }
+
+/// Format milliseconds since the Unix epoch as RFC 3339 UTC ("2026-11-26T22:48:33.120Z").
+pub fn format_rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), valid for every date after 1970.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn rfc3339() {
+        assert_eq!(super::format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::format_rfc3339_ms(1_795_733_313_120), "2026-11-26T22:48:33.120Z");
+        assert_eq!(super::format_rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

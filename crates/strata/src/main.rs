@@ -1,1 +1,59 @@
-fn main(){}
+//! The `strata` binary: `strata up` runs the daemon; every other subcommand is a client of a
+//! running daemon's HTTP API; `stdio-adapter` is the per-call adapter run inside sandboxes.
+
+mod cli;
+mod client;
+mod daemon;
+mod pack;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::StdioAdapter { argv } => exit(client::stdio_adapter(argv)),
+        cli::Command::Up(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| "strata=info,warn".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let max_body = match strata_types::units::parse_size(&args.max_body) {
+                Some(b) => b as usize,
+                None => {
+                    eprintln!("error: --max-body {:?} is not a size (use e.g. 6MiB)", args.max_body);
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            let opts = daemon::UpOptions {
+                listen: args.listen,
+                data: args.data,
+                demo: args.demo.then_some(args.examples),
+                max_body,
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => return exit(Err(e.into())),
+            };
+            exit(rt.block_on(daemon::up(opts)).map(|()| 0))
+        }
+        command => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return exit(Err(e.into())),
+            };
+            exit(rt.block_on(client::run(command)))
+        }
+    }
+}
+
+fn exit(r: anyhow::Result<i32>) -> std::process::ExitCode {
+    match r {
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

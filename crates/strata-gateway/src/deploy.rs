@@ -1,0 +1,70 @@
+//! Deploying a package: store it, validate its manifest, register and activate the version.
+
+use serde::Serialize;
+use strata_orchestrator::Orchestrator;
+use strata_store::Store;
+use strata_types::{ErrorCode, ExecMode, Manifest, Runtime};
+
+use crate::ApiError;
+
+/// What a deploy did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployResult {
+    /// Function name.
+    pub name: String,
+    /// Version id (content hash prefix).
+    pub version: String,
+    /// False when this exact package was deployed before (it is re-activated).
+    pub created: bool,
+    /// Runtime.
+    pub runtime: String,
+    /// Always true: a deploy activates.
+    pub active: bool,
+}
+
+/// The unpacked size a package may reach: 4× the upload limit covers compression.
+const UNPACK_FACTOR: u64 = 4;
+
+/// Deploy `archive` (a gzip'd tar of a function folder) and route calls to it.
+pub async fn deploy(store: &Store, orch: &Orchestrator, archive: bytes::Bytes, max_package: usize) -> Result<DeployResult, ApiError> {
+    let blobs = store.blobs().clone();
+    let limit = max_package as u64 * UNPACK_FACTOR;
+    let (version, manifest) = tokio::task::spawn_blocking(move || blobs.put(&archive, limit))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| ApiError::new(ErrorCode::InvalidManifest, e.to_string()))?;
+    let spec = Manifest::parse("strata.toml", &manifest)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidManifest, e.to_string()))?
+        .spec;
+    let code = store.blobs().code_dir(&version);
+    match spec.runtime {
+        Runtime::Exec => {
+            let exe = code.join(&spec.handler);
+            let ok = std::fs::metadata(&exe).map(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
+            if !matches!(ok, Ok(true)) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidManifest,
+                    format!("strata.toml: handler = {:?}: not an executable file in the package", spec.handler),
+                ));
+            }
+            if spec.mode == ExecMode::Stdio && spec.concurrency > 1 {
+                tracing::debug!(function = %spec.name, "stdio functions run one process per call whatever the concurrency");
+            }
+        }
+        Runtime::Python | Runtime::Node => {
+            let module = spec.handler.split_once(':').map_or("", |(m, _)| m);
+            let rel = if spec.runtime == Runtime::Python { format!("{}.py", module.replace('.', "/")) } else { module.to_owned() };
+            let candidates = [code.join(&rel), code.join(format!("{rel}.js")), code.join(format!("{rel}.mjs")), code.join(&rel).join("__init__.py")];
+            if !candidates.iter().any(|p| p.is_file()) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidManifest,
+                    format!("strata.toml: handler = {:?}: module {module} is not in the package", spec.handler),
+                ));
+            }
+        }
+    }
+    let created = store.activate_new(&version, &spec)?;
+    orch.activate(spec.clone(), &version);
+    tracing::info!(function = %spec.name, %version, created, "deployed");
+    Ok(DeployResult { name: spec.name, version, created, runtime: spec.runtime.as_str().into(), active: true })
+}

@@ -1,0 +1,130 @@
+//! `ANY /function/NAME[/path]`: one synchronous invocation.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use strata_instance::Request;
+use strata_types::ErrorCode;
+
+use crate::{ApiError, AppState};
+
+/// Headers a handler may not set: the platform owns framing and connection management.
+const HOP_BY_HOP: &[&str] = &["connection", "content-length", "transfer-encoding", "keep-alive", "upgrade", "te", "trailer"];
+
+fn call_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-call-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// Read a body up to `limit` bytes; beyond it, 413.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("reading the request body: {e}"))),
+    }
+}
+
+pub(crate) async fn invoke(
+    State(s): State<AppState>,
+    Path(params): Path<Vec<(String, String)>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let t0 = Instant::now();
+    let name = params.iter().find(|(k, _)| k == "name").map(|(_, v)| v.clone()).unwrap_or_default();
+    let id = call_id(&headers);
+    let prefix_len = "/function/".len() + name.len();
+    let path = match uri.path().get(prefix_len..) {
+        Some(p) if p.starts_with('/') => p.to_owned(),
+        _ => "/".to_owned(),
+    };
+    let fail = |e: ApiError, id: &str| ApiError { call_id: Some(id.to_owned()), ..e }.into_response();
+    if s.orch.pool(&name).is_none() {
+        s.metrics.observe(&name, ErrorCode::FunctionNotFound.status(), t0.elapsed(), false);
+        return fail(ApiError::new(ErrorCode::FunctionNotFound, format!("function {name} not found")), &id);
+    }
+    if let Some(len) = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+        && len > s.config.max_body
+    {
+        s.metrics.observe(&name, 413, t0.elapsed(), false);
+        return fail(
+            ApiError::new(ErrorCode::PayloadTooLarge, format!("request body of {len} bytes exceeds the limit of {} bytes", s.config.max_body)),
+            &id,
+        );
+    }
+    let body = match read_body(body, s.config.max_body).await {
+        Ok(b) => b,
+        Err(e) => {
+            s.metrics.observe(&name, e.code.status(), t0.elapsed(), false);
+            return fail(e, &id);
+        }
+    };
+    let req = Request {
+        id: id.clone(),
+        method: method.as_str().to_owned(),
+        path,
+        query: uri.query().unwrap_or("").to_owned(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect(),
+        body,
+    };
+    let span = tracing::debug_span!("invoke", function = %name, call_id = %id);
+    let _ = span.enter();
+    let outcome = s.orch.invoke(&name, req).await;
+    let elapsed = t0.elapsed();
+    let cold = outcome.cold.is_some();
+    match outcome.result {
+        Ok(r) => {
+            s.metrics.observe(&name, r.status, elapsed, cold);
+            let mut resp = Response::new(Body::from(r.body));
+            *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let h = resp.headers_mut();
+            for (k, v) in &r.headers {
+                let lower = k.to_ascii_lowercase();
+                if HOP_BY_HOP.contains(&lower.as_str()) {
+                    continue;
+                }
+                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(lower.as_bytes()), HeaderValue::from_str(v)) {
+                    h.append(k, v);
+                }
+            }
+            stamp(h, &id, elapsed.as_secs_f64());
+            resp
+        }
+        Err(e) => {
+            let code = e.code();
+            s.metrics.observe(&name, code.status(), elapsed, cold);
+            let message = match &e {
+                strata_orchestrator::Error::Invoke(inner) => format!("call {id}: {} ({inner})", code.as_str()),
+                other => format!("call {id}: {other}"),
+            };
+            let mut resp = fail(ApiError::new(code, message), &id);
+            stamp(resp.headers_mut(), &id, elapsed.as_secs_f64());
+            resp
+        }
+    }
+}
+
+fn stamp(h: &mut HeaderMap, id: &str, secs: f64) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert("x-call-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{secs:.6}")) {
+        h.insert("x-duration-seconds", v);
+    }
+}

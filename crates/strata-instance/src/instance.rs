@@ -1,0 +1,522 @@
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strata_sandbox::{Backend, BindMount, ExitKind, FdMapping, Limits, NetworkMode, Sandbox, SandboxSpec};
+use strata_types::{ColdStart, ExecMode, FunctionSpec, LogStream, Network, Runtime};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::unix::AsyncFd;
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{oneshot, watch};
+
+use crate::protocol::{self, FromInstance, ToInstance};
+
+/// Where the host keeps what instances need besides their code.
+#[derive(Debug, Clone)]
+pub struct Runtimes {
+    /// Folder with `python/bootstrap.py`, `node/bootstrap.js`; mounted at `/strata/runtime`.
+    pub dir: PathBuf,
+    /// The `strata` binary, mounted at `/strata/bin/strata` for the stdio adapter.
+    pub strata_bin: PathBuf,
+}
+
+/// Receives every line a function prints: (call id if known, stream, line).
+pub type LogSink = Arc<dyn Fn(Option<&str>, LogStream, String) + Send + Sync>;
+
+/// What to launch.
+#[derive(Clone)]
+pub struct LaunchSpec {
+    /// The function's locked spec.
+    pub spec: Arc<FunctionSpec>,
+    /// Version id.
+    pub version: String,
+    /// Host folder with the version's code.
+    pub code_dir: PathBuf,
+}
+
+/// One call.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Call id.
+    pub id: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path after the function name.
+    pub path: String,
+    /// Raw query string.
+    pub query: String,
+    /// Lowercase header names.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// A handler's answer.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// Why an instance ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeathReason {
+    /// Killed for exceeding its memory limit.
+    Oom,
+    /// Exited or died on its own (description).
+    Crash(String),
+    /// Stopped by the platform (timeout, scale-down, shutdown).
+    Stopped,
+}
+
+/// Starting an instance failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The sandbox could not be created.
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] strata_sandbox::SandboxError),
+    /// The runtime failed to load the handler.
+    #[error("{0}")]
+    Init(String),
+    /// Host-side I/O.
+    #[error("instance setup: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InvokeError {
+    /// No answer within the timeout; the instance was killed.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The instance was OOM-killed.
+    #[error("instance ran out of memory")]
+    Oom,
+    /// The instance died.
+    #[error("instance crashed: {0}")]
+    Crash(String),
+    /// The handler raised.
+    #[error("handler error: {0}")]
+    Function(String),
+}
+
+enum Reply {
+    Ok(Response),
+    Err(String),
+}
+
+struct Shared {
+    id: String,
+    function: String,
+    pending: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
+    sandbox: Mutex<Option<Sandbox>>,
+    death: watch::Sender<Option<DeathReason>>,
+    stopping: std::sync::atomic::AtomicBool,
+    log: LogSink,
+    /// The last lines of stderr, for init errors.
+    stderr_tail: Mutex<Vec<String>>,
+    cpu_base_usec: AtomicU64,
+}
+
+/// A running instance. Dropping it kills the sandbox.
+pub struct Instance {
+    shared: Arc<Shared>,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    timeout: Duration,
+    cold: ColdStart,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance").field("id", &self.shared.id).finish()
+    }
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(1);
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array with two new descriptors that we own from here on.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((r, w))
+}
+
+/// Program and arguments for a runtime, as seen inside the sandbox.
+fn command(spec: &FunctionSpec) -> (PathBuf, Vec<String>) {
+    match (spec.runtime, spec.mode) {
+        (Runtime::Python, _) => (
+            "/usr/bin/python3".into(),
+            // -I: ignore PYTHON* variables and the user site; -S: skip `site` (saves ~5 ms of
+            // start-up; the bootstrap puts the code folder on the path itself).
+            vec!["python3".into(), "-I".into(), "-S".into(), "/strata/runtime/python/bootstrap.py".into()],
+        ),
+        (Runtime::Node, _) => (
+            "/usr/bin/node".into(),
+            vec!["node".into(), "/strata/runtime/node/bootstrap.js".into()],
+        ),
+        (Runtime::Exec, ExecMode::Protocol) => {
+            let p = format!("/code/{}", spec.handler);
+            (p.clone().into(), vec![p])
+        }
+        (Runtime::Exec, ExecMode::Stdio) => (
+            "/strata/bin/strata".into(),
+            vec!["strata".into(), "stdio-adapter".into(), format!("/code/{}", spec.handler)],
+        ),
+    }
+}
+
+impl Instance {
+    /// Start an instance and wait until its handler is loaded.
+    pub async fn launch(
+        backend: &Backend,
+        runtimes: &Runtimes,
+        launch: &LaunchSpec,
+        log: LogSink,
+    ) -> Result<Instance, LaunchError> {
+        let spec = &launch.spec;
+        let id = format!("{}-{}", spec.name, SEQ.fetch_add(1, Ordering::Relaxed));
+        let (ours, theirs) = StdUnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (program, args) = command(spec);
+        let mut sb = SandboxSpec::new(program, args);
+        sb.code = Some(launch.code_dir.clone());
+        sb.cwd = "/code".into();
+        sb.mounts.push(BindMount { source: runtimes.dir.clone(), target: "/strata/runtime".into() });
+        if spec.runtime == Runtime::Exec && spec.mode == ExecMode::Stdio {
+            sb.mounts.push(BindMount { source: runtimes.strata_bin.clone(), target: "/strata/bin/strata".into() });
+        }
+        sb.env.extend(spec.env.clone());
+        for (k, v) in [
+            ("STRATA_HANDLER", spec.handler.clone()),
+            ("STRATA_CODE_DIR", "/code".into()),
+            ("STRATA_CONCURRENCY", spec.concurrency.to_string()),
+            ("STRATA_FUNCTION", spec.name.clone()),
+            ("STRATA_VERSION", launch.version.clone()),
+        ] {
+            sb.env.insert(k.into(), v);
+        }
+        sb.limits = Limits {
+            memory_bytes: spec.memory_bytes,
+            cpu_millis: spec.cpu_millis,
+            // 128: Node starts ~11 threads, a Python thread pool a few dozen; a fork bomb
+            // still stops far below anything the host notices.
+            pids: 128,
+            ..Limits::default()
+        };
+        sb.network = match spec.network {
+            Network::None => NetworkMode::None,
+            Network::Host => NetworkMode::Host,
+        };
+        sb.hostname = spec.name.clone();
+        sb.fds = vec![
+            FdMapping { fd: OwnedFd::from(theirs), target: 3 },
+            FdMapping { fd: out_w, target: 1 },
+            FdMapping { fd: err_w, target: 2 },
+        ];
+        let backend = backend.clone();
+        let t0 = Instant::now();
+        let sandbox = tokio::task::spawn_blocking(move || backend.spawn(sb))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let sandbox_time = sandbox.timings().total;
+        let spawned = Instant::now();
+        let pidfd = sandbox.pidfd().try_clone_to_owned()?;
+
+        let (death, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            id,
+            function: spec.name.clone(),
+            pending: Mutex::new(HashMap::new()),
+            sandbox: Mutex::new(Some(sandbox)),
+            death,
+            stopping: false.into(),
+            log,
+            stderr_tail: Mutex::new(Vec::new()),
+            cpu_base_usec: AtomicU64::new(0),
+        });
+        let stream = UnixStream::from_std(ours)?;
+        let (read, write) = stream.into_split();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        tokio::spawn(read_loop(Arc::clone(&shared), read, ready_tx));
+        tokio::spawn(output_loop(Arc::clone(&shared), out_r, LogStream::Stdout));
+        tokio::spawn(output_loop(Arc::clone(&shared), err_r, LogStream::Stderr));
+        tokio::spawn(exit_watch(Arc::clone(&shared), pidfd));
+
+        let instance = Instance {
+            shared: Arc::clone(&shared),
+            writer: tokio::sync::Mutex::new(write),
+            timeout: Duration::from_millis(spec.timeout_ms),
+            cold: ColdStart::default(),
+        };
+        // Start-up gets at least 30 s: a first import of a large library can be slow even
+        // when the per-call timeout is short.
+        let startup = instance.timeout.max(Duration::from_secs(30));
+        let mut death_rx = shared.death.subscribe();
+        let ready = tokio::select! {
+            r = tokio::time::timeout(startup, ready_rx) => match r {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err("the instance closed its control channel before it was ready".to_owned()),
+                Err(_) => Err(format!("the instance was not ready within {startup:?}")),
+            },
+            r = death_rx.wait_for(Option::is_some) => {
+                let reason = r.ok().and_then(|g| g.clone());
+                Err(format!("the instance exited during start-up ({reason:?})"))
+            }
+        };
+        match ready {
+            Ok(import_ms) => {
+                let import_ms = import_ms.unwrap_or(0.0);
+                let ready_ms = spawned.elapsed().as_secs_f64() * 1000.0;
+                let mut instance = instance;
+                instance.cold = ColdStart {
+                    sandbox_ms: sandbox_time.as_secs_f64() * 1000.0,
+                    runtime_init_ms: (ready_ms - import_ms).max(0.0),
+                    import_ms,
+                };
+                let _ = t0;
+                instance.shared.cpu_base_usec.store(instance.raw_usage().cpu_usec, Ordering::Relaxed);
+                Ok(instance)
+            }
+            Err(mut message) => {
+                instance.stop().await;
+                // Give the output readers a moment to drain what the runtime printed.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let tail = shared.stderr_tail.lock().expect("tail lock").join("\n");
+                if !tail.is_empty() && !message.contains(&tail) {
+                    message = format!("{message}\n{tail}");
+                }
+                Err(LaunchError::Init(message))
+            }
+        }
+    }
+
+    /// The instance's id.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// The cold start's breakdown.
+    pub fn cold_start(&self) -> ColdStart {
+        self.cold
+    }
+
+    /// Whether it has died or is being stopped.
+    pub fn is_dead(&self) -> bool {
+        self.shared.death.borrow().is_some() || self.shared.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the instance is dead.
+    pub async fn died(&self) -> DeathReason {
+        let mut rx = self.shared.death.subscribe();
+        let _ = rx.wait_for(Option::is_some).await;
+        rx.borrow().clone().unwrap_or(DeathReason::Stopped)
+    }
+
+    fn raw_usage(&self) -> strata_sandbox::Usage {
+        self.shared.sandbox.lock().expect("sandbox lock").as_ref().map(Sandbox::usage).unwrap_or_default()
+    }
+
+    /// CPU time used since the previous call of this method (ms), and peak memory (bytes).
+    pub fn take_usage(&self) -> (f64, u64) {
+        let u = self.raw_usage();
+        let before = self.shared.cpu_base_usec.swap(u.cpu_usec, Ordering::Relaxed);
+        (u.cpu_usec.saturating_sub(before) as f64 / 1000.0, u.memory_peak_bytes)
+    }
+
+    /// Run one call.
+    pub async fn invoke(&self, req: Request) -> Result<Response, InvokeError> {
+        if let Some(reason) = self.shared.death.borrow().clone() {
+            return Err(death_error(reason));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.shared.pending.lock().expect("pending lock").insert(req.id.clone(), tx);
+        let frame = protocol::encode(
+            &ToInstance::Invoke {
+                id: &req.id,
+                method: &req.method,
+                path: &req.path,
+                query: &req.query,
+                headers: &req.headers,
+            },
+            &req.body,
+        );
+        let mut death_rx = self.shared.death.subscribe();
+        let call = async {
+            {
+                use tokio::io::AsyncWriteExt;
+                let mut w = self.writer.lock().await;
+                if let Err(e) = w.write_all(&frame).await {
+                    return Err(InvokeError::Crash(format!("control channel: {e}")));
+                }
+            }
+            tokio::select! {
+                r = rx => match r {
+                    Ok(Reply::Ok(resp)) => Ok(resp),
+                    Ok(Reply::Err(m)) => Err(InvokeError::Function(m)),
+                    Err(_) => Err(InvokeError::Crash("the instance dropped the call".into())),
+                },
+                r = death_rx.wait_for(Option::is_some) => {
+                    let reason = r.ok().and_then(|g| g.clone()).unwrap_or(DeathReason::Stopped);
+                    Err(death_error(reason))
+                }
+            }
+        };
+        let out = match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                (self.shared.log)(
+                    Some(&req.id),
+                    LogStream::System,
+                    format!("call timed out after {:?}; instance {} killed", self.timeout, self.shared.id),
+                );
+                self.kill();
+                Err(InvokeError::Timeout(self.timeout))
+            }
+        };
+        self.shared.pending.lock().expect("pending lock").remove(&req.id);
+        out
+    }
+
+    /// SIGKILL the sandbox (returns at once; the exit watcher reaps it).
+    pub fn kill(&self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        if let Some(sb) = self.shared.sandbox.lock().expect("sandbox lock").as_ref() {
+            sb.kill();
+        }
+    }
+
+    /// Stop the instance and wait until it is gone and torn down.
+    pub async fn stop(&self) {
+        self.kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.died()).await;
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn death_error(reason: DeathReason) -> InvokeError {
+    match reason {
+        DeathReason::Oom => InvokeError::Oom,
+        DeathReason::Crash(m) => InvokeError::Crash(m),
+        DeathReason::Stopped => InvokeError::Crash("the instance was stopped".into()),
+    }
+}
+
+async fn read_loop(
+    shared: Arc<Shared>,
+    mut read: tokio::net::unix::OwnedReadHalf,
+    ready: oneshot::Sender<Result<Option<f64>, String>>,
+) {
+    let mut ready = Some(ready);
+    loop {
+        let frame = match protocol::read_frame(&mut read).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                (shared.log)(None, LogStream::System, format!("protocol error, instance killed: {e}"));
+                if let Some(sb) = shared.sandbox.lock().expect("sandbox lock").as_ref() {
+                    sb.kill();
+                }
+                return;
+            }
+        };
+        match frame {
+            (FromInstance::Ready { import_ms }, _) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Ok(import_ms));
+                }
+            }
+            (FromInstance::InitError { message }, _) => {
+                (shared.log)(None, LogStream::System, format!("init error: {message}"));
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(message));
+                }
+            }
+            (FromInstance::Response { id, status, headers }, body) => {
+                if let Some(tx) = shared.pending.lock().expect("pending lock").remove(&id) {
+                    let _ = tx.send(Reply::Ok(Response { status, headers, body }));
+                }
+            }
+            (FromInstance::Error { id, message }, _) => {
+                for line in message.lines() {
+                    (shared.log)(Some(&id), LogStream::Stderr, line.to_owned());
+                }
+                if let Some(tx) = shared.pending.lock().expect("pending lock").remove(&id) {
+                    let _ = tx.send(Reply::Err(message));
+                }
+            }
+            (FromInstance::Log { id, stream, line }, _) => {
+                let stream = if stream == "stderr" { LogStream::Stderr } else { LogStream::Stdout };
+                (shared.log)(id.as_deref(), stream, line);
+            }
+        }
+    }
+}
+
+/// Lines written straight to fd 1/2: attributed to the call in flight when there is exactly
+/// one, else to the instance.
+async fn output_loop(shared: Arc<Shared>, fd: OwnedFd, stream: LogStream) {
+    let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { return };
+    let mut lines = BufReader::new(rx).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if stream == LogStream::Stderr {
+            let mut tail = shared.stderr_tail.lock().expect("tail lock");
+            if tail.len() >= 20 {
+                tail.remove(0);
+            }
+            tail.push(line.clone());
+        }
+        let call = {
+            let p = shared.pending.lock().expect("pending lock");
+            if p.len() == 1 { p.keys().next().cloned() } else { None }
+        };
+        (shared.log)(call.as_deref(), stream, line);
+    }
+}
+
+async fn exit_watch(shared: Arc<Shared>, pidfd: OwnedFd) {
+    // SAFETY: `pidfd` is an owned descriptor that nothing else holds; it is registered once
+    // and deregistered when the AsyncFd is dropped, before the descriptor is closed.
+    if let Ok(fd) = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
+        let _ = fd.readable().await;
+    }
+    let sandbox = shared.sandbox.lock().expect("sandbox lock").take();
+    let stopping = shared.stopping.load(Ordering::Relaxed);
+    let exit = match sandbox {
+        Some(mut sb) => tokio::task::spawn_blocking(move || sb.wait().ok()).await.ok().flatten(),
+        None => None,
+    };
+    let reason = match exit.map(|e| e.kind) {
+        Some(ExitKind::Oom) => DeathReason::Oom,
+        _ if stopping => DeathReason::Stopped,
+        Some(ExitKind::Exited(c)) => DeathReason::Crash(format!("exited with code {c}")),
+        Some(ExitKind::Signaled(s)) => DeathReason::Crash(format!("killed by signal {s}")),
+        None => DeathReason::Crash("lost track of the sandbox".into()),
+    };
+    if reason != DeathReason::Stopped {
+        (shared.log)(None, LogStream::System, format!("instance {} ended: {reason:?}", shared.id));
+    }
+    tracing::debug!(instance = %shared.id, function = %shared.function, ?reason, "instance ended");
+    shared.pending.lock().expect("pending lock").clear();
+    shared.death.send_replace(Some(reason));
+}

@@ -1,0 +1,296 @@
+//! The instances of one function version: leases, scale-out while calls wait, keep-alive,
+//! draining. Decisions come from [`crate::scaling`]; this file only carries them out.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use strata_instance::{Instance, LaunchSpec};
+use strata_types::ColdStart;
+use tokio::sync::oneshot;
+
+use crate::scaling::{self, PoolView, SlotView};
+use crate::{Context, Error};
+
+struct Slot {
+    inst: Arc<Instance>,
+    inflight: u32,
+    last_used: Instant,
+}
+
+struct Waiter {
+    tx: oneshot::Sender<Result<Lease, Error>>,
+}
+
+#[derive(Default)]
+struct State {
+    slots: Vec<Slot>,
+    starting: u32,
+    waiters: VecDeque<Waiter>,
+    draining: bool,
+    cold_starts: u64,
+}
+
+/// A pool of instances of one version.
+pub struct Pool {
+    pub(crate) launch: LaunchSpec,
+    ctx: Arc<Context>,
+    state: Mutex<State>,
+}
+
+/// The right to send one call to an instance; dropping it gives the slot back.
+pub struct Lease {
+    /// `None` once disarmed (a hand-over the caller abandoned).
+    pool: Option<Arc<Pool>>,
+    inst: Arc<Instance>,
+    /// Set when the call waited for this instance to start.
+    pub cold: Option<ColdStart>,
+}
+
+impl Lease {
+    /// The instance.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.inst
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.release(&self.inst);
+        }
+    }
+}
+
+/// Counts for `describe` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Ready instances.
+    pub instances: u32,
+    /// Being started.
+    pub starting: u32,
+    /// Calls in flight.
+    pub inflight: u32,
+    /// Calls waiting for an instance.
+    pub waiting: u32,
+    /// Cold starts so far.
+    pub cold_starts: u64,
+    /// Per instance: (id, calls in flight, idle for).
+    pub detail: Vec<(String, u32, Duration)>,
+}
+
+impl Pool {
+    pub(crate) fn new(ctx: Arc<Context>, launch: LaunchSpec) -> Arc<Pool> {
+        let pool = Arc::new(Pool { launch, ctx, state: Mutex::new(State::default()) });
+        pool.scale();
+        pool
+    }
+
+    fn view(&self, st: &State) -> PoolView {
+        let spec = &self.launch.spec;
+        PoolView {
+            slots: st.slots.iter().map(|s| SlotView { inflight: s.inflight, last_used: s.last_used }).collect(),
+            starting: st.starting,
+            waiting: st.waiters.len() as u32,
+            concurrency: spec.concurrency,
+            min_instances: if st.draining { 0 } else { spec.min_instances },
+            max_instances: spec.max_instances,
+            keep_alive: Duration::from_millis(spec.keep_alive_ms),
+        }
+    }
+
+    /// Start what the current demand needs.
+    fn scale(self: &Arc<Self>) {
+        let n = {
+            let mut st = self.state.lock().expect("pool lock");
+            let n = scaling::to_start(&self.view(&st));
+            st.starting += n;
+            n
+        };
+        for _ in 0..n {
+            let pool = Arc::clone(self);
+            tokio::spawn(async move { pool.start_one().await });
+        }
+    }
+
+    async fn start_one(self: Arc<Self>) {
+        let log = self.ctx.log_sink(&self.launch.spec.name);
+        let launched = Instance::launch(&self.ctx.backend, &self.ctx.runtimes, &self.launch, log).await;
+        let mut st = self.state.lock().expect("pool lock");
+        st.starting -= 1;
+        match launched {
+            Ok(inst) => {
+                st.cold_starts += 1;
+                let inst = Arc::new(inst);
+                let cold = inst.cold_start();
+                st.slots.push(Slot { inst: Arc::clone(&inst), inflight: 0, last_used: Instant::now() });
+                let idx = st.slots.len() - 1;
+                // Hand the new instance to waiting calls, as many as it takes.
+                while st.slots[idx].inflight < self.launch.spec.concurrency {
+                    let Some(w) = st.waiters.pop_front() else { break };
+                    st.slots[idx].inflight += 1;
+                    let lease = Lease { pool: Some(Arc::clone(&self)), inst: Arc::clone(&inst), cold: Some(cold) };
+                    if let Err(Ok(mut lease)) = w.tx.send(Ok(lease)) {
+                        // The caller gave up; releasing through the lease would re-lock, so
+                        // disarm it and undo the count here.
+                        lease.pool = None;
+                        st.slots[idx].inflight -= 1;
+                    }
+                }
+                let stop_now = st.draining && st.waiters.is_empty() && st.slots[idx].inflight == 0;
+                if stop_now {
+                    let slot = st.slots.remove(idx);
+                    drop(st);
+                    tokio::spawn(async move { slot.inst.stop().await });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(function = %self.launch.spec.name, error = %e, "instance failed to start");
+                if st.slots.is_empty() && st.starting == 0 {
+                    let msg = e.to_string();
+                    for w in st.waiters.drain(..) {
+                        let _ = w.tx.send(Err(Error::Init(msg.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Get an instance for one call: a warm one with room, else wait (bounded) while one
+    /// starts.
+    pub(crate) async fn acquire(self: &Arc<Self>, wait: Duration) -> Result<Lease, Error> {
+        let rx = {
+            let mut st = self.state.lock().expect("pool lock");
+            if st.draining {
+                return Err(Error::Draining);
+            }
+            st.slots.retain(|s| !s.inst.is_dead() || s.inflight > 0);
+            let view = self.view(&st);
+            if let Some(i) = scaling::pick(&view.slots, view.concurrency)
+                .filter(|&i| !st.slots[i].inst.is_dead())
+            {
+                let slot = &mut st.slots[i];
+                slot.inflight += 1;
+                return Ok(Lease { pool: Some(Arc::clone(self)), inst: Arc::clone(&slot.inst), cold: None });
+            }
+            if st.waiters.len() >= self.ctx.queue_depth {
+                return Err(Error::OverCapacity);
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push_back(Waiter { tx });
+            rx
+        };
+        self.scale();
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::Draining),
+            Err(_) => Err(Error::OverCapacity),
+        }
+    }
+
+    fn release(self: &Arc<Self>, inst: &Arc<Instance>) {
+        let mut stop = None;
+        {
+            let mut st = self.state.lock().expect("pool lock");
+            let Some(i) = st.slots.iter().position(|s| Arc::ptr_eq(&s.inst, inst)) else { return };
+            st.slots[i].inflight -= 1;
+            st.slots[i].last_used = Instant::now();
+            let dead = inst.is_dead();
+            let never_reuse = self.launch.spec.keep_alive_ms == 0;
+            if !dead && !never_reuse {
+                // Pass the slot straight to a waiting call.
+                while st.slots[i].inflight < self.launch.spec.concurrency {
+                    let Some(w) = st.waiters.pop_front() else { break };
+                    st.slots[i].inflight += 1;
+                    let lease = Lease { pool: Some(Arc::clone(self)), inst: Arc::clone(inst), cold: None };
+                    if let Err(Ok(mut lease)) = w.tx.send(Ok(lease)) {
+                        lease.pool = None;
+                        st.slots[i].inflight -= 1;
+                    }
+                }
+            }
+            let idle = st.slots[i].inflight == 0;
+            if dead || (idle && (never_reuse || st.draining)) {
+                stop = Some(st.slots.remove(i));
+            }
+        }
+        if let Some(slot) = stop {
+            tokio::spawn(async move { slot.inst.stop().await });
+        }
+        // A dead instance may leave waiters behind: start a replacement.
+        self.scale();
+    }
+
+    /// Stop instances idle past keep-alive, drop dead ones, keep `min_instances` up.
+    pub(crate) fn tick(self: &Arc<Self>, now: Instant) {
+        let stopped: Vec<Slot> = {
+            let mut st = self.state.lock().expect("pool lock");
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < st.slots.len() {
+                if st.slots[i].inst.is_dead() && st.slots[i].inflight == 0 {
+                    out.push(st.slots.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            let mut idx = scaling::to_stop(&self.view(&st), now);
+            idx.sort_unstable_by(|a, b| b.cmp(a));
+            for i in idx {
+                out.push(st.slots.remove(i));
+            }
+            out
+        };
+        for slot in stopped {
+            tokio::spawn(async move { slot.inst.stop().await });
+        }
+        self.scale();
+    }
+
+    /// Stop taking calls; instances stop once idle. Returns when all are gone (or after
+    /// `grace`, when the rest are killed).
+    pub(crate) async fn drain(self: &Arc<Self>, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        loop {
+            let (idle, busy) = {
+                let mut st = self.state.lock().expect("pool lock");
+                st.draining = true;
+                let (idle, busy): (Vec<Slot>, Vec<Slot>) = st.slots.drain(..).partition(|s| s.inflight == 0);
+                st.slots = busy;
+                (idle, st.slots.len() + st.waiters.len() + st.starting as usize)
+            };
+            for slot in idle {
+                slot.inst.stop().await;
+            }
+            if busy == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let slots: Vec<Slot> = self.state.lock().expect("pool lock").slots.drain(..).collect();
+                for s in slots {
+                    s.inst.stop().await;
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Counts.
+    pub fn stats(&self) -> PoolStats {
+        let st = self.state.lock().expect("pool lock");
+        let now = Instant::now();
+        PoolStats {
+            instances: st.slots.len() as u32,
+            starting: st.starting,
+            inflight: st.slots.iter().map(|s| s.inflight).sum(),
+            waiting: st.waiters.len() as u32,
+            cold_starts: st.cold_starts,
+            detail: st
+                .slots
+                .iter()
+                .map(|s| (s.inst.id().to_owned(), s.inflight, now.saturating_duration_since(s.last_used)))
+                .collect(),
+        }
+    }
+}

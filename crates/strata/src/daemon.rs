@@ -1,0 +1,117 @@
+//! `strata up`: the daemon in the foreground.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use strata_gateway::{AppState, GatewayConfig, Metrics};
+use strata_instance::Runtimes;
+use strata_orchestrator::{Context, Orchestrator};
+use strata_sandbox::{Backend, BackendConfig};
+use strata_store::Store;
+
+/// The language bootstraps, compiled into the binary so it is self-contained.
+const RUNTIME_FILES: &[(&str, &str)] = &[
+    ("python/bootstrap.py", include_str!("../../../runtimes/python/bootstrap.py")),
+    ("python/strata.py", include_str!("../../../runtimes/python/strata.py")),
+    ("node/bootstrap.js", include_str!("../../../runtimes/node/bootstrap.js")),
+    ("node/strata.js", include_str!("../../../runtimes/node/strata.js")),
+];
+
+/// Options of `strata up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// State directory.
+    pub data: PathBuf,
+    /// Deploy the example functions at start.
+    pub demo: Option<PathBuf>,
+    /// Invocation body limit.
+    pub max_body: usize,
+}
+
+fn write_runtimes(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for (rel, content) in RUNTIME_FILES {
+        let path = dir.join(rel);
+        let parent = path.parent().context("runtime file has a parent")?;
+        std::fs::create_dir_all(parent)?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::write(&path, content)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// Run the daemon until SIGINT or SIGTERM.
+pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data).with_context(|| format!("creating {}", opts.data.display()))?;
+    let data = opts.data.canonicalize()?;
+    let store = Store::open(&data).with_context(|| format!("opening state in {}", data.display()))?;
+    let runtime_dir = data.join("runtime");
+    write_runtimes(&runtime_dir).context("writing runtime bootstraps")?;
+    let backend = Backend::new(BackendConfig::default()).context("preparing the process sandbox (run as root)")?;
+    tracing::info!(cgroups = backend.cgroup_version(), "sandbox backend ready");
+    let orch = Orchestrator::new(Context {
+        backend,
+        runtimes: Runtimes { dir: runtime_dir, strata_bin: std::env::current_exe()? },
+        store: store.clone(),
+        // 1000 waiting calls per function version: absorbs a burst while instances start,
+        // bounded so overload turns into 429s rather than memory growth.
+        queue_depth: 1000,
+    });
+    for f in store.functions()? {
+        match store.spec(&f.name, &f.active) {
+            Ok(spec) => orch.activate(spec, &f.active),
+            Err(e) => tracing::error!(function = %f.name, error = %e, "cannot restore function"),
+        }
+    }
+    tokio::spawn(Arc::clone(&orch).run_ticks());
+    let config = GatewayConfig { max_body: opts.max_body, ..GatewayConfig::default() };
+    let state = AppState { orch: Arc::clone(&orch), store: store.clone(), metrics: Arc::new(Metrics::new()), config: config.clone() };
+    if let Some(examples) = &opts.demo {
+        deploy_examples(&state, examples).await;
+    }
+    let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
+    eprintln!("strata: listening on http://{} (state in {})", listener.local_addr()?, data.display());
+    axum::serve(listener, strata_gateway::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    eprintln!("strata: draining calls in flight and stopping instances");
+    orch.shutdown(Duration::from_secs(30)).await;
+    store.flush();
+    eprintln!("strata: stopped");
+    Ok(())
+}
+
+async fn deploy_examples(state: &AppState, dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::warn!(dir = %dir.display(), "no examples folder");
+        return;
+    };
+    let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("strata.toml").is_file()).collect();
+    dirs.sort();
+    for d in dirs {
+        let res = match crate::pack::package(&d) {
+            Ok(archive) => strata_gateway::deploy(&state.store, &state.orch, archive.into(), state.config.max_package)
+                .await
+                .map_err(|e| anyhow::anyhow!("{} ({})", e.message, e.code)),
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(r) => eprintln!("strata: deployed example {} version {}", r.name, r.version),
+            Err(e) => eprintln!("strata: example {} not deployed: {e:#}", d.display()),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

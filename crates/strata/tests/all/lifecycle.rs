@@ -1,0 +1,146 @@
+//! Deploy, redeploy under load, rollback, rm, restart, scale to zero.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::harness::*;
+
+fn version_dir(v: &str) -> tempfile::TempDir {
+    let manifest = std::fs::read_to_string(fixture("version").join("strata.toml")).unwrap();
+    function_dir(&[("strata.toml", &manifest), ("main.py", &format!("VERSION = {v:?}\n\ndef handle(req):\n    return VERSION\n"))])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redeploy_under_load_fails_no_call_then_rollback_and_rm() {
+    let d = Daemon::start();
+    let v1 = version_dir("v1");
+    let v2 = version_dir("v2");
+    d.deploy(v1.path());
+    let c = d.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let seen_v2 = Arc::new(AtomicUsize::new(0));
+    let total = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, url, stop, failures, seen_v2, total) =
+                (c.clone(), d.fn_url("version"), stop.clone(), failures.clone(), seen_v2.clone(), total.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = c.get(&url).send().await.unwrap();
+                    total.fetch_add(1, Ordering::Relaxed);
+                    let ok = r.status() == 200;
+                    let text = r.text().await.unwrap();
+                    if !ok || !(text == "v1" || text == "v2") {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if text == "v2" {
+                        seen_v2.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    d.deploy(v2.path());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in load {
+        h.await.unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "of {} calls", total.load(Ordering::Relaxed));
+    assert!(seen_v2.load(Ordering::Relaxed) > 0);
+    assert_eq!(c.get(d.fn_url("version")).send().await.unwrap().text().await.unwrap(), "v2");
+
+    let out = d.cli(&["rollback", "version"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.get(d.fn_url("version")).send().await.unwrap().text().await.unwrap(), "v1");
+    let versions = body_json(c.get(format!("{}/api/v1/functions/version/versions", d.url)).send().await.unwrap()).await;
+    let versions = versions.as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    let v2_id = versions[1]["version"].as_str().unwrap().to_owned();
+    let out = d.cli(&["rollback", "version", "--to", &v2_id]);
+    assert!(out.status.success());
+    assert_eq!(c.get(d.fn_url("version")).send().await.unwrap().text().await.unwrap(), "v2");
+
+    // Deploying identical content again is the same version.
+    let again = d.deploy(v2.path());
+    assert!(again.contains(&v2_id), "{again}");
+
+    let out = d.cli(&["rm", "version"]);
+    assert!(out.status.success());
+    let r = c.get(d.fn_url("version")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_keeps_functions_and_logs() {
+    let mut d = Daemon::start();
+    d.deploy(&fixture("printer"));
+    let c = d.client();
+    assert_eq!(c.post(d.fn_url("printer")).body("before-restart").send().await.unwrap().status(), 200);
+    d.restart();
+    let c = d.client();
+    let list = body_json(c.get(format!("{}/api/v1/functions", d.url)).send().await.unwrap()).await;
+    assert_eq!(list[0]["name"], "printer");
+    assert_eq!(c.post(d.fn_url("printer")).body("after").send().await.unwrap().status(), 200);
+    let logs = body_json(c.get(format!("{}/api/v1/functions/printer/logs?since=0", d.url)).send().await.unwrap()).await;
+    let lines: Vec<&str> = logs["lines"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
+    assert!(lines.contains(&"printing before-restart"), "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_instances_scale_to_zero_and_min_instances_stay() {
+    let d = Daemon::start();
+    let quick = function_dir(&[
+        ("strata.toml", "name = \"quick\"\nruntime = \"python\"\nhandler = \"main:handle\"\nkeep_alive = \"1s\"\n"),
+        ("main.py", "def handle(r):\n    return 'q'\n"),
+    ]);
+    let kept = function_dir(&[
+        ("strata.toml", "name = \"kept\"\nruntime = \"python\"\nhandler = \"main:handle\"\nkeep_alive = \"1s\"\nmin_instances = 1\n"),
+        ("main.py", "def handle(r):\n    return 'k'\n"),
+    ]);
+    d.deploy(quick.path());
+    d.deploy(kept.path());
+    let c = d.client();
+    assert_eq!(c.get(d.fn_url("quick")).send().await.unwrap().status(), 200);
+    let instances = |name: &'static str| {
+        let c = c.clone();
+        let url = format!("{}/api/v1/functions/{name}", d.url);
+        async move { body_json(c.get(url).send().await.unwrap()).await["instances"].as_array().unwrap().len() }
+    };
+    assert_eq!(instances("quick").await, 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(instances("quick").await, 0, "scaled to zero after keep-alive");
+    assert_eq!(instances("kept").await, 1, "min_instances kept warm");
+    let recs = body_json(c.get(format!("{}/api/v1/functions/kept/invocations", d.url)).send().await.unwrap()).await;
+    assert!(recs.as_array().unwrap().is_empty());
+    let r = c.get(d.fn_url("kept")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The prewarmed instance served it: not a cold start.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let recs = body_json(c.get(format!("{}/api/v1/functions/kept/invocations", d.url)).send().await.unwrap()).await;
+    assert_eq!(recs[0]["cold"], false);
+    let metrics = c.get(format!("{}/metrics", d.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("gateway_function_invocation_total{function_name=\"kept\",code=\"200\"} 1"), "{metrics}");
+    assert!(metrics.contains("faas_coldstarts_total{function_name=\"quick\"} 1"));
+    assert!(metrics.contains("faas_instances{function_name=\"kept\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_zero_makes_every_call_cold() {
+    let d = Daemon::start();
+    let f = function_dir(&[
+        ("strata.toml", "name = \"cold\"\nruntime = \"python\"\nhandler = \"main:handle\"\nkeep_alive = \"0s\"\n"),
+        ("main.py", "import os\ndef handle(r):\n    return str(os.getpid())\n"),
+    ]);
+    d.deploy(f.path());
+    let c = d.client();
+    for _ in 0..3 {
+        assert_eq!(c.get(d.fn_url("cold")).send().await.unwrap().status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let recs = body_json(c.get(format!("{}/api/v1/functions/cold/invocations", d.url)).send().await.unwrap()).await;
+    assert!(recs.as_array().unwrap().iter().all(|r| r["cold"] == true), "{recs}");
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `strata` binary as daemon and CLI, real sandboxes (root).
+//! One test binary, one module per area (wasmtime's layout).
+
+mod harness;
+
+mod errors;
+mod lifecycle;
+mod invoke;

@@ -1,0 +1,4 @@
+VERSION = "v1"
+
+def handle(req):
+    return VERSION
