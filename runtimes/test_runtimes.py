@@ -320,6 +320,11 @@ def handle(req):
         return [req.headers["X-Mixed"], req.headers.get("X-MIXED"), "x-mixed" in req.headers]
     if p == "/big":
         return b"z" * int(req.query["n"])
+    if p == "/long-line":
+        print("L" * 300000)
+        return "ok"
+    if p == "/huge-error":
+        raise ValueError("E" * 2000000)
     return Response(404, None, "no route " + p)
 
 
@@ -408,6 +413,8 @@ exports.handle = (req) => {
     case '/stray-reject': Promise.reject(new Error('stray rejection')); return 'still fine';
     case '/web-response': return new globalThis.Response('web', { status: 202, headers: { 'x-w': '1' } });
     case '/big': return Buffer.alloc(Number(req.query.n), 'z');
+    case '/long-line': console.log('L'.repeat(300000)); return 'ok';
+    case '/huge-error': throw new Error('E'.repeat(2000000));
     default: return new Response(404, null, 'no route ' + req.path);
   }
 };
@@ -653,6 +660,22 @@ class RuntimeCases:
         self.assertNotIn("hello world", out)
         self.assertNotIn("to stderr", out)
 
+    def test_frames_stay_within_platform_limits(self):
+        # The platform kills an instance that sends a header > 1 MiB or a body > 64 MiB.
+        inst = self.start()
+        r = inst.invoke("/long-line")
+        self.assertEqual(r.body, b"ok")
+        self.assertGreater(len(r.logs), 1)
+        self.assertEqual("".join(line for _, line in r.logs), "L" * 300000)
+        r = inst.invoke("/huge-error")
+        self.assertEqual(r.t, "error")
+        self.assertIn("characters cut", r.message)
+        self.assertLess(len(r.message.encode()), 1 << 20)
+        r = inst.invoke("/big", query="n=%d" % ((64 << 20) + 1))
+        self.assertEqual(r.t, "error")
+        self.assertIn("limits", r.message)
+        self.assertEqual(inst.invoke("/big", query="n=%d" % (64 << 20)).body, b"z" * (64 << 20))
+
     # --- instance lifetime
 
     def test_module_top_level_runs_once(self):
@@ -724,7 +747,7 @@ class PythonRuntimeTests(RuntimeCases, unittest.TestCase):
     syntax_error_files = {"main.py": "def handle(req)\n    return 1\n"}
 
     def argv(self):
-        return [PYTHON, "-I", PY_BOOTSTRAP]
+        return [PYTHON, "-I", "-S", PY_BOOTSTRAP]  # as the platform runs it
 
     def test_sys_exit_in_handler_is_an_error(self):
         inst = self.start()
@@ -956,7 +979,7 @@ def bench(seconds=1.5, trials=3):
         env = {"STRATA_CODE_DIR": d, "STRATA_HANDLER": "main:handle"}
         runs = []
         if os.path.exists(PYTHON):
-            py = [PYTHON, "-I", PY_BOOTSTRAP]
+            py = [PYTHON, "-I", "-S", PY_BOOTSTRAP]
             runs += [("python, sync, concurrency 1", py, env),
                      ("python, async, concurrency 1", py, dict(env, STRATA_HANDLER="amain:handle")),
                      ("python, sync, concurrency 4", py, dict(env, STRATA_CONCURRENCY="4"))]

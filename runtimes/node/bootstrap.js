@@ -19,6 +19,14 @@ const { AsyncLocalStorage } = require('async_hooks');
 
 const CTRL_FD = 3;
 const SMALL_BODY = 64 * 1024; // bodies up to this size go out in the same write as the header
+// The platform's limits on a frame from an instance (crates/strata-instance/src/protocol.rs);
+// a bigger frame is a protocol error that gets the instance killed, so the runtime keeps
+// within them: long log lines are split, long error texts are clipped, too-large
+// responses become error frames.
+const MAX_HEADER = 1 << 20;
+const MAX_BODY = 64 << 20;
+const LOG_CHUNK = 64 * 1024; // UTF-16 units per log frame (JSON-escaped at most 6 bytes each)
+const MAX_MESSAGE = 128 * 1024; // UTF-16 units of an error / init_error message
 const RUNTIME_DIR = __dirname;
 const STRATA_JS = path.join(RUNTIME_DIR, 'strata.js');
 const CODE_DIR = path.resolve(process.env.STRATA_CODE_DIR || '/code');
@@ -217,7 +225,13 @@ class Call {
   }
 
   log(stream, line) {
-    send(`{"t":"log","id":${this.jid},"stream":"${stream}","line":${jstr(line)}}`);
+    if (line.length <= LOG_CHUNK) {
+      send(`{"t":"log","id":${this.jid},"stream":"${stream}","line":${jstr(line)}}`);
+      return;
+    }
+    for (let i = 0; i < line.length; i += LOG_CHUNK) {
+      send(`{"t":"log","id":${this.jid},"stream":"${stream}","line":${jstr(line.slice(i, i + LOG_CHUNK))}}`);
+    }
   }
 
   write(isErr, s) {
@@ -481,8 +495,23 @@ let handler = null;
 let inflight = 0;
 const queued = [];
 
+function clip(text) {
+  if (text.length <= MAX_MESSAGE) return text;
+  const half = MAX_MESSAGE / 2;
+  return `${text.slice(0, half)}\n... (${text.length - 2 * half} characters cut) ...\n${text.slice(-half)}`;
+}
+
 function sendError(call, text) {
-  send(`{"t":"error","id":${call.jid},"message":${jstr(text)}}`);
+  send(`{"t":"error","id":${call.jid},"message":${jstr(clip(text))}}`);
+}
+
+// [header, body] within the platform's limits, else an error frame is sent (returns false).
+function checkSize(call, header, body) {
+  const hl = header.length * 3 <= MAX_HEADER ? 0 : Buffer.byteLength(header);
+  if (body.length <= MAX_BODY && hl <= MAX_HEADER) return true;
+  sendError(call, `invalid response: ${Buffer.byteLength(header)} bytes of headers and ${body.length} bytes of body `
+    + `exceed the platform's limits (${MAX_HEADER} and ${MAX_BODY} bytes)`);
+  return false;
 }
 
 function sendResult(call, res) {
@@ -496,10 +525,11 @@ function sendResult(call, res) {
     return;
   }
   if (out instanceof Promise) {
-    out.then((o) => send(o[0], o[1]), (e) => sendError(call, `reading the returned Response failed: ${formatError(e)}`)).then(done);
+    out.then((o) => { if (checkSize(call, o[0], o[1])) send(o[0], o[1]); },
+      (e) => sendError(call, `reading the returned Response failed: ${formatError(e)}`)).then(done);
     return true;
   }
-  send(out[0], out[1]);
+  if (checkSize(call, out[0], out[1])) send(out[0], out[1]);
 }
 
 function settle(call, value, failed) {
@@ -622,7 +652,7 @@ async function main() {
   try {
     handler = await loadHandler(HANDLER_SPEC);
   } catch (e) {
-    send(`{"t":"init_error","message":${jstr(formatError(e))}}`); // blocking write
+    send(`{"t":"init_error","message":${jstr(clip(formatError(e)))}}`); // blocking write
     process.exit(1);
   }
   const importMs = performance.now() - t0;

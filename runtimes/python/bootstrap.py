@@ -20,6 +20,14 @@ from struct import Struct
 
 CTRL_FD = 3
 SMALL_BODY = 64 * 1024  # bodies up to this size are sent in the same write as the header
+# The platform's limits on a frame from an instance (crates/strata-instance/src/protocol.rs);
+# a bigger frame is a protocol error that gets the instance killed, so the runtime keeps
+# within them: long log lines are split, long error texts are clipped, too-large
+# responses become error frames.
+MAX_HEADER = 1 << 20
+MAX_BODY = 64 << 20
+LOG_CHUNK = 64 * 1024  # chars per log frame (JSON-escaped at most 6 bytes each)
+MAX_MESSAGE = 128 * 1024  # chars of an error / init_error message
 
 _u32 = Struct(">I")
 _pack = _u32.pack
@@ -65,28 +73,6 @@ def _write_rest(data, n):
         n += _oswrite(CTRL_FD, mv[n:])
 
 
-def _write_all(data):
-    try:
-        _write_rest(data, 0)
-    except OSError:
-        # The platform closed the control channel: nobody is left to answer to.
-        _die(0)
-
-
-def _send(header, body=b""):
-    """Write one frame. header: UTF-8 JSON bytes; body: bytes."""
-    bl = len(body)
-    if bl <= SMALL_BODY:
-        data = b"".join((_pack(len(header)), header, _pack(bl), body))
-        with _wlock:
-            _write_all(data)
-    else:
-        prefix = b"".join((_pack(len(header)), header, _pack(bl)))
-        with _wlock:
-            _write_all(prefix)
-            _write_all(body)
-
-
 # ---------------------------------------------------------------- stdout capture
 
 
@@ -101,8 +87,9 @@ class _Call:
         self.partial = None
 
     def _log(self, stream, line):
-        h = '{"t":"log","id":%s,"stream":"%s","line":%s}' % (self.jid, stream, _encode(line))
-        _send(h.encode("utf-8", "replace"))
+        for i in range(0, max(len(line), 1), LOG_CHUNK):
+            h = '{"t":"log","id":%s,"stream":"%s","line":%s}' % (self.jid, stream, _encode(line[i : i + LOG_CHUNK]))
+            _send(h.encode("utf-8", "replace"))
 
     def write(self, stream, s):
         partial = self.partial
@@ -392,8 +379,15 @@ def _build(cid_json, res):
     return ('{"t":"response","id":%s,"status":%d,"headers":%s}' % (cid_json, status, h)).encode("utf-8", "replace"), b
 
 
+def _clip(text):
+    if len(text) <= MAX_MESSAGE:
+        return text
+    half = MAX_MESSAGE // 2
+    return "%s\n... (%d characters cut) ...\n%s" % (text[:half], len(text) - 2 * half, text[-half:])
+
+
 def _error_header(cid_json, text):
-    return ('{"t":"error","id":%s,"message":%s}' % (cid_json, _encode(text))).encode("utf-8", "replace")
+    return ('{"t":"error","id":%s,"message":%s}' % (cid_json, _encode(_clip(text)))).encode("utf-8", "replace")
 
 
 def _format_exc(e):
@@ -475,21 +469,31 @@ def _result(cid_json, res):
     t = type(res)
     # Fast paths for the common results; everything else goes through _build.
     if t is str:
-        return _R_HEAD + cid_json.encode("utf-8", "replace") + _R_TEXT, res.encode("utf-8")
-    if t is bytes:
-        return _R_HEAD + cid_json.encode("utf-8", "replace") + _R_BIN, res
-    try:
-        return _build(cid_json, res)
-    except _BadResult as e:
-        return _error_header(cid_json, "invalid response: %s" % e), b""
-    except Exception as e:
+        h, b = _R_HEAD + cid_json.encode("utf-8", "replace") + _R_TEXT, res.encode("utf-8")
+    elif t is bytes:
+        h, b = _R_HEAD + cid_json.encode("utf-8", "replace") + _R_BIN, res
+    else:
+        try:
+            h, b = _build(cid_json, res)
+        except _BadResult as e:
+            return _error_header(cid_json, "invalid response: %s" % e), b""
+        except Exception as e:
+            return _error_header(
+                cid_json,
+                "handler returned a value that cannot be serialised (%s): %s: %s"
+                % (type(res).__name__, type(e).__name__, e),
+            ), b""
+    if len(b) > MAX_BODY or len(h) > MAX_HEADER:
         return _error_header(
             cid_json,
-            "handler returned a value that cannot be serialised (%s): %s: %s" % (type(res).__name__, type(e).__name__, e),
+            "invalid response: %d bytes of headers and %d bytes of body exceed the platform's limits "
+            "(%d and %d bytes)" % (len(h), len(b), MAX_HEADER, MAX_BODY),
         ), b""
+    return h, b
 
 
-def _send_frame(h, b):
+def _send(h, b=b""):
+    """Write one frame, whole, under the write lock. h: header JSON (UTF-8 bytes); b: body bytes."""
     bl = len(b)
     try:
         if bl <= SMALL_BODY:
@@ -504,6 +508,7 @@ def _send_frame(h, b):
                 _write_rest(data, 0)
                 _write_rest(b, 0)
     except OSError:
+        # The platform closed the control channel: nobody is left to answer to.
         _die(0)
 
 
@@ -527,7 +532,7 @@ def _invoke(handler, msg, body):
         call.done = True
         if call.partial is not None:
             call.flush_partial()
-    _send_frame(h, b)
+    _send(h, b)
 
 
 async def _ainvoke(handler, msg, body):
@@ -547,7 +552,7 @@ async def _ainvoke(handler, msg, body):
         call.done = True
         if call.partial is not None:
             call.flush_partial()
-    _send_frame(h, b)
+    _send(h, b)
 
 
 def _frames():
@@ -725,7 +730,7 @@ def main():
     try:
         handler = _load_handler(spec)
     except BaseException as e:  # SyntaxError, ImportError, SystemExit, ... all fail the init
-        msg = _format_exc(e)
+        msg = _clip(_format_exc(e))
         _send(('{"t":"init_error","message":%s}' % _encode(msg)).encode("utf-8", "replace"))
         _die(1)
     import_ms = (time.perf_counter() - t0) * 1000.0
