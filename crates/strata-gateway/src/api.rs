@@ -180,7 +180,11 @@ fn record_json(r: &strata_types::InvocationRecord) -> Value {
     })
 }
 
-pub(crate) async fn invocations(State(s): State<AppState>, Path(name): Path<String>, Query(q): Query<LimitQuery>) -> ApiResult {
+pub(crate) async fn invocations(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult {
     s.store.function(&name)?;
     let limit = q.limit.unwrap_or(20).clamp(1, 10_000);
     let recs = s.store.records(&name, limit)?;
@@ -190,12 +194,18 @@ pub(crate) async fn invocations(State(s): State<AppState>, Path(name): Path<Stri
 pub(crate) async fn invocation(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
     match s.store.call(&id)? {
         Some(r) => Ok(Json(record_json(&r)).into_response()),
-        None => Err(ApiError::new(ErrorCode::CallNotFound, format!("no invocation with id {id}"))),
+        None => Err(ApiError::new(
+            ErrorCode::CallNotFound,
+            format!("no invocation with id {id}"),
+        )),
     }
 }
 
 pub(crate) async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
 }
 
 pub(crate) async fn not_found(uri: Uri) -> ApiError {

@@ -26,7 +26,12 @@ pub struct DeployResult {
 const UNPACK_FACTOR: u64 = 4;
 
 /// Deploy `archive` (a gzip'd tar of a function folder) and route calls to it.
-pub async fn deploy(store: &Store, orch: &Orchestrator, archive: bytes::Bytes, max_package: usize) -> Result<DeployResult, ApiError> {
+pub async fn deploy(
+    store: &Store,
+    orch: &Orchestrator,
+    archive: bytes::Bytes,
+    max_package: usize,
+) -> Result<DeployResult, ApiError> {
     let blobs = store.blobs().clone();
     let limit = max_package as u64 * UNPACK_FACTOR;
     let (version, manifest) = tokio::task::spawn_blocking(move || blobs.put(&archive, limit))
@@ -40,11 +45,15 @@ pub async fn deploy(store: &Store, orch: &Orchestrator, archive: bytes::Bytes, m
     match spec.runtime {
         Runtime::Exec => {
             let exe = code.join(&spec.handler);
-            let ok = std::fs::metadata(&exe).map(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
+            let ok = std::fs::metadata(&exe)
+                .map(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
             if !matches!(ok, Ok(true)) {
                 return Err(ApiError::new(
                     ErrorCode::InvalidManifest,
-                    format!("strata.toml: handler = {:?}: not an executable file in the package", spec.handler),
+                    format!(
+                        "strata.toml: handler = {:?}: not an executable file in the package",
+                        spec.handler
+                    ),
                 ));
             }
             if spec.mode == ExecMode::Stdio && spec.concurrency > 1 {
@@ -53,12 +62,24 @@ pub async fn deploy(store: &Store, orch: &Orchestrator, archive: bytes::Bytes, m
         }
         Runtime::Python | Runtime::Node => {
             let module = spec.handler.split_once(':').map_or("", |(m, _)| m);
-            let rel = if spec.runtime == Runtime::Python { format!("{}.py", module.replace('.', "/")) } else { module.to_owned() };
-            let candidates = [code.join(&rel), code.join(format!("{rel}.js")), code.join(format!("{rel}.mjs")), code.join(&rel).join("__init__.py")];
+            let rel = if spec.runtime == Runtime::Python {
+                format!("{}.py", module.replace('.', "/"))
+            } else {
+                module.to_owned()
+            };
+            let candidates = [
+                code.join(&rel),
+                code.join(format!("{rel}.js")),
+                code.join(format!("{rel}.mjs")),
+                code.join(&rel).join("__init__.py"),
+            ];
             if !candidates.iter().any(|p| p.is_file()) {
                 return Err(ApiError::new(
                     ErrorCode::InvalidManifest,
-                    format!("strata.toml: handler = {:?}: module {module} is not in the package", spec.handler),
+                    format!(
+                        "strata.toml: handler = {:?}: module {module} is not in the package",
+                        spec.handler
+                    ),
                 ));
             }
         }
@@ -66,5 +87,11 @@ pub async fn deploy(store: &Store, orch: &Orchestrator, archive: bytes::Bytes, m
     let created = store.activate_new(&version, &spec)?;
     orch.activate(spec.clone(), &version);
     tracing::info!(function = %spec.name, %version, created, "deployed");
-    Ok(DeployResult { name: spec.name, version, created, runtime: spec.runtime.as_str().into(), active: true })
+    Ok(DeployResult {
+        name: spec.name,
+        version,
+        created,
+        runtime: spec.runtime.as_str().into(),
+        active: true,
+    })
 }

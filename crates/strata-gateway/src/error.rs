@@ -17,7 +17,11 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), call_id: None }
+        ApiError {
+            code,
+            message: message.into(),
+            call_id: None,
+        }
     }
 }
 

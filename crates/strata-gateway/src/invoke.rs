@@ -13,7 +13,15 @@ use strata_types::ErrorCode;
 use crate::{ApiError, AppState};
 
 /// Headers a handler may not set: the platform owns framing and connection management.
-const HOP_BY_HOP: &[&str] = &["connection", "content-length", "transfer-encoding", "keep-alive", "upgrade", "te", "trailer"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+];
 
 fn call_id(headers: &HeaderMap) -> String {
     headers
@@ -31,7 +39,10 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, 
             ErrorCode::PayloadTooLarge,
             format!("request body exceeds the limit of {limit} bytes"),
         )),
-        Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("reading the request body: {e}"))),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("reading the request body: {e}"),
+        )),
     }
 }
 
@@ -44,24 +55,47 @@ pub(crate) async fn invoke(
     body: Body,
 ) -> Response {
     let t0 = Instant::now();
-    let name = params.iter().find(|(k, _)| k == "name").map(|(_, v)| v.clone()).unwrap_or_default();
+    let name = params
+        .iter()
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     let id = call_id(&headers);
     let prefix_len = "/function/".len() + name.len();
     let path = match uri.path().get(prefix_len..) {
         Some(p) if p.starts_with('/') => p.to_owned(),
         _ => "/".to_owned(),
     };
-    let fail = |e: ApiError, id: &str| ApiError { call_id: Some(id.to_owned()), ..e }.into_response();
+    let fail = |e: ApiError, id: &str| {
+        ApiError {
+            call_id: Some(id.to_owned()),
+            ..e
+        }
+        .into_response()
+    };
     if s.orch.pool(&name).is_none() {
-        s.metrics.observe(&name, ErrorCode::FunctionNotFound.status(), t0.elapsed(), false);
-        return fail(ApiError::new(ErrorCode::FunctionNotFound, format!("function {name} not found")), &id);
+        s.metrics
+            .observe(&name, ErrorCode::FunctionNotFound.status(), t0.elapsed(), false);
+        return fail(
+            ApiError::new(ErrorCode::FunctionNotFound, format!("function {name} not found")),
+            &id,
+        );
     }
-    if let Some(len) = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
         && len > s.config.max_body
     {
         s.metrics.observe(&name, 413, t0.elapsed(), false);
         return fail(
-            ApiError::new(ErrorCode::PayloadTooLarge, format!("request body of {len} bytes exceeds the limit of {} bytes", s.config.max_body)),
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "request body of {len} bytes exceeds the limit of {} bytes",
+                    s.config.max_body
+                ),
+            ),
             &id,
         );
     }
@@ -79,7 +113,12 @@ pub(crate) async fn invoke(
         query: uri.query().unwrap_or("").to_owned(),
         headers: headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body,
     };

@@ -56,40 +56,97 @@ impl Metrics {
         let invocations = Family::<FnCode, Counter>::default();
         // Buckets from 100 µs to ~30 s: warm calls land in the first few, timeouts in the last.
         let seconds = Family::<Fn, Histogram>::new_with_constructor(|| {
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 3.0, 12))
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.0001, 3.0, 12,
+            ))
         });
         let coldstarts = Family::<Fn, Counter>::default();
         let instances = Family::<Fn, Gauge>::default();
         let queue = Family::<Fn, Gauge>::default();
-        registry.register("gateway_function_invocation", "Invocations by function and status code", invocations.clone());
-        registry.register("gateway_functions_seconds", "Invocation duration through the gateway", seconds.clone());
-        registry.register("faas_coldstarts", "Invocations that waited for a new instance", coldstarts.clone());
+        registry.register(
+            "gateway_function_invocation",
+            "Invocations by function and status code",
+            invocations.clone(),
+        );
+        registry.register(
+            "gateway_functions_seconds",
+            "Invocation duration through the gateway",
+            seconds.clone(),
+        );
+        registry.register(
+            "faas_coldstarts",
+            "Invocations that waited for a new instance",
+            coldstarts.clone(),
+        );
         registry.register("faas_instances", "Ready instances per function", instances.clone());
-        registry.register("faas_queue_depth", "Calls waiting for an instance per function", queue.clone());
-        Metrics { registry: Mutex::new(registry), invocations, seconds, coldstarts, instances, queue, totals: Mutex::default() }
+        registry.register(
+            "faas_queue_depth",
+            "Calls waiting for an instance per function",
+            queue.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            invocations,
+            seconds,
+            coldstarts,
+            instances,
+            queue,
+            totals: Mutex::default(),
+        }
     }
 
     /// Count one invocation.
     pub fn observe(&self, function: &str, status: u16, took: Duration, cold: bool) {
-        self.invocations.get_or_create(&FnCode { function_name: function.into(), code: status.to_string() }).inc();
-        self.seconds.get_or_create(&Fn { function_name: function.into() }).observe(took.as_secs_f64());
-        *self.totals.lock().expect("totals lock").entry(function.to_owned()).or_default() += 1;
+        self.invocations
+            .get_or_create(&FnCode {
+                function_name: function.into(),
+                code: status.to_string(),
+            })
+            .inc();
+        self.seconds
+            .get_or_create(&Fn {
+                function_name: function.into(),
+            })
+            .observe(took.as_secs_f64());
+        *self
+            .totals
+            .lock()
+            .expect("totals lock")
+            .entry(function.to_owned())
+            .or_default() += 1;
         if cold {
-            self.coldstarts.get_or_create(&Fn { function_name: function.into() }).inc();
+            self.coldstarts
+                .get_or_create(&Fn {
+                    function_name: function.into(),
+                })
+                .inc();
         }
     }
 
     /// Total invocations of a function.
     pub fn invocations_of(&self, function: &str) -> u64 {
-        self.totals.lock().expect("totals lock").get(function).copied().unwrap_or(0)
+        self.totals
+            .lock()
+            .expect("totals lock")
+            .get(function)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn render(&self, stats: &[(String, strata_orchestrator::PoolStats)]) -> String {
         self.instances.clear();
         self.queue.clear();
         for (name, s) in stats {
-            self.instances.get_or_create(&Fn { function_name: name.clone() }).set(i64::from(s.instances));
-            self.queue.get_or_create(&Fn { function_name: name.clone() }).set(i64::from(s.waiting));
+            self.instances
+                .get_or_create(&Fn {
+                    function_name: name.clone(),
+                })
+                .set(i64::from(s.instances));
+            self.queue
+                .get_or_create(&Fn {
+                    function_name: name.clone(),
+                })
+                .set(i64::from(s.waiting));
         }
         let mut out = String::new();
         let reg = self.registry.lock().expect("metrics lock");
@@ -102,5 +159,11 @@ impl Metrics {
 
 pub(crate) async fn handler(State(s): State<AppState>) -> impl IntoResponse {
     let body = s.metrics.render(&s.orch.stats());
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use strata_sandbox::{Backend, BindMount, ExitKind, FdMapping, Limits, NetworkMode, Sandbox, SandboxSpec};
 use strata_types::{ColdStart, ExecMode, FunctionSpec, LogStream, Network, Runtime};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{oneshot, watch};
@@ -162,7 +162,12 @@ fn command(spec: &FunctionSpec) -> (PathBuf, Vec<String>) {
             "/usr/bin/python3".into(),
             // -I: ignore PYTHON* variables and the user site; -S: skip `site` (saves ~5 ms of
             // start-up; the bootstrap puts the code folder on the path itself).
-            vec!["python3".into(), "-I".into(), "-S".into(), "/strata/runtime/python/bootstrap.py".into()],
+            vec![
+                "python3".into(),
+                "-I".into(),
+                "-S".into(),
+                "/strata/runtime/python/bootstrap.py".into(),
+            ],
         ),
         (Runtime::Node, _) => (
             "/usr/bin/node".into(),
@@ -174,7 +179,11 @@ fn command(spec: &FunctionSpec) -> (PathBuf, Vec<String>) {
         }
         (Runtime::Exec, ExecMode::Stdio) => (
             "/strata/bin/strata".into(),
-            vec!["strata".into(), "stdio-adapter".into(), format!("/code/{}", spec.handler)],
+            vec![
+                "strata".into(),
+                "stdio-adapter".into(),
+                format!("/code/{}", spec.handler),
+            ],
         ),
     }
 }
@@ -197,9 +206,15 @@ impl Instance {
         let mut sb = SandboxSpec::new(program, args);
         sb.code = Some(launch.code_dir.clone());
         sb.cwd = "/code".into();
-        sb.mounts.push(BindMount { source: runtimes.dir.clone(), target: "/strata/runtime".into() });
+        sb.mounts.push(BindMount {
+            source: runtimes.dir.clone(),
+            target: "/strata/runtime".into(),
+        });
         if spec.runtime == Runtime::Exec && spec.mode == ExecMode::Stdio {
-            sb.mounts.push(BindMount { source: runtimes.strata_bin.clone(), target: "/strata/bin/strata".into() });
+            sb.mounts.push(BindMount {
+                source: runtimes.strata_bin.clone(),
+                target: "/strata/bin/strata".into(),
+            });
         }
         sb.env.extend(spec.env.clone());
         for (k, v) in [
@@ -225,7 +240,10 @@ impl Instance {
         };
         sb.hostname = spec.name.clone();
         sb.fds = vec![
-            FdMapping { fd: OwnedFd::from(theirs), target: 3 },
+            FdMapping {
+                fd: OwnedFd::from(theirs),
+                target: 3,
+            },
             FdMapping { fd: out_w, target: 1 },
             FdMapping { fd: err_w, target: 2 },
         ];
@@ -290,7 +308,10 @@ impl Instance {
                     import_ms,
                 };
                 let _ = t0;
-                instance.shared.cpu_base_usec.store(instance.raw_usage().cpu_usec, Ordering::Relaxed);
+                instance
+                    .shared
+                    .cpu_base_usec
+                    .store(instance.raw_usage().cpu_usec, Ordering::Relaxed);
                 Ok(instance)
             }
             Err(mut message) => {
@@ -329,7 +350,13 @@ impl Instance {
     }
 
     fn raw_usage(&self) -> strata_sandbox::Usage {
-        self.shared.sandbox.lock().expect("sandbox lock").as_ref().map(Sandbox::usage).unwrap_or_default()
+        self.shared
+            .sandbox
+            .lock()
+            .expect("sandbox lock")
+            .as_ref()
+            .map(Sandbox::usage)
+            .unwrap_or_default()
     }
 
     /// CPU time used since the previous call of this method (ms), and peak memory (bytes).
@@ -345,7 +372,11 @@ impl Instance {
             return Err(death_error(reason));
         }
         let (tx, rx) = oneshot::channel();
-        self.shared.pending.lock().expect("pending lock").insert(req.id.clone(), tx);
+        self.shared
+            .pending
+            .lock()
+            .expect("pending lock")
+            .insert(req.id.clone(), tx);
         let frame = protocol::encode(
             &ToInstance::Invoke {
                 id: &req.id,
@@ -383,7 +414,10 @@ impl Instance {
                 (self.shared.log)(
                     Some(&req.id),
                     LogStream::System,
-                    format!("call timed out after {:?}; instance {} killed", self.timeout, self.shared.id),
+                    format!(
+                        "call timed out after {:?}; instance {} killed",
+                        self.timeout, self.shared.id
+                    ),
                 );
                 self.kill();
                 Err(InvokeError::Timeout(self.timeout))
@@ -466,7 +500,11 @@ async fn read_loop(
                 }
             }
             (FromInstance::Log { id, stream, line }, _) => {
-                let stream = if stream == "stderr" { LogStream::Stderr } else { LogStream::Stdout };
+                let stream = if stream == "stderr" {
+                    LogStream::Stderr
+                } else {
+                    LogStream::Stdout
+                };
                 (shared.log)(id.as_deref(), stream, line);
             }
         }
@@ -476,7 +514,9 @@ async fn read_loop(
 /// Lines written straight to fd 1/2: attributed to the call in flight when there is exactly
 /// one, else to the instance.
 async fn output_loop(shared: Arc<Shared>, fd: OwnedFd, stream: LogStream) {
-    let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { return };
+    let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
     let mut lines = BufReader::new(rx).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         if stream == LogStream::Stderr {
@@ -514,7 +554,11 @@ async fn exit_watch(shared: Arc<Shared>, pidfd: OwnedFd) {
         None => DeathReason::Crash("lost track of the sandbox".into()),
     };
     if reason != DeathReason::Stopped {
-        (shared.log)(None, LogStream::System, format!("instance {} ended: {reason:?}", shared.id));
+        (shared.log)(
+            None,
+            LogStream::System,
+            format!("instance {} ended: {reason:?}", shared.id),
+        );
     }
     tracing::debug!(instance = %shared.id, function = %shared.function, ?reason, "instance ended");
     shared.pending.lock().expect("pending lock").clear();

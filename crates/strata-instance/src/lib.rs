@@ -8,9 +8,7 @@
 //! to a log sink. This crate decides nothing about how many instances exist: that is the
 //! orchestrator's.
 
-pub mod protocol;
 mod instance;
+pub mod protocol;
 
-pub use instance::{
-    DeathReason, Instance, InvokeError, LaunchError, LaunchSpec, LogSink, Request, Response, Runtimes,
-};
+pub use instance::{DeathReason, Instance, InvokeError, LaunchError, LaunchSpec, LogSink, Request, Response, Runtimes};

@@ -87,7 +87,11 @@ pub fn encode(header: &ToInstance<'_>, body: &[u8]) -> Vec<u8> {
 }
 
 /// Write one frame.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, header: &ToInstance<'_>, body: &[u8]) -> std::io::Result<()> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    header: &ToInstance<'_>,
+    body: &[u8],
+) -> std::io::Result<()> {
     w.write_all(&encode(header, body)).await
 }
 
@@ -113,8 +117,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
     }
     let mut body = vec![0u8; blen];
     r.read_exact(&mut body).await?;
-    let header: FromInstance =
-        serde_json::from_slice(&h).map_err(|e| invalid(format!("bad frame header {}: {e}", String::from_utf8_lossy(&h))))?;
+    let header: FromInstance = serde_json::from_slice(&h)
+        .map_err(|e| invalid(format!("bad frame header {}: {e}", String::from_utf8_lossy(&h))))?;
     Ok(Some((header, Bytes::from(body))))
 }
 
@@ -134,7 +138,11 @@ mod tests {
         let (head, body) = read_frame(&mut r).await.unwrap().unwrap();
         assert_eq!(
             head,
-            FromInstance::Response { id: "c1".into(), status: 201, headers: vec![("a".into(), "b".into())] }
+            FromInstance::Response {
+                id: "c1".into(),
+                status: 201,
+                headers: vec![("a".into(), "b".into())]
+            }
         );
         assert_eq!(&body[..], &[0, 255, 7]);
         assert!(read_frame(&mut r).await.unwrap().is_none());
@@ -153,11 +161,20 @@ mod tests {
     fn invoke_header_shape() {
         let headers = vec![("x-a".to_string(), "1".to_string())];
         let f = encode(
-            &ToInstance::Invoke { id: "i", method: "GET", path: "/", query: "a=1", headers: &headers },
+            &ToInstance::Invoke {
+                id: "i",
+                method: "GET",
+                path: "/",
+                query: "a=1",
+                headers: &headers,
+            },
             b"",
         );
         let hlen = u32::from_be_bytes(f[..4].try_into().unwrap()) as usize;
         let v: serde_json::Value = serde_json::from_slice(&f[4..4 + hlen]).unwrap();
-        assert_eq!(v, serde_json::json!({"t":"invoke","id":"i","method":"GET","path":"/","query":"a=1","headers":[["x-a","1"]]}));
+        assert_eq!(
+            v,
+            serde_json::json!({"t":"invoke","id":"i","method":"GET","path":"/","query":"a=1","headers":[["x-a","1"]]})
+        );
     }
 }

@@ -136,7 +136,11 @@ impl Orchestrator {
         };
         let name = launch.spec.name.clone();
         let pool = Pool::new(Arc::clone(&self.ctx), launch);
-        let old = self.functions.lock().expect("functions lock").insert(name, Entry { active: pool });
+        let old = self
+            .functions
+            .lock()
+            .expect("functions lock")
+            .insert(name, Entry { active: pool });
         if let Some(old) = old {
             tokio::spawn(async move { old.active.drain(DRAIN_GRACE).await });
         }
@@ -152,13 +156,22 @@ impl Orchestrator {
 
     /// The active pool of a function.
     pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
-        self.functions.lock().expect("functions lock").get(name).map(|e| Arc::clone(&e.active))
+        self.functions
+            .lock()
+            .expect("functions lock")
+            .get(name)
+            .map(|e| Arc::clone(&e.active))
     }
 
     /// Stats of every function's active pool.
     pub fn stats(&self) -> Vec<(String, PoolStats)> {
-        let pools: Vec<(String, Arc<Pool>)> =
-            self.functions.lock().expect("functions lock").iter().map(|(k, e)| (k.clone(), Arc::clone(&e.active))).collect();
+        let pools: Vec<(String, Arc<Pool>)> = self
+            .functions
+            .lock()
+            .expect("functions lock")
+            .iter()
+            .map(|(k, e)| (k.clone(), Arc::clone(&e.active)))
+            .collect();
         pools.into_iter().map(|(k, p)| (k, p.stats())).collect()
     }
 
@@ -170,8 +183,13 @@ impl Orchestrator {
             if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
                 return;
             }
-            let pools: Vec<Arc<Pool>> =
-                self.functions.lock().expect("functions lock").values().map(|e| Arc::clone(&e.active)).collect();
+            let pools: Vec<Arc<Pool>> = self
+                .functions
+                .lock()
+                .expect("functions lock")
+                .values()
+                .map(|e| Arc::clone(&e.active))
+                .collect();
             let now = Instant::now();
             for p in pools {
                 p.tick(now);
@@ -185,7 +203,11 @@ impl Orchestrator {
         let started_ms = now_ms();
         let call_id = req.id.clone();
         if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-            return Outcome { result: Err(Error::ShuttingDown), version: None, cold: None };
+            return Outcome {
+                result: Err(Error::ShuttingDown),
+                version: None,
+                cold: None,
+            };
         }
         // A redeploy can swap the pool between lookup and acquire: retry on the new one.
         let mut lease = None;
@@ -193,7 +215,11 @@ impl Orchestrator {
         let mut pool = None;
         for _ in 0..3 {
             let Some(p) = self.pool(name) else {
-                return Outcome { result: Err(Error::NotFound(name.to_owned())), version: None, cold: None };
+                return Outcome {
+                    result: Err(Error::NotFound(name.to_owned())),
+                    version: None,
+                    cold: None,
+                };
             };
             let wait = Duration::from_millis(p.launch.spec.timeout_ms).max(Duration::from_secs(30));
             match p.acquire(wait).await {
@@ -215,15 +241,39 @@ impl Orchestrator {
         }
         let version = pool.as_ref().map(|p| p.launch.version.clone());
         let Some(lease) = lease else {
-            self.record(name, &call_id, version.clone(), started_ms, started, None, &Err(last_err.clone()), (0.0, 0), None);
-            return Outcome { result: Err(last_err), version, cold: None };
+            self.record(
+                name,
+                &call_id,
+                version.clone(),
+                started_ms,
+                started,
+                None,
+                &Err(last_err.clone()),
+                (0.0, 0),
+                None,
+            );
+            return Outcome {
+                result: Err(last_err),
+                version,
+                cold: None,
+            };
         };
         let cold = lease.cold;
         let inst = Arc::clone(lease.instance());
         let result = inst.invoke(req).await.map_err(Error::from);
         let usage = inst.take_usage();
         drop(lease);
-        self.record(name, &call_id, version.clone(), started_ms, started, cold, &result, usage, Some(inst.id()));
+        self.record(
+            name,
+            &call_id,
+            version.clone(),
+            started_ms,
+            started,
+            cold,
+            &result,
+            usage,
+            Some(inst.id()),
+        );
         Outcome { result, version, cold }
     }
 
@@ -263,8 +313,13 @@ impl Orchestrator {
     /// Stop taking calls and stop every instance (calls in flight get `grace`).
     pub async fn shutdown(&self, grace: Duration) {
         self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
-        let pools: Vec<Arc<Pool>> =
-            self.functions.lock().expect("functions lock").drain().map(|(_, e)| e.active).collect();
+        let pools: Vec<Arc<Pool>> = self
+            .functions
+            .lock()
+            .expect("functions lock")
+            .drain()
+            .map(|(_, e)| e.active)
+            .collect();
         let drains = pools.iter().map(|p| p.drain(grace));
         futures_join_all(drains).await;
         self.ctx.store.flush();

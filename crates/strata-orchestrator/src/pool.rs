@@ -81,7 +81,11 @@ pub struct PoolStats {
 
 impl Pool {
     pub(crate) fn new(ctx: Arc<Context>, launch: LaunchSpec) -> Arc<Pool> {
-        let pool = Arc::new(Pool { launch, ctx, state: Mutex::new(State::default()) });
+        let pool = Arc::new(Pool {
+            launch,
+            ctx,
+            state: Mutex::new(State::default()),
+        });
         pool.scale();
         pool
     }
@@ -89,7 +93,14 @@ impl Pool {
     fn view(&self, st: &State) -> PoolView {
         let spec = &self.launch.spec;
         PoolView {
-            slots: st.slots.iter().map(|s| SlotView { inflight: s.inflight, last_used: s.last_used }).collect(),
+            slots: st
+                .slots
+                .iter()
+                .map(|s| SlotView {
+                    inflight: s.inflight,
+                    last_used: s.last_used,
+                })
+                .collect(),
             starting: st.starting,
             waiting: st.waiters.len() as u32,
             concurrency: spec.concurrency,
@@ -123,13 +134,21 @@ impl Pool {
                 st.cold_starts += 1;
                 let inst = Arc::new(inst);
                 let cold = inst.cold_start();
-                st.slots.push(Slot { inst: Arc::clone(&inst), inflight: 0, last_used: Instant::now() });
+                st.slots.push(Slot {
+                    inst: Arc::clone(&inst),
+                    inflight: 0,
+                    last_used: Instant::now(),
+                });
                 let idx = st.slots.len() - 1;
                 // Hand the new instance to waiting calls, as many as it takes.
                 while st.slots[idx].inflight < self.launch.spec.concurrency {
                     let Some(w) = st.waiters.pop_front() else { break };
                     st.slots[idx].inflight += 1;
-                    let lease = Lease { pool: Some(Arc::clone(&self)), inst: Arc::clone(&inst), cold: Some(cold) };
+                    let lease = Lease {
+                        pool: Some(Arc::clone(&self)),
+                        inst: Arc::clone(&inst),
+                        cold: Some(cold),
+                    };
                     if let Err(Ok(mut lease)) = w.tx.send(Ok(lease)) {
                         // The caller gave up; releasing through the lease would re-lock, so
                         // disarm it and undo the count here.
@@ -166,12 +185,14 @@ impl Pool {
             }
             st.slots.retain(|s| !s.inst.is_dead() || s.inflight > 0);
             let view = self.view(&st);
-            if let Some(i) = scaling::pick(&view.slots, view.concurrency)
-                .filter(|&i| !st.slots[i].inst.is_dead())
-            {
+            if let Some(i) = scaling::pick(&view.slots, view.concurrency).filter(|&i| !st.slots[i].inst.is_dead()) {
                 let slot = &mut st.slots[i];
                 slot.inflight += 1;
-                return Ok(Lease { pool: Some(Arc::clone(self)), inst: Arc::clone(&slot.inst), cold: None });
+                return Ok(Lease {
+                    pool: Some(Arc::clone(self)),
+                    inst: Arc::clone(&slot.inst),
+                    cold: None,
+                });
             }
             if st.waiters.len() >= self.ctx.queue_depth {
                 return Err(Error::OverCapacity);
@@ -192,7 +213,9 @@ impl Pool {
         let mut stop = None;
         {
             let mut st = self.state.lock().expect("pool lock");
-            let Some(i) = st.slots.iter().position(|s| Arc::ptr_eq(&s.inst, inst)) else { return };
+            let Some(i) = st.slots.iter().position(|s| Arc::ptr_eq(&s.inst, inst)) else {
+                return;
+            };
             st.slots[i].inflight -= 1;
             st.slots[i].last_used = Instant::now();
             let dead = inst.is_dead();
@@ -202,7 +225,11 @@ impl Pool {
                 while st.slots[i].inflight < self.launch.spec.concurrency {
                     let Some(w) = st.waiters.pop_front() else { break };
                     st.slots[i].inflight += 1;
-                    let lease = Lease { pool: Some(Arc::clone(self)), inst: Arc::clone(inst), cold: None };
+                    let lease = Lease {
+                        pool: Some(Arc::clone(self)),
+                        inst: Arc::clone(inst),
+                        cold: None,
+                    };
                     if let Err(Ok(mut lease)) = w.tx.send(Ok(lease)) {
                         lease.pool = None;
                         st.slots[i].inflight -= 1;
@@ -289,7 +316,13 @@ impl Pool {
             detail: st
                 .slots
                 .iter()
-                .map(|s| (s.inst.id().to_owned(), s.inflight, now.saturating_duration_since(s.last_used)))
+                .map(|s| {
+                    (
+                        s.inst.id().to_owned(),
+                        s.inflight,
+                        now.saturating_duration_since(s.last_used),
+                    )
+                })
                 .collect(),
         }
     }

@@ -76,7 +76,13 @@ mod tests {
     fn view(inflight: &[u32], starting: u32, waiting: u32, c: u32, min: u32, max: u32) -> PoolView {
         let t = Instant::now();
         PoolView {
-            slots: inflight.iter().map(|&i| SlotView { inflight: i, last_used: t }).collect(),
+            slots: inflight
+                .iter()
+                .map(|&i| SlotView {
+                    inflight: i,
+                    last_used: t,
+                })
+                .collect(),
             starting,
             waiting,
             concurrency: c,
@@ -89,7 +95,10 @@ mod tests {
     #[test]
     fn pick_packs_onto_the_busiest_with_room() {
         let t = Instant::now();
-        let s = |i, ago| SlotView { inflight: i, last_used: t - Duration::from_secs(ago) };
+        let s = |i, ago| SlotView {
+            inflight: i,
+            last_used: t - Duration::from_secs(ago),
+        };
         assert_eq!(pick(&[s(0, 1), s(2, 1), s(3, 1)], 3), Some(1));
         assert_eq!(pick(&[s(0, 5), s(0, 1)], 1), Some(1), "most recently used");
         assert_eq!(pick(&[s(1, 1), s(1, 1)], 1), None);
@@ -99,7 +108,11 @@ mod tests {
     fn a_burst_on_a_cold_function_starts_only_what_is_needed() {
         assert_eq!(to_start(&view(&[], 0, 1, 1, 0, 10)), 1);
         assert_eq!(to_start(&view(&[], 0, 100, 1, 0, 10)), 10, "capped by max");
-        assert_eq!(to_start(&view(&[], 0, 100, 50, 0, 10)), 2, "concurrency 50 → 2 instances");
+        assert_eq!(
+            to_start(&view(&[], 0, 100, 50, 0, 10)),
+            2,
+            "concurrency 50 → 2 instances"
+        );
         assert_eq!(to_start(&view(&[], 2, 100, 50, 0, 10)), 0, "already starting enough");
         assert_eq!(to_start(&view(&[1, 1], 0, 0, 1, 0, 10)), 0, "busy but nobody waiting");
         assert_eq!(to_start(&view(&[], 0, 0, 1, 3, 10)), 3, "min instances");

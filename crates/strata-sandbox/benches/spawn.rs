@@ -54,7 +54,10 @@ const UNIFIED: &str = "/sys/fs/cgroup/unified";
 
 fn env_usize(name: &str, default: usize) -> Result<usize> {
     match std::env::var(name) {
-        Ok(v) => v.trim().parse().with_context(|| format!("{name}={v:?} is not a number")),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a number")),
         Err(_) => Ok(default),
     }
 }
@@ -113,9 +116,11 @@ fn round(x: f64) -> f64 {
 
 fn which(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(prog))
-        .find(|p| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    })
 }
 
 /// Does this host have a hybrid cgroup layout whose cgroup2 part has controllers (which
@@ -496,7 +501,13 @@ fn main() -> Result<()> {
     let crun_version = crun
         .as_ref()
         .and_then(|c| Command::new(c).arg("--version").output().ok())
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
         .unwrap_or_default();
 
     let mut config = BackendConfig::default();
@@ -544,7 +555,11 @@ fn main() -> Result<()> {
     );
     println!(
         "sandbox: network {network:?}, netns pool {netns_pool}{}; binary {}",
-        if netns_sched_idle { " (refill thread SCHED_IDLE)" } else { "" },
+        if netns_sched_idle {
+            " (refill thread SCHED_IDLE)"
+        } else {
+            ""
+        },
         bin.display()
     );
     match (&crun, &bundle) {
@@ -588,7 +603,10 @@ fn main() -> Result<()> {
     eprintln!();
     let wall = started.elapsed();
     let load_end = loadavg();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
 
     let stats: Vec<(Kind, Stats)> = kinds
         .iter()

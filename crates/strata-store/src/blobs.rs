@@ -45,7 +45,9 @@ impl Blobs {
         for d in [root, &root.join("code")] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
         }
-        Ok(Blobs { root: root.to_path_buf() })
+        Ok(Blobs {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The unpacked code folder of a version.
@@ -59,7 +61,10 @@ impl Blobs {
         let version = version_of(archive);
         let dir = self.code_dir(&version);
         if !dir.join("strata.toml").is_file() {
-            let tmp = self.root.join("code").join(format!(".{version}.{}", std::process::id()));
+            let tmp = self
+                .root
+                .join("code")
+                .join(format!(".{version}.{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp)?;
             if let Err(e) = unpack(archive, &tmp, max_unpacked) {
@@ -106,7 +111,10 @@ fn unpack(archive: &[u8], dest: &Path, max_unpacked: u64) -> Result<(), PackageE
         let path = entry.path().map_err(bad)?.into_owned();
         // unpack_in refuses paths that escape `dest`.
         if !entry.unpack_in(dest).map_err(bad)? {
-            return Err(PackageError::Archive(format!("entry {} escapes the package", path.display())));
+            return Err(PackageError::Archive(format!(
+                "entry {} escapes the package",
+                path.display()
+            )));
         }
         let out = dest.join(&path);
         let mode = if kind.is_dir() || exec { 0o755 } else { 0o644 };
@@ -142,7 +150,13 @@ mod tests {
         assert_eq!(m, "name='x'");
         let (v2, _) = blobs.put(&a, 1 << 20).unwrap();
         assert_eq!(v1, v2);
-        let mode = |p: &str| std::fs::metadata(blobs.code_dir(&v1).join(p)).unwrap().permissions().mode() & 0o777;
+        let mode = |p: &str| {
+            std::fs::metadata(blobs.code_dir(&v1).join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
         assert_eq!(mode("strata.toml"), 0o644, "readable by the sandbox user");
         assert_eq!(mode("run.sh"), 0o755);
     }
@@ -153,7 +167,10 @@ mod tests {
         let blobs = Blobs::open(d.path()).unwrap();
         assert!(matches!(blobs.put(b"not gzip", 1 << 20), Err(PackageError::Archive(_))));
         let no_manifest = archive(&[("main.py", b"x", 0o644)]);
-        assert!(matches!(blobs.put(&no_manifest, 1 << 20), Err(PackageError::NoManifest)));
+        assert!(matches!(
+            blobs.put(&no_manifest, 1 << 20),
+            Err(PackageError::NoManifest)
+        ));
         let big = archive(&[("strata.toml", &[b'x'; 2048], 0o644)]);
         assert!(matches!(blobs.put(&big, 1024), Err(PackageError::TooBig { .. })));
     }

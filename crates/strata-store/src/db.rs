@@ -65,7 +65,13 @@ macro_rules! db_errors {
         }
     )*};
 }
-db_errors!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+db_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -95,7 +101,13 @@ pub struct FunctionMeta {
 
 enum Write {
     Record(InvocationRecord),
-    Log { function: String, call_id: Option<String>, stream: LogStream, line: String, ts_ms: u64 },
+    Log {
+        function: String,
+        call_id: Option<String>,
+        stream: LogStream,
+        line: String,
+        ts_ms: u64,
+    },
     Flush(mpsc::SyncSender<()>),
 }
 
@@ -132,7 +144,10 @@ impl std::fmt::Debug for Store {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { key: key.into(), source })
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
+        key: key.into(),
+        source,
+    })
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -156,8 +171,9 @@ impl Store {
         let blobs = Blobs::open(&data_dir.join("blobs"))?;
         let (writes, rx) = mpsc::channel();
         let writer_db = Arc::clone(&db);
-        let handle =
-            std::thread::Builder::new().name("strata-store-writer".into()).spawn(move || writer(writer_db, rx))?;
+        let handle = std::thread::Builder::new()
+            .name("strata-store-writer".into())
+            .spawn(move || writer(writer_db, rx))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
@@ -170,7 +186,12 @@ impl Store {
     }
 
     fn send(&self, w: Write) -> bool {
-        self.inner.writes.lock().expect("writer lock").as_ref().is_some_and(|s| s.send(w).is_ok())
+        self.inner
+            .writes
+            .lock()
+            .expect("writer lock")
+            .as_ref()
+            .is_some_and(|s| s.send(w).is_ok())
     }
 
     /// Code storage.
@@ -187,7 +208,10 @@ impl Store {
         {
             let mut versions = tx.open_table(VERSIONS)?;
             let mut functions = tx.open_table(FUNCTIONS)?;
-            let existing = functions.get(spec.name.as_str())?.map(|v| decode::<FunctionMeta>(&spec.name, v.value())).transpose()?;
+            let existing = functions
+                .get(spec.name.as_str())?
+                .map(|v| decode::<FunctionMeta>(&spec.name, v.value()))
+                .transpose()?;
             let now = now_ms();
             let mut meta = existing.unwrap_or_else(|| FunctionMeta {
                 name: spec.name.clone(),
@@ -198,7 +222,10 @@ impl Store {
             });
             created = !meta.versions.iter().any(|v| v.version == version);
             if created {
-                meta.versions.push(VersionMeta { version: version.into(), created_at_ms: now });
+                meta.versions.push(VersionMeta {
+                    version: version.into(),
+                    created_at_ms: now,
+                });
                 versions.insert((spec.name.as_str(), version), encode(spec).as_slice())?;
             }
             if meta.active != version {
@@ -238,7 +265,10 @@ impl Store {
         let t = tx.open_table(VERSIONS)?;
         match t.get((name, version))? {
             Some(v) => decode(&format!("{name}@{version}"), v.value()),
-            None => Err(StoreError::VersionNotFound { name: name.into(), version: version.into() }),
+            None => Err(StoreError::VersionNotFound {
+                name: name.into(),
+                version: version.into(),
+            }),
         }
     }
 
@@ -262,14 +292,20 @@ impl Store {
                         match i.checked_sub(1).and_then(|j| meta.versions.get(j)) {
                             Some(v) => v.version.clone(),
                             None => {
-                                return Err(StoreError::VersionNotFound { name: name.into(), version: "(previous)".into() });
+                                return Err(StoreError::VersionNotFound {
+                                    name: name.into(),
+                                    version: "(previous)".into(),
+                                });
                             }
                         }
                     }
                 },
             };
             if !meta.versions.iter().any(|v| v.version == target) {
-                return Err(StoreError::VersionNotFound { name: name.into(), version: target });
+                return Err(StoreError::VersionNotFound {
+                    name: name.into(),
+                    version: target,
+                });
             }
             if meta.active != target {
                 meta.previous = Some(std::mem::replace(&mut meta.active, target));
@@ -309,7 +345,8 @@ impl Store {
                 calls.remove(id.as_str())?;
             }
             records.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
-            tx.open_table(LOGS)?.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+            tx.open_table(LOGS)?
+                .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
             meta
         };
         tx.commit()?;
@@ -433,7 +470,11 @@ fn seq_for(
         *n += 1;
         return Ok(*n);
     }
-    let last = table.range((name, 0)..=(name, u64::MAX))?.next_back().transpose()?.map(|(k, _)| k.value().1);
+    let last = table
+        .range((name, 0)..=(name, u64::MAX))?
+        .next_back()
+        .transpose()?
+        .map(|(k, _)| k.value().1);
     let n = last.map_or(1, |l| l + 1);
     next.insert(key, n);
     Ok(n)
@@ -452,7 +493,13 @@ fn write_batch(db: &Database, next: &mut HashMap<(bool, String), u64>, batch: &m
                     records.insert((r.function.as_str(), seq), encode(r).as_slice())?;
                     calls.insert(r.call_id.as_str(), (r.function.as_str(), seq))?;
                 }
-                Write::Log { function, call_id, stream, line, ts_ms } => {
+                Write::Log {
+                    function,
+                    call_id,
+                    stream,
+                    line,
+                    ts_ms,
+                } => {
                     let seq = seq_for(next, &logs, true, function)?;
                     let l = LogLine {
                         seq,
@@ -477,7 +524,12 @@ mod tests {
     use strata_types::Manifest;
 
     fn spec(name: &str) -> FunctionSpec {
-        Manifest::parse("t", &format!("name='{name}'\nruntime='python'\nhandler='main:handle'\n")).unwrap().spec
+        Manifest::parse(
+            "t",
+            &format!("name='{name}'\nruntime='python'\nhandler='main:handle'\n"),
+        )
+        .unwrap()
+        .spec
     }
 
     fn record(name: &str, id: &str) -> InvocationRecord {
@@ -504,11 +556,17 @@ mod tests {
             let s = Store::open(d.path()).unwrap();
             assert!(s.activate_new("aaa", &spec("f")).unwrap());
             assert!(s.activate_new("bbb", &spec("f")).unwrap());
-            assert!(!s.activate_new("aaa", &spec("f")).unwrap(), "same content again is not new");
+            assert!(
+                !s.activate_new("aaa", &spec("f")).unwrap(),
+                "same content again is not new"
+            );
             assert_eq!(s.function("f").unwrap().active, "aaa");
             assert_eq!(s.rollback("f", None).unwrap().active, "bbb");
             assert_eq!(s.rollback("f", Some("aaa")).unwrap().active, "aaa");
-            assert!(matches!(s.rollback("f", Some("zzz")), Err(StoreError::VersionNotFound { .. })));
+            assert!(matches!(
+                s.rollback("f", Some("zzz")),
+                Err(StoreError::VersionNotFound { .. })
+            ));
             s.record(record("f", "c1"));
             s.log("f", Some("c1"), LogStream::Stdout, "hello".into());
             s.flush();
@@ -553,6 +611,9 @@ mod tests {
         }
         s.flush();
         let r = s.records("f", 2).unwrap();
-        assert_eq!(r.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>(), vec!["c4", "c3"]);
+        assert_eq!(
+            r.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>(),
+            vec!["c4", "c3"]
+        );
     }
 }

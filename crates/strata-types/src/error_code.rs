@@ -42,7 +42,10 @@ impl ErrorCode {
     /// The HTTP status code.
     pub fn status(self) -> u16 {
         match self {
-            ErrorCode::FunctionNotFound | ErrorCode::VersionNotFound | ErrorCode::CallNotFound | ErrorCode::RouteNotFound => 404,
+            ErrorCode::FunctionNotFound
+            | ErrorCode::VersionNotFound
+            | ErrorCode::CallNotFound
+            | ErrorCode::RouteNotFound => 404,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::BadRequest | ErrorCode::InvalidManifest => 400,
             ErrorCode::Timeout => 504,
@@ -87,8 +90,16 @@ mod tests {
 
     #[test]
     fn wire_form_matches_serde() {
-        for c in [ErrorCode::FunctionNotFound, ErrorCode::Oom, ErrorCode::OverCapacity, ErrorCode::PayloadTooLarge] {
-            assert_eq!(serde_json::to_value(c).unwrap(), serde_json::Value::String(c.as_str().into()));
+        for c in [
+            ErrorCode::FunctionNotFound,
+            ErrorCode::Oom,
+            ErrorCode::OverCapacity,
+            ErrorCode::PayloadTooLarge,
+        ] {
+            assert_eq!(
+                serde_json::to_value(c).unwrap(),
+                serde_json::Value::String(c.as_str().into())
+            );
         }
     }
 }

@@ -188,7 +188,10 @@ impl Ctx<'_> {
     }
 
     fn required(&self, key: &str) -> Result<&str, ManifestError> {
-        self.string(key)?.ok_or_else(|| ManifestError::Missing { file: self.file.into(), key: key.into() })
+        self.string(key)?.ok_or_else(|| ManifestError::Missing {
+            file: self.file.into(),
+            key: key.into(),
+        })
     }
 
     fn int(&self, key: &str, min: i64, max: i64) -> Result<Option<u32>, ManifestError> {
@@ -214,16 +217,22 @@ impl Ctx<'_> {
 
     fn duration(&self, key: &str) -> Result<Option<u64>, ManifestError> {
         let Some(s) = self.string(key)? else { return Ok(None) };
-        parse_duration_ms(s)
-            .map(Some)
-            .ok_or_else(|| self.invalid(key, &self.table[key], "not a duration (use e.g. \"500ms\", \"10s\", \"10m\")"))
+        parse_duration_ms(s).map(Some).ok_or_else(|| {
+            self.invalid(
+                key,
+                &self.table[key],
+                "not a duration (use e.g. \"500ms\", \"10s\", \"10m\")",
+            )
+        })
     }
 }
 
 /// Whether `name` is a valid function name.
 pub fn valid_name(name: &str) -> bool {
     (1..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
@@ -236,7 +245,10 @@ impl Manifest {
             message: e.message().replace('\n', " "),
         })?;
         if let Some(k) = table.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(ManifestError::UnknownKey { file: file.into(), key: k.clone() });
+            return Err(ManifestError::UnknownKey {
+                file: file.into(),
+                key: k.clone(),
+            });
         }
         let c = Ctx { file, table: &table };
         let name = c.required("name")?;
@@ -256,16 +268,24 @@ impl Manifest {
         let handler = c.required("handler")?;
         match runtime {
             Runtime::Python | Runtime::Node => {
-                let ok = handler.split_once(':').is_some_and(|(m, f)| {
-                    !m.is_empty() && !f.is_empty() && !m.contains("..") && !m.starts_with('/')
-                });
+                let ok = handler
+                    .split_once(':')
+                    .is_some_and(|(m, f)| !m.is_empty() && !f.is_empty() && !m.contains("..") && !m.starts_with('/'));
                 if !ok {
-                    return Err(c.invalid("handler", &table["handler"], "expected module:function, e.g. \"main:handle\""));
+                    return Err(c.invalid(
+                        "handler",
+                        &table["handler"],
+                        "expected module:function, e.g. \"main:handle\"",
+                    ));
                 }
             }
             Runtime::Exec => {
                 if handler.is_empty() || handler.starts_with('/') || handler.split('/').any(|p| p == "..") {
-                    return Err(c.invalid("handler", &table["handler"], "expected a path inside the function folder"));
+                    return Err(c.invalid(
+                        "handler",
+                        &table["handler"],
+                        "expected a path inside the function folder",
+                    ));
                 }
             }
         }
@@ -280,7 +300,11 @@ impl Manifest {
         };
         let memory_bytes = c.size("memory")?.unwrap_or(DEFAULT_MEMORY);
         if memory_bytes < MIN_MEMORY {
-            return Err(c.invalid("memory", &table["memory"], format!("below the minimum {}", format_size(MIN_MEMORY))));
+            return Err(c.invalid(
+                "memory",
+                &table["memory"],
+                format!("below the minimum {}", format_size(MIN_MEMORY)),
+            ));
         }
         let timeout_ms = c.duration("timeout")?.unwrap_or(DEFAULT_TIMEOUT_MS);
         if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
@@ -292,7 +316,9 @@ impl Manifest {
         }
         let concurrency = c.int("concurrency", 1, 1000)?.unwrap_or(1);
         let min_instances = c.int("min_instances", 0, 1000)?.unwrap_or(0);
-        let max_instances = c.int("max_instances", 1, 1000)?.unwrap_or(DEFAULT_MAX_INSTANCES.max(min_instances));
+        let max_instances = c
+            .int("max_instances", 1, 1000)?
+            .unwrap_or(DEFAULT_MAX_INSTANCES.max(min_instances));
         if max_instances < min_instances {
             return Err(c.invalid(
                 "max_instances",
@@ -310,11 +336,20 @@ impl Manifest {
             None => None,
             Some(s) => {
                 let parsed = s.strip_suffix('m').and_then(|n| n.parse::<u32>().ok()).or_else(|| {
-                    s.parse::<f64>().ok().filter(|f| f.is_finite() && *f > 0.0).map(|f| (f * 1000.0) as u32)
+                    s.parse::<f64>()
+                        .ok()
+                        .filter(|f| f.is_finite() && *f > 0.0)
+                        .map(|f| (f * 1000.0) as u32)
                 });
                 match parsed {
                     Some(m) if (10..=64_000).contains(&m) => Some(m),
-                    _ => return Err(c.invalid("cpu", &table["cpu"], "expected cores (\"0.5\") or millicores (\"500m\")")),
+                    _ => {
+                        return Err(c.invalid(
+                            "cpu",
+                            &table["cpu"],
+                            "expected cores (\"0.5\") or millicores (\"500m\")",
+                        ));
+                    }
                 }
             }
         };
@@ -394,8 +429,19 @@ GREETING = "hi"
 
     #[test]
     fn defaults() {
-        let m = Manifest::parse("f", "name='a'\nruntime='node'\nhandler='index:handle'\n").unwrap().spec;
-        assert_eq!((m.memory_bytes, m.timeout_ms, m.concurrency, m.min_instances, m.max_instances), (128 << 20, 10_000, 1, 0, 10));
+        let m = Manifest::parse("f", "name='a'\nruntime='node'\nhandler='index:handle'\n")
+            .unwrap()
+            .spec;
+        assert_eq!(
+            (
+                m.memory_bytes,
+                m.timeout_ms,
+                m.concurrency,
+                m.min_instances,
+                m.max_instances
+            ),
+            (128 << 20, 10_000, 1, 0, 10)
+        );
         assert_eq!(m.network, Network::None);
         assert_eq!(m.mode, ExecMode::Protocol);
     }
@@ -405,32 +451,102 @@ GREETING = "hi"
     fn malformed_manifests_table() {
         let base = "name = \"ok\"\nruntime = \"python\"\nhandler = \"main:handle\"\n";
         let cases: &[(&str, &str)] = &[
-            ("name = \"ok\"\nruntime = \"python\"\nhandler = \"main:handle\"\nmemroy = \"1GiB\"\n", "fn/strata.toml: unknown key `memroy`"),
-            ("name = \"Bad_Name\"\nruntime = \"python\"\nhandler = \"m:h\"\n", "fn/strata.toml: name = \"Bad_Name\": use 1 to 63 of a-z, 0-9 and -, not starting or ending with -"),
-            ("name = \"-x\"\nruntime = \"python\"\nhandler = \"m:h\"\n", "fn/strata.toml: name = \"-x\": use 1 to 63 of a-z, 0-9 and -, not starting or ending with -"),
-            ("name = 5\nruntime = \"python\"\nhandler = \"m:h\"\n", "fn/strata.toml: name = 5: expected a string"),
-            ("runtime = \"python\"\nhandler = \"m:h\"\n", "fn/strata.toml: missing required key `name`"),
-            ("name = \"a\"\nruntime = \"ruby\"\nhandler = \"m:h\"\n", "fn/strata.toml: runtime = \"ruby\": expected one of python, node, exec"),
-            ("name = \"a\"\nruntime = \"python\"\n", "fn/strata.toml: missing required key `handler`"),
-            ("name = \"a\"\nruntime = \"python\"\nhandler = \"main\"\n", "fn/strata.toml: handler = \"main\": expected module:function, e.g. \"main:handle\""),
-            ("name = \"a\"\nruntime = \"exec\"\nhandler = \"../x\"\n", "fn/strata.toml: handler = \"../x\": expected a path inside the function folder"),
-            ("memory = \"12XB\"\n", "fn/strata.toml: memory = \"12XB\": not a size (use e.g. \"128MiB\", \"1GiB\")"),
-            ("memory = \"1MiB\"\n", "fn/strata.toml: memory = \"1MiB\": below the minimum 16MiB"),
-            ("timeout = \"10\"\n", "fn/strata.toml: timeout = \"10\": not a duration (use e.g. \"500ms\", \"10s\", \"10m\")"),
-            ("timeout = \"0s\"\n", "fn/strata.toml: timeout = \"0s\": must be above 0 and at most 15m"),
-            ("keep_alive = \"forever\"\n", "fn/strata.toml: keep_alive = \"forever\": not a duration (use e.g. \"500ms\", \"10s\", \"10m\")"),
-            ("min_instances = 5\nmax_instances = 2\n", "fn/strata.toml: max_instances = 2: is below min_instances = 5"),
-            ("concurrency = 0\n", "fn/strata.toml: concurrency = 0: must be between 1 and 1000"),
-            ("concurrency = \"2\"\n", "fn/strata.toml: concurrency = \"2\": expected an integer"),
-            ("network = \"bridge\"\n", "fn/strata.toml: network = \"bridge\": expected none or host"),
-            ("mode = \"stdio\"\n", "fn/strata.toml: mode = \"stdio\": only exec functions have a mode"),
-            ("cpu = \"lots\"\n", "fn/strata.toml: cpu = \"lots\": expected cores (\"0.5\") or millicores (\"500m\")"),
-            ("[env]\nSTRATA_X = \"1\"\n", "fn/strata.toml: env.STRATA_X = \"1\": not a usable variable name (STRATA_ is reserved)"),
-            ("[env]\nA = [1]\n", "fn/strata.toml: env.A = [1]: expected a string, number or boolean"),
+            (
+                "name = \"ok\"\nruntime = \"python\"\nhandler = \"main:handle\"\nmemroy = \"1GiB\"\n",
+                "fn/strata.toml: unknown key `memroy`",
+            ),
+            (
+                "name = \"Bad_Name\"\nruntime = \"python\"\nhandler = \"m:h\"\n",
+                "fn/strata.toml: name = \"Bad_Name\": use 1 to 63 of a-z, 0-9 and -, not starting or ending with -",
+            ),
+            (
+                "name = \"-x\"\nruntime = \"python\"\nhandler = \"m:h\"\n",
+                "fn/strata.toml: name = \"-x\": use 1 to 63 of a-z, 0-9 and -, not starting or ending with -",
+            ),
+            (
+                "name = 5\nruntime = \"python\"\nhandler = \"m:h\"\n",
+                "fn/strata.toml: name = 5: expected a string",
+            ),
+            (
+                "runtime = \"python\"\nhandler = \"m:h\"\n",
+                "fn/strata.toml: missing required key `name`",
+            ),
+            (
+                "name = \"a\"\nruntime = \"ruby\"\nhandler = \"m:h\"\n",
+                "fn/strata.toml: runtime = \"ruby\": expected one of python, node, exec",
+            ),
+            (
+                "name = \"a\"\nruntime = \"python\"\n",
+                "fn/strata.toml: missing required key `handler`",
+            ),
+            (
+                "name = \"a\"\nruntime = \"python\"\nhandler = \"main\"\n",
+                "fn/strata.toml: handler = \"main\": expected module:function, e.g. \"main:handle\"",
+            ),
+            (
+                "name = \"a\"\nruntime = \"exec\"\nhandler = \"../x\"\n",
+                "fn/strata.toml: handler = \"../x\": expected a path inside the function folder",
+            ),
+            (
+                "memory = \"12XB\"\n",
+                "fn/strata.toml: memory = \"12XB\": not a size (use e.g. \"128MiB\", \"1GiB\")",
+            ),
+            (
+                "memory = \"1MiB\"\n",
+                "fn/strata.toml: memory = \"1MiB\": below the minimum 16MiB",
+            ),
+            (
+                "timeout = \"10\"\n",
+                "fn/strata.toml: timeout = \"10\": not a duration (use e.g. \"500ms\", \"10s\", \"10m\")",
+            ),
+            (
+                "timeout = \"0s\"\n",
+                "fn/strata.toml: timeout = \"0s\": must be above 0 and at most 15m",
+            ),
+            (
+                "keep_alive = \"forever\"\n",
+                "fn/strata.toml: keep_alive = \"forever\": not a duration (use e.g. \"500ms\", \"10s\", \"10m\")",
+            ),
+            (
+                "min_instances = 5\nmax_instances = 2\n",
+                "fn/strata.toml: max_instances = 2: is below min_instances = 5",
+            ),
+            (
+                "concurrency = 0\n",
+                "fn/strata.toml: concurrency = 0: must be between 1 and 1000",
+            ),
+            (
+                "concurrency = \"2\"\n",
+                "fn/strata.toml: concurrency = \"2\": expected an integer",
+            ),
+            (
+                "network = \"bridge\"\n",
+                "fn/strata.toml: network = \"bridge\": expected none or host",
+            ),
+            (
+                "mode = \"stdio\"\n",
+                "fn/strata.toml: mode = \"stdio\": only exec functions have a mode",
+            ),
+            (
+                "cpu = \"lots\"\n",
+                "fn/strata.toml: cpu = \"lots\": expected cores (\"0.5\") or millicores (\"500m\")",
+            ),
+            (
+                "[env]\nSTRATA_X = \"1\"\n",
+                "fn/strata.toml: env.STRATA_X = \"1\": not a usable variable name (STRATA_ is reserved)",
+            ),
+            (
+                "[env]\nA = [1]\n",
+                "fn/strata.toml: env.A = [1]: expected a string, number or boolean",
+            ),
             ("env = 3\n", "fn/strata.toml: env = 3: expected a table"),
         ];
         for (text, want) in cases {
-            let text = if text.contains("name") || text.contains("runtime") { text.to_string() } else { format!("{base}{text}") };
+            let text = if text.contains("name") || text.contains("runtime") {
+                text.to_string()
+            } else {
+                format!("{base}{text}")
+            };
             let err = Manifest::parse("fn/strata.toml", &text).unwrap_err().to_string();
             assert_eq!(&err, want, "manifest:\n{text}");
             assert!(!err.contains('\n'), "one line: {err}");
@@ -446,10 +562,17 @@ GREETING = "hi"
 
     #[test]
     fn exec_stdio_and_cpu() {
-        let m = Manifest::parse("f", "name='s'\nruntime='exec'\nhandler='run.sh'\nmode='stdio'\ncpu='0.5'\n").unwrap().spec;
+        let m = Manifest::parse(
+            "f",
+            "name='s'\nruntime='exec'\nhandler='run.sh'\nmode='stdio'\ncpu='0.5'\n",
+        )
+        .unwrap()
+        .spec;
         assert_eq!(m.mode, ExecMode::Stdio);
         assert_eq!(m.cpu_millis, Some(500));
-        let m = Manifest::parse("f", "name='s'\nruntime='exec'\nhandler='bin/x'\ncpu='250m'\n").unwrap().spec;
+        let m = Manifest::parse("f", "name='s'\nruntime='exec'\nhandler='bin/x'\ncpu='250m'\n")
+            .unwrap()
+            .spec;
         assert_eq!(m.cpu_millis, Some(250));
     }
 }

@@ -14,7 +14,10 @@ use strata_store::Store;
 
 /// The language bootstraps, compiled into the binary so it is self-contained.
 const RUNTIME_FILES: &[(&str, &str)] = &[
-    ("python/bootstrap.py", include_str!("../../../runtimes/python/bootstrap.py")),
+    (
+        "python/bootstrap.py",
+        include_str!("../../../runtimes/python/bootstrap.py"),
+    ),
     ("python/strata.py", include_str!("../../../runtimes/python/strata.py")),
     ("node/bootstrap.js", include_str!("../../../runtimes/node/bootstrap.js")),
     ("node/strata.js", include_str!("../../../runtimes/node/strata.js")),
@@ -31,6 +34,8 @@ pub struct UpOptions {
     pub demo: Option<PathBuf>,
     /// Invocation body limit.
     pub max_body: usize,
+    /// Calls that may wait per function before 429.
+    pub queue_depth: usize,
 }
 
 fn write_runtimes(dir: &Path) -> anyhow::Result<()> {
@@ -58,11 +63,12 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     tracing::info!(cgroups = backend.cgroup_version(), "sandbox backend ready");
     let orch = Orchestrator::new(Context {
         backend,
-        runtimes: Runtimes { dir: runtime_dir, strata_bin: std::env::current_exe()? },
+        runtimes: Runtimes {
+            dir: runtime_dir,
+            strata_bin: std::env::current_exe()?,
+        },
         store: store.clone(),
-        // 1000 waiting calls per function version: absorbs a burst while instances start,
-        // bounded so overload turns into 429s rather than memory growth.
-        queue_depth: 1000,
+        queue_depth: opts.queue_depth,
     });
     for f in store.functions()? {
         match store.spec(&f.name, &f.active) {
@@ -71,14 +77,30 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         }
     }
     tokio::spawn(Arc::clone(&orch).run_ticks());
-    let config = GatewayConfig { max_body: opts.max_body, ..GatewayConfig::default() };
-    let state = AppState { orch: Arc::clone(&orch), store: store.clone(), metrics: Arc::new(Metrics::new()), config: config.clone() };
+    let config = GatewayConfig {
+        max_body: opts.max_body,
+        ..GatewayConfig::default()
+    };
+    let state = AppState {
+        orch: Arc::clone(&orch),
+        store: store.clone(),
+        metrics: Arc::new(Metrics::new()),
+        config: config.clone(),
+    };
     if let Some(examples) = &opts.demo {
         deploy_examples(&state, examples).await;
     }
-    let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
-    eprintln!("strata: listening on http://{} (state in {})", listener.local_addr()?, data.display());
-    axum::serve(listener, strata_gateway::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    eprintln!(
+        "strata: listening on http://{} (state in {})",
+        listener.local_addr()?,
+        data.display()
+    );
+    axum::serve(listener, strata_gateway::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     eprintln!("strata: draining calls in flight and stopping instances");
     orch.shutdown(Duration::from_secs(30)).await;
     store.flush();
@@ -91,7 +113,11 @@ async fn deploy_examples(state: &AppState, dir: &Path) {
         tracing::warn!(dir = %dir.display(), "no examples folder");
         return;
     };
-    let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("strata.toml").is_file()).collect();
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("strata.toml").is_file())
+        .collect();
     dirs.sort();
     for d in dirs {
         let res = match crate::pack::package(&d) {

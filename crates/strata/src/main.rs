@@ -1,21 +1,23 @@
 //! The `strata` binary: `strata up` runs the daemon; every other subcommand is a client of a
 //! running daemon's HTTP API; `stdio-adapter` is the per-call adapter run inside sandboxes.
 
-mod cli;
-mod client;
+mod args;
 mod daemon;
 mod pack;
+mod remote;
+mod stdio;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = args::Cli::parse();
     match cli.command {
-        cli::Command::StdioAdapter { argv } => exit(client::stdio_adapter(argv)),
-        cli::Command::Up(args) => {
+        args::Command::StdioAdapter { argv } => exit(stdio::stdio_adapter(argv)),
+        args::Command::Up(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| "strata=info,warn".into()),
+                    tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+                        .unwrap_or_else(|_| "strata=info,warn".into()),
                 )
                 .with_writer(std::io::stderr)
                 .init();
@@ -31,6 +33,7 @@ fn main() -> std::process::ExitCode {
                 data: args.data,
                 demo: args.demo.then_some(args.examples),
                 max_body,
+                queue_depth: args.queue_depth,
             };
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -43,7 +46,7 @@ fn main() -> std::process::ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return exit(Err(e.into())),
             };
-            exit(rt.block_on(client::run(command)))
+            exit(rt.block_on(remote::run(command)))
         }
     }
 }

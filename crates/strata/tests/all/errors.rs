@@ -18,15 +18,43 @@ async fn unknown_function_oversized_body_and_unknown_route() {
     d.deploy(&example("echo"));
     let c = d.client();
     expect_code(c.get(d.fn_url("nope")).send().await.unwrap(), 404, "function_not_found").await;
-    expect_code(c.post(d.fn_url("echo")).body(vec![b'x'; 2048]).send().await.unwrap(), 413, "payload_too_large").await;
+    expect_code(
+        c.post(d.fn_url("echo")).body(vec![b'x'; 2048]).send().await.unwrap(),
+        413,
+        "payload_too_large",
+    )
+    .await;
     // Chunked (no content-length) over the limit is caught while reading.
     let stream = futures::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 512])));
-    let r = c.post(d.fn_url("echo")).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+    let r = c
+        .post(d.fn_url("echo"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
     expect_code(r, 413, "payload_too_large").await;
-    expect_code(c.get(format!("{}/nothing/here", d.url)).send().await.unwrap(), 404, "route_not_found").await;
-    expect_code(c.get(format!("{}/api/v1/functions/nope", d.url)).send().await.unwrap(), 404, "function_not_found").await;
+    expect_code(
+        c.get(format!("{}/nothing/here", d.url)).send().await.unwrap(),
+        404,
+        "route_not_found",
+    )
+    .await;
+    expect_code(
+        c.get(format!("{}/api/v1/functions/nope", d.url)).send().await.unwrap(),
+        404,
+        "function_not_found",
+    )
+    .await;
     // Under the limit still works.
-    assert_eq!(c.post(d.fn_url("echo")).body(vec![b'x'; 512]).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.post(d.fn_url("echo"))
+            .body(vec![b'x'; 512])
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -35,7 +63,12 @@ async fn infinite_loop_times_out_with_504_and_the_next_call_works() {
     d.deploy(&fixture("loop"));
     let c = d.client();
     let t = Instant::now();
-    let v = expect_code(c.get(format!("{}?spin=1", d.fn_url("loop"))).send().await.unwrap(), 504, "timeout").await;
+    let v = expect_code(
+        c.get(format!("{}?spin=1", d.fn_url("loop"))).send().await.unwrap(),
+        504,
+        "timeout",
+    )
+    .await;
     assert!(t.elapsed() < Duration::from_secs(5));
     assert!(v["call_id"].as_str().is_some());
     let r = c.get(d.fn_url("loop")).send().await.unwrap();
@@ -49,15 +82,47 @@ async fn memory_hog_gets_502_oom_crash_gets_502_crash_and_raise_gets_500() {
     d.deploy(&fixture("hog"));
     d.deploy(&fixture("crash"));
     let c = d.client();
-    let v = expect_code(c.get(format!("{}?eat=1", d.fn_url("hog"))).send().await.unwrap(), 502, "oom").await;
+    let v = expect_code(
+        c.get(format!("{}?eat=1", d.fn_url("hog"))).send().await.unwrap(),
+        502,
+        "oom",
+    )
+    .await;
     assert!(v["message"].as_str().unwrap().contains(v["call_id"].as_str().unwrap()));
-    assert_eq!(c.get(d.fn_url("hog")).send().await.unwrap().text().await.unwrap(), "fine");
-    expect_code(c.get(format!("{}?die=1", d.fn_url("crash"))).send().await.unwrap(), 502, "crash").await;
-    expect_code(c.get(format!("{}?raise=1", d.fn_url("crash"))).send().await.unwrap(), 500, "function_error").await;
-    assert_eq!(c.get(d.fn_url("crash")).send().await.unwrap().text().await.unwrap(), "alive");
+    assert_eq!(
+        c.get(d.fn_url("hog")).send().await.unwrap().text().await.unwrap(),
+        "fine"
+    );
+    expect_code(
+        c.get(format!("{}?die=1", d.fn_url("crash"))).send().await.unwrap(),
+        502,
+        "crash",
+    )
+    .await;
+    expect_code(
+        c.get(format!("{}?raise=1", d.fn_url("crash"))).send().await.unwrap(),
+        500,
+        "function_error",
+    )
+    .await;
+    assert_eq!(
+        c.get(d.fn_url("crash")).send().await.unwrap().text().await.unwrap(),
+        "alive"
+    );
     // The records say why.
-    let recs = body_json(c.get(format!("{}/api/v1/functions/hog/invocations", d.url)).send().await.unwrap()).await;
-    assert!(recs.as_array().unwrap().iter().any(|r| r["error"] == "oom" && r["status"] == 502));
+    let recs = body_json(
+        c.get(format!("{}/api/v1/functions/hog/invocations", d.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        recs.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["error"] == "oom" && r["status"] == 502)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -112,20 +177,49 @@ async fn a_fork_bomb_in_one_function_leaves_another_unharmed() {
     let during = lat(c.clone(), d.fn_url("hello-python")).await;
     assert_eq!(bomb.await.unwrap(), 504, "the bomb is contained and timed out");
     // Generous bound: the point is "unharmed", not a benchmark.
-    assert!(during < before * 10 + Duration::from_millis(20), "p50 before {before:?}, during the bomb {during:?}");
-    assert_eq!(c.post(d.fn_url("hello-python")).body("after").send().await.unwrap().status(), 200);
+    assert!(
+        during < before * 10 + Duration::from_millis(20),
+        "p50 before {before:?}, during the bomb {during:?}"
+    );
+    assert_eq!(
+        c.post(d.fn_url("hello-python"))
+            .body("after")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_manifests_are_refused_with_the_field_named() {
     let d = Daemon::start();
     let cases = [
-        ("name = \"ok\"\nruntime = \"python\"\nhandler = \"main:handle\"\nmemroy = \"1GiB\"\n", "unknown key `memroy`"),
-        ("name = \"Bad\"\nruntime = \"python\"\nhandler = \"main:handle\"\n", "name = \"Bad\""),
-        ("name = \"ok\"\nruntime = \"python\"\nhandler = \"main:handle\"\nmemory = \"12XB\"\n", "memory = \"12XB\""),
-        ("name = \"ok\"\nruntime = \"python\"\nhandler = \"main:handle\"\nmin_instances = 3\nmax_instances = 1\n", "max_instances = 1"),
-        ("name = \"ok\"\nruntime = \"python\"\n", "missing required key `handler`"),
-        ("name = \"ok\"\nruntime = \"python\"\nhandler = \"nomodule:handle\"\n", "module nomodule is not in the package"),
+        (
+            "name = \"ok\"\nruntime = \"python\"\nhandler = \"main:handle\"\nmemroy = \"1GiB\"\n",
+            "unknown key `memroy`",
+        ),
+        (
+            "name = \"Bad\"\nruntime = \"python\"\nhandler = \"main:handle\"\n",
+            "name = \"Bad\"",
+        ),
+        (
+            "name = \"ok\"\nruntime = \"python\"\nhandler = \"main:handle\"\nmemory = \"12XB\"\n",
+            "memory = \"12XB\"",
+        ),
+        (
+            "name = \"ok\"\nruntime = \"python\"\nhandler = \"main:handle\"\nmin_instances = 3\nmax_instances = 1\n",
+            "max_instances = 1",
+        ),
+        (
+            "name = \"ok\"\nruntime = \"python\"\n",
+            "missing required key `handler`",
+        ),
+        (
+            "name = \"ok\"\nruntime = \"python\"\nhandler = \"nomodule:handle\"\n",
+            "module nomodule is not in the package",
+        ),
     ];
     for (manifest, want) in cases {
         let dir = function_dir(&[("strata.toml", manifest), ("main.py", "def handle(r): return 'x'\n")]);
@@ -135,6 +229,13 @@ async fn malformed_manifests_are_refused_with_the_field_named() {
         assert!(err.contains(want), "want {want:?} in {err}");
         assert!(err.contains("invalid_manifest"), "{err}");
     }
-    let list = body_json(d.client().get(format!("{}/api/v1/functions", d.url)).send().await.unwrap()).await;
+    let list = body_json(
+        d.client()
+            .get(format!("{}/api/v1/functions", d.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(list, serde_json::json!([]), "nothing was registered");
 }

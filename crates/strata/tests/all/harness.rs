@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_strata");
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -38,7 +41,11 @@ pub struct Daemon {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Daemon {
@@ -116,13 +123,22 @@ impl Daemon {
 
     /// Run the CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN).args(args).env("STRATA_GATEWAY", &self.url).stdin(Stdio::null()).output().unwrap()
+        Command::new(BIN)
+            .args(args)
+            .env("STRATA_GATEWAY", &self.url)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 
     /// Deploy a folder with the CLI; panics on failure.
     pub fn deploy(&self, dir: &Path) -> String {
         let out = self.cli(&["deploy", dir.to_str().unwrap()]);
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(out.status.success(), "deploy {} failed: {text}", dir.display());
         text
     }

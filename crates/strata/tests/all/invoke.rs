@@ -12,7 +12,10 @@ async fn every_method_with_headers_query_and_binary_body_intact() {
     let body: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
     for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
         let r = c
-            .request(method.parse().unwrap(), format!("{}/sub/path?a=1&b=two&b=three", d.fn_url("echo")))
+            .request(
+                method.parse().unwrap(),
+                format!("{}/sub/path?a=1&b=two&b=three", d.fn_url("echo")),
+            )
             .header("x-custom", "value 1")
             .header("x-call-id", format!("call-{method}"))
             .body(body.clone())
@@ -21,14 +24,23 @@ async fn every_method_with_headers_query_and_binary_body_intact() {
             .unwrap();
         assert_eq!(r.status(), 200, "{method}");
         assert_eq!(r.headers()["x-call-id"], format!("call-{method}").as_str());
-        assert!(r.headers()["x-duration-seconds"].to_str().unwrap().parse::<f64>().unwrap() > 0.0);
+        assert!(
+            r.headers()["x-duration-seconds"]
+                .to_str()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+                > 0.0
+        );
         let v = body_json(r).await;
         assert_eq!(v["method"], method);
         assert_eq!(v["path"], "/sub/path");
         assert_eq!(v["query_string"], "a=1&b=two&b=three");
         assert_eq!(v["query"]["a"], "1");
         assert_eq!(v["headers"]["x-custom"], "value 1");
-        let got = base64::engine::general_purpose::STANDARD.decode(v["body_base64"].as_str().unwrap()).unwrap();
+        let got = base64::engine::general_purpose::STANDARD
+            .decode(v["body_base64"].as_str().unwrap())
+            .unwrap();
         assert_eq!(got, body, "{method}: binary body intact");
     }
     let r = c.head(d.fn_url("echo")).send().await.unwrap();
@@ -49,7 +61,12 @@ async fn hello_in_python_node_and_shell() {
     assert_eq!(py.text().await.unwrap(), "Hello, world!\n");
     let node = c.post(d.fn_url("hello-node")).body("node").send().await.unwrap();
     assert_eq!(node.text().await.unwrap(), "Hello, node!\n");
-    let sh = c.post(format!("{}/x", d.fn_url("hello-shell"))).body("shell").send().await.unwrap();
+    let sh = c
+        .post(format!("{}/x", d.fn_url("hello-shell")))
+        .body("shell")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(sh.status(), 200);
     assert_eq!(sh.text().await.unwrap(), "Hello from sh, shell! (POST /x)\n");
     let out = d.cli(&["invoke", "hello-python", "--data", "cli"]);
@@ -69,7 +86,9 @@ async fn a_hundred_concurrent_calls_are_all_answered_correctly() {
             let r = c.post(url).body(format!("payload-{i}")).send().await.unwrap();
             assert_eq!(r.status(), 200);
             let v = body_json(r).await;
-            let got = base64::engine::general_purpose::STANDARD.decode(v["body_base64"].as_str().unwrap()).unwrap();
+            let got = base64::engine::general_purpose::STANDARD
+                .decode(v["body_base64"].as_str().unwrap())
+                .unwrap();
             assert_eq!(got, format!("payload-{i}").into_bytes());
         }
     });
@@ -91,10 +110,20 @@ async fn warm_instances_are_reused_and_top_level_code_runs_once() {
         assert_eq!(calls, last + 1, "same warm instance");
         last = calls;
     }
-    let recs = body_json(c.get(format!("{}/api/v1/functions/counter/invocations?limit=10", d.url)).send().await.unwrap()).await;
+    let recs = body_json(
+        c.get(format!("{}/api/v1/functions/counter/invocations?limit=10", d.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let recs = recs.as_array().unwrap();
     assert_eq!(recs.len(), 5);
-    assert_eq!(recs.iter().filter(|r| r["cold"] == true).count(), 1, "exactly the first call was cold");
+    assert_eq!(
+        recs.iter().filter(|r| r["cold"] == true).count(),
+        1,
+        "exactly the first call was cold"
+    );
     let cold = recs.iter().find(|r| r["cold"] == true).unwrap();
     assert!(cold["cold_start"]["sandbox_ms"].as_f64().unwrap() > 0.0);
     assert!(recs.iter().all(|r| r["memory_peak_bytes"].as_u64().unwrap() > 0));
@@ -105,11 +134,23 @@ async fn output_is_logged_per_call_and_queryable() {
     let d = Daemon::start();
     d.deploy(&fixture("printer"));
     let c = d.client();
-    let r = c.post(d.fn_url("printer")).header("x-call-id", "log-call-1").body("abc").send().await.unwrap();
+    let r = c
+        .post(d.fn_url("printer"))
+        .header("x-call-id", "log-call-1")
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let mut lines = serde_json::Value::Null;
     for _ in 0..50 {
-        lines = body_json(c.get(format!("{}/api/v1/functions/printer/logs", d.url)).send().await.unwrap()).await;
+        lines = body_json(
+            c.get(format!("{}/api/v1/functions/printer/logs", d.url))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         if lines["lines"].as_array().unwrap().len() >= 2 {
             break;
         }
@@ -119,7 +160,10 @@ async fn output_is_logged_per_call_and_queryable() {
     let out = lines.iter().find(|l| l["line"] == "printing abc").expect("stdout line");
     assert_eq!(out["call_id"], "log-call-1");
     assert_eq!(out["stream"], "stdout");
-    let err = lines.iter().find(|l| l["line"] == "to stderr abc").expect("stderr line");
+    let err = lines
+        .iter()
+        .find(|l| l["line"] == "to stderr abc")
+        .expect("stderr line");
     assert_eq!(err["stream"], "stderr");
     let cli = d.cli(&["logs", "printer"]);
     assert!(String::from_utf8_lossy(&cli.stdout).contains("printing abc"));

@@ -8,7 +8,13 @@ use crate::harness::*;
 
 fn version_dir(v: &str) -> tempfile::TempDir {
     let manifest = std::fs::read_to_string(fixture("version").join("strata.toml")).unwrap();
-    function_dir(&[("strata.toml", &manifest), ("main.py", &format!("VERSION = {v:?}\n\ndef handle(req):\n    return VERSION\n"))])
+    function_dir(&[
+        ("strata.toml", &manifest),
+        (
+            "main.py",
+            &format!("VERSION = {v:?}\n\ndef handle(req):\n    return VERSION\n"),
+        ),
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -24,8 +30,14 @@ async fn redeploy_under_load_fails_no_call_then_rollback_and_rm() {
     let total = Arc::new(AtomicUsize::new(0));
     let load: Vec<_> = (0..4)
         .map(|_| {
-            let (c, url, stop, failures, seen_v2, total) =
-                (c.clone(), d.fn_url("version"), stop.clone(), failures.clone(), seen_v2.clone(), total.clone());
+            let (c, url, stop, failures, seen_v2, total) = (
+                c.clone(),
+                d.fn_url("version"),
+                stop.clone(),
+                failures.clone(),
+                seen_v2.clone(),
+                total.clone(),
+            );
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let r = c.get(&url).send().await.unwrap();
@@ -49,20 +61,40 @@ async fn redeploy_under_load_fails_no_call_then_rollback_and_rm() {
     for h in load {
         h.await.unwrap();
     }
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "of {} calls", total.load(Ordering::Relaxed));
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "of {} calls",
+        total.load(Ordering::Relaxed)
+    );
     assert!(seen_v2.load(Ordering::Relaxed) > 0);
-    assert_eq!(c.get(d.fn_url("version")).send().await.unwrap().text().await.unwrap(), "v2");
+    assert_eq!(
+        c.get(d.fn_url("version")).send().await.unwrap().text().await.unwrap(),
+        "v2"
+    );
 
     let out = d.cli(&["rollback", "version"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(c.get(d.fn_url("version")).send().await.unwrap().text().await.unwrap(), "v1");
-    let versions = body_json(c.get(format!("{}/api/v1/functions/version/versions", d.url)).send().await.unwrap()).await;
+    assert_eq!(
+        c.get(d.fn_url("version")).send().await.unwrap().text().await.unwrap(),
+        "v1"
+    );
+    let versions = body_json(
+        c.get(format!("{}/api/v1/functions/version/versions", d.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let versions = versions.as_array().unwrap();
     assert_eq!(versions.len(), 2);
     let v2_id = versions[1]["version"].as_str().unwrap().to_owned();
     let out = d.cli(&["rollback", "version", "--to", &v2_id]);
     assert!(out.status.success());
-    assert_eq!(c.get(d.fn_url("version")).send().await.unwrap().text().await.unwrap(), "v2");
+    assert_eq!(
+        c.get(d.fn_url("version")).send().await.unwrap().text().await.unwrap(),
+        "v2"
+    );
 
     // Deploying identical content again is the same version.
     let again = d.deploy(v2.path());
@@ -79,14 +111,36 @@ async fn a_restart_keeps_functions_and_logs() {
     let mut d = Daemon::start();
     d.deploy(&fixture("printer"));
     let c = d.client();
-    assert_eq!(c.post(d.fn_url("printer")).body("before-restart").send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.post(d.fn_url("printer"))
+            .body("before-restart")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     d.restart();
     let c = d.client();
     let list = body_json(c.get(format!("{}/api/v1/functions", d.url)).send().await.unwrap()).await;
     assert_eq!(list[0]["name"], "printer");
-    assert_eq!(c.post(d.fn_url("printer")).body("after").send().await.unwrap().status(), 200);
-    let logs = body_json(c.get(format!("{}/api/v1/functions/printer/logs?since=0", d.url)).send().await.unwrap()).await;
-    let lines: Vec<&str> = logs["lines"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
+    assert_eq!(
+        c.post(d.fn_url("printer")).body("after").send().await.unwrap().status(),
+        200
+    );
+    let logs = body_json(
+        c.get(format!("{}/api/v1/functions/printer/logs?since=0", d.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let lines: Vec<&str> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
     assert!(lines.contains(&"printing before-restart"), "{lines:?}");
 }
 
@@ -94,11 +148,17 @@ async fn a_restart_keeps_functions_and_logs() {
 async fn idle_instances_scale_to_zero_and_min_instances_stay() {
     let d = Daemon::start();
     let quick = function_dir(&[
-        ("strata.toml", "name = \"quick\"\nruntime = \"python\"\nhandler = \"main:handle\"\nkeep_alive = \"1s\"\n"),
+        (
+            "strata.toml",
+            "name = \"quick\"\nruntime = \"python\"\nhandler = \"main:handle\"\nkeep_alive = \"1s\"\n",
+        ),
         ("main.py", "def handle(r):\n    return 'q'\n"),
     ]);
     let kept = function_dir(&[
-        ("strata.toml", "name = \"kept\"\nruntime = \"python\"\nhandler = \"main:handle\"\nkeep_alive = \"1s\"\nmin_instances = 1\n"),
+        (
+            "strata.toml",
+            "name = \"kept\"\nruntime = \"python\"\nhandler = \"main:handle\"\nkeep_alive = \"1s\"\nmin_instances = 1\n",
+        ),
         ("main.py", "def handle(r):\n    return 'k'\n"),
     ]);
     d.deploy(quick.path());
@@ -108,22 +168,49 @@ async fn idle_instances_scale_to_zero_and_min_instances_stay() {
     let instances = |name: &'static str| {
         let c = c.clone();
         let url = format!("{}/api/v1/functions/{name}", d.url);
-        async move { body_json(c.get(url).send().await.unwrap()).await["instances"].as_array().unwrap().len() }
+        async move {
+            body_json(c.get(url).send().await.unwrap()).await["instances"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
     };
     assert_eq!(instances("quick").await, 1);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(instances("quick").await, 0, "scaled to zero after keep-alive");
     assert_eq!(instances("kept").await, 1, "min_instances kept warm");
-    let recs = body_json(c.get(format!("{}/api/v1/functions/kept/invocations", d.url)).send().await.unwrap()).await;
+    let recs = body_json(
+        c.get(format!("{}/api/v1/functions/kept/invocations", d.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert!(recs.as_array().unwrap().is_empty());
     let r = c.get(d.fn_url("kept")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     // The prewarmed instance served it: not a cold start.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let recs = body_json(c.get(format!("{}/api/v1/functions/kept/invocations", d.url)).send().await.unwrap()).await;
+    let recs = body_json(
+        c.get(format!("{}/api/v1/functions/kept/invocations", d.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(recs[0]["cold"], false);
-    let metrics = c.get(format!("{}/metrics", d.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("gateway_function_invocation_total{function_name=\"kept\",code=\"200\"} 1"), "{metrics}");
+    let metrics = c
+        .get(format!("{}/metrics", d.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gateway_function_invocation_total{function_name=\"kept\",code=\"200\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("faas_coldstarts_total{function_name=\"quick\"} 1"));
     assert!(metrics.contains("faas_instances{function_name=\"kept\"} 1"));
 }
@@ -132,7 +219,10 @@ async fn idle_instances_scale_to_zero_and_min_instances_stay() {
 async fn keep_alive_zero_makes_every_call_cold() {
     let d = Daemon::start();
     let f = function_dir(&[
-        ("strata.toml", "name = \"cold\"\nruntime = \"python\"\nhandler = \"main:handle\"\nkeep_alive = \"0s\"\n"),
+        (
+            "strata.toml",
+            "name = \"cold\"\nruntime = \"python\"\nhandler = \"main:handle\"\nkeep_alive = \"0s\"\n",
+        ),
         ("main.py", "import os\ndef handle(r):\n    return str(os.getpid())\n"),
     ]);
     d.deploy(f.path());
@@ -141,6 +231,12 @@ async fn keep_alive_zero_makes_every_call_cold() {
         assert_eq!(c.get(d.fn_url("cold")).send().await.unwrap().status(), 200);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let recs = body_json(c.get(format!("{}/api/v1/functions/cold/invocations", d.url)).send().await.unwrap()).await;
+    let recs = body_json(
+        c.get(format!("{}/api/v1/functions/cold/invocations", d.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert!(recs.as_array().unwrap().iter().all(|r| r["cold"] == true), "{recs}");
 }

@@ -4,5 +4,5 @@
 mod harness;
 
 mod errors;
-mod lifecycle;
 mod invoke;
+mod lifecycle;
