@@ -162,3 +162,23 @@ pub async fn body_json(r: reqwest::Response) -> serde_json::Value {
     let t = r.text().await.unwrap();
     serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t}"))
 }
+
+/// Records are written in batches: poll until `n` are there (or 5 s pass).
+pub async fn records(d: &Daemon, name: &str, n: usize) -> Vec<serde_json::Value> {
+    let c = d.client();
+    for _ in 0..100 {
+        let v = body_json(
+            c.get(format!("{}/api/v1/functions/{name}/invocations?limit=100", d.url))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let v = v.as_array().cloned().unwrap_or_default();
+        if v.len() >= n {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} records of {name}");
+}

@@ -110,14 +110,7 @@ async fn warm_instances_are_reused_and_top_level_code_runs_once() {
         assert_eq!(calls, last + 1, "same warm instance");
         last = calls;
     }
-    let recs = body_json(
-        c.get(format!("{}/api/v1/functions/counter/invocations?limit=10", d.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let recs = recs.as_array().unwrap();
+    let recs = records(&d, "counter", 5).await;
     assert_eq!(recs.len(), 5);
     assert_eq!(
         recs.iter().filter(|r| r["cold"] == true).count(),

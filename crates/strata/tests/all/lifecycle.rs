@@ -179,25 +179,12 @@ async fn idle_instances_scale_to_zero_and_min_instances_stay() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(instances("quick").await, 0, "scaled to zero after keep-alive");
     assert_eq!(instances("kept").await, 1, "min_instances kept warm");
-    let recs = body_json(
-        c.get(format!("{}/api/v1/functions/kept/invocations", d.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert!(recs.as_array().unwrap().is_empty());
+    let recs = records(&d, "kept", 0).await;
+    assert!(recs.is_empty(), "the prewarmed instance served no call yet");
     let r = c.get(d.fn_url("kept")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     // The prewarmed instance served it: not a cold start.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let recs = body_json(
-        c.get(format!("{}/api/v1/functions/kept/invocations", d.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let recs = records(&d, "kept", 1).await;
     assert_eq!(recs[0]["cold"], false);
     let metrics = c
         .get(format!("{}/metrics", d.url))
@@ -230,13 +217,6 @@ async fn keep_alive_zero_makes_every_call_cold() {
     for _ in 0..3 {
         assert_eq!(c.get(d.fn_url("cold")).send().await.unwrap().status(), 200);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let recs = body_json(
-        c.get(format!("{}/api/v1/functions/cold/invocations", d.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert!(recs.as_array().unwrap().iter().all(|r| r["cold"] == true), "{recs}");
+    let recs = records(&d, "cold", 3).await;
+    assert!(recs.iter().all(|r| r["cold"] == true), "{recs:?}");
 }
