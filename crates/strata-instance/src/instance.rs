@@ -400,7 +400,10 @@ impl Instance {
                 r = rx => match r {
                     Ok(Reply::Ok(resp)) => Ok(resp),
                     Ok(Reply::Err(m)) => Err(InvokeError::Function(m)),
-                    Err(_) => Err(InvokeError::Crash("the instance dropped the call".into())),
+                    Err(_) => Err(match self.shared.death.borrow().clone() {
+                        Some(reason) => death_error(reason),
+                        None => InvokeError::Crash("the instance dropped the call".into()),
+                    }),
                 },
                 r = death_rx.wait_for(Option::is_some) => {
                     let reason = r.ok().and_then(|g| g.clone()).unwrap_or(DeathReason::Stopped);
@@ -561,6 +564,8 @@ async fn exit_watch(shared: Arc<Shared>, pidfd: OwnedFd) {
         );
     }
     tracing::debug!(instance = %shared.id, function = %shared.function, ?reason, "instance ended");
-    shared.pending.lock().expect("pending lock").clear();
+    // Publish the reason before dropping the pending calls' senders: a caller that sees its
+    // reply channel closed then finds why.
     shared.death.send_replace(Some(reason));
+    shared.pending.lock().expect("pending lock").clear();
 }

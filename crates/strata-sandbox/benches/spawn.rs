@@ -302,7 +302,11 @@ impl Kind {
     }
 }
 
-const PHASES: [&str; 11] = [
+/// `SpawnTimings` fields, then `spawn_other` (`total` minus the named phases: plan, argv,
+/// pipe, stack), `handoff` (the `spawn` call minus `SpawnTimings::total`: the hop to the
+/// spawner thread and back), `spawn_call`, then after `spawn` returned: `run_until_exit`
+/// (until the pidfd is readable) and `teardown` (`wait()`: usage, cgroup removal).
+const PHASES: [&str; 13] = [
     "cgroup",
     "netns",
     "namespaces",
@@ -311,6 +315,8 @@ const PHASES: [&str; 11] = [
     "exec",
     "spawn_other",
     "spawn_total",
+    "handoff",
+    "spawn_call",
     "run_until_exit",
     "teardown",
     "total",
@@ -370,6 +376,8 @@ fn once(ctx: &mut Ctx<'_>, kind: Kind, rec: Option<&mut Recorder>) -> Result<()>
                     t.exec,
                     t.total.saturating_sub(known),
                     t.total,
+                    (t_spawned - t0).saturating_sub(t.total),
+                    t_spawned - t0,
                     t_exited - t_spawned,
                     t_end - t_exited,
                     t_end - t0,

@@ -39,7 +39,7 @@ pub fn parse_duration_ms(s: &str) -> Option<u64> {
 /// Format a size for people: the largest binary unit that divides it.
 pub fn format_size(bytes: u64) -> String {
     for (unit, m) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= m && bytes % m == 0 {
+        if bytes >= m && bytes.is_multiple_of(m) {
             return format!("{}{unit}", bytes / m);
         }
     }
@@ -52,7 +52,7 @@ pub fn format_duration_ms(ms: u64) -> String {
         return "0s".into();
     }
     for (unit, m) in [("h", 3_600_000u64), ("m", 60_000), ("s", 1000)] {
-        if ms % m == 0 {
+        if ms.is_multiple_of(m) {
             return format!("{}{unit}", ms / m);
         }
     }

@@ -59,7 +59,7 @@ pub enum Command {
         #[arg(short = 'H', long = "header", value_name = "NAME:VALUE")]
         header: Vec<String>,
         /// HTTP method [default: POST if a body is given, else GET]
-        #[arg(long)]
+        #[arg(short = 'X', long)]
         method: Option<String>,
         /// Path (and query string) appended to the function's URL, e.g. "/items?id=3"
         #[arg(long, default_value = "", hide_default_value = true)]
@@ -164,6 +164,9 @@ pub struct UpArgs {
     /// Largest accepted request body (e.g. "6MiB", "512KiB")
     #[arg(long, default_value = "6MiB")]
     pub max_body: String,
+    /// Calls that may wait for an instance, per function, before the daemon answers 429
+    #[arg(long, default_value_t = 1000)]
+    pub queue_depth: usize,
 }
 
 /// Options shared by the client commands.

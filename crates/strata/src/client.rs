@@ -537,6 +537,9 @@ async fn invoke(api: &Api, req: InvokeRequest) -> anyhow::Result<i32> {
         emit_bytes(&out)?;
     } else if body.is_empty() {
         eprintln!("error: HTTP {status}");
+    } else if let Some((code, message)) = gateway_error(&body) {
+        // The gateway's own errors (no such function, timeout, over capacity, ...).
+        eprintln!("error: {message} ({code})");
     } else {
         let mut err = io::stderr().lock();
         // Nothing useful can be done if stderr itself fails.
@@ -547,6 +550,14 @@ async fn invoke(api: &Api, req: InvokeRequest) -> anyhow::Result<i32> {
         let _ = err.flush();
     }
     Ok(code)
+}
+
+/// The `code` and `message` of an error body in the gateway's `{"code","message"}` shape.
+fn gateway_error(body: &[u8]) -> Option<(String, String)> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let code = v.get("code")?.as_str()?;
+    let message = v.get("message")?.as_str()?;
+    Some((code.to_owned(), message.to_owned()))
 }
 
 /// Appends the user's `--path` (a path, optionally with a query string) to `url`.

@@ -1,19 +1,18 @@
 //! The `strata` binary: `strata up` runs the daemon; every other subcommand is a client of a
 //! running daemon's HTTP API; `stdio-adapter` is the per-call adapter run inside sandboxes.
 
-mod args;
+mod cli;
+mod client;
 mod daemon;
 mod pack;
-mod remote;
-mod stdio;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = args::Cli::parse();
+    let cli = cli::Cli::parse();
     match cli.command {
-        args::Command::StdioAdapter { argv } => exit(stdio::stdio_adapter(argv)),
-        args::Command::Up(args) => {
+        cli::Command::StdioAdapter { argv } => exit(client::stdio_adapter(argv)),
+        cli::Command::Up(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
@@ -46,7 +45,7 @@ fn main() -> std::process::ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return exit(Err(e.into())),
             };
-            exit(rt.block_on(remote::run(command)))
+            exit(rt.block_on(client::run(command)))
         }
     }
 }

@@ -117,10 +117,6 @@ impl Daemon {
         self.launch();
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
     /// Run the CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
