@@ -23,7 +23,7 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
 ];
 
-fn call_id(headers: &HeaderMap) -> String {
+pub(crate) fn call_id(headers: &HeaderMap) -> String {
     headers
         .get("x-call-id")
         .and_then(|v| v.to_str().ok())

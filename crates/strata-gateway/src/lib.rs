@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod asynchronous;
 mod deploy;
 mod error;
 mod invoke;
@@ -19,6 +20,7 @@ use axum::routing::{any, get, post};
 use strata_orchestrator::Orchestrator;
 use strata_store::Store;
 
+pub use asynchronous::parse_event;
 pub use deploy::{DeployResult, deploy};
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub store: Store,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The asynchronous queue.
+    pub queue: Arc<strata_orchestrator::queue::AsyncQueue>,
     /// Limits.
     pub config: GatewayConfig,
 }
@@ -62,6 +66,15 @@ pub fn router(state: AppState) -> Router {
         .route("/function/{name}", any(invoke::invoke))
         .route("/function/{name}/", any(invoke::invoke))
         .route("/function/{name}/{*rest}", any(invoke::invoke))
+        .route("/async-function/{name}", any(asynchronous::invoke_async))
+        .route("/async-function/{name}/", any(asynchronous::invoke_async))
+        .route("/async-function/{name}/{*rest}", any(asynchronous::invoke_async))
+        .route("/topics/{topic}", post(asynchronous::publish))
+        .route("/events", post(asynchronous::events))
+        .route("/api/v1/calls/{id}", get(asynchronous::call_status))
+        .route("/api/v1/functions/{name}/dlq", get(asynchronous::dlq))
+        .route("/api/v1/functions/{name}/dlq/replay", post(asynchronous::dlq_replay))
+        .route("/api/v1/functions/{name}/queue", get(asynchronous::queued))
         .route("/system/functions", get(api::system_functions))
         .route("/api/v1/functions", get(api::list).post(api::deploy_handler))
         .route("/api/v1/functions/{name}", get(api::describe).delete(api::remove))

@@ -34,6 +34,10 @@ pub struct Metrics {
     coldstarts: Family<Fn, Counter>,
     instances: Family<Fn, Gauge>,
     queue: Family<Fn, Gauge>,
+    async_depth: Family<Fn, Gauge>,
+    async_oldest: Family<Fn, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    async_retries: Family<Fn, Gauge>,
+    async_dead: Family<Fn, Gauge>,
     totals: Mutex<std::collections::HashMap<String, u64>>,
 }
 
@@ -84,6 +88,30 @@ impl Metrics {
             "Calls waiting for an instance per function",
             queue.clone(),
         );
+        let async_depth = Family::<Fn, Gauge>::default();
+        let async_oldest = Family::<Fn, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let async_retries = Family::<Fn, Gauge>::default();
+        let async_dead = Family::<Fn, Gauge>::default();
+        registry.register(
+            "strata_async_queue_depth",
+            "Asynchronous calls accepted and not finished",
+            async_depth.clone(),
+        );
+        registry.register(
+            "strata_async_oldest_age_seconds",
+            "Age of the oldest queued asynchronous call",
+            async_oldest.clone(),
+        );
+        registry.register(
+            "strata_async_retries",
+            "Retries scheduled since the daemon started",
+            async_retries.clone(),
+        );
+        registry.register(
+            "strata_async_dead_letters",
+            "Calls dead-lettered since the daemon started",
+            async_dead.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             invocations,
@@ -91,6 +119,10 @@ impl Metrics {
             coldstarts,
             instances,
             queue,
+            async_depth,
+            async_oldest,
+            async_retries,
+            async_dead,
             totals: Mutex::default(),
         }
     }
@@ -133,9 +165,22 @@ impl Metrics {
             .unwrap_or(0)
     }
 
-    fn render(&self, stats: &[(String, strata_orchestrator::PoolStats)]) -> String {
+    fn render(
+        &self,
+        stats: &[(String, strata_orchestrator::PoolStats)],
+        queue: &std::collections::HashMap<String, strata_orchestrator::queue::QueueStats>,
+    ) -> String {
         self.instances.clear();
         self.queue.clear();
+        for (name, q) in queue {
+            let f = Fn {
+                function_name: name.clone(),
+            };
+            self.async_depth.get_or_create(&f).set(q.depth as i64);
+            self.async_oldest.get_or_create(&f).set(q.oldest_age_ms as f64 / 1000.0);
+            self.async_retries.get_or_create(&f).set(q.retries as i64);
+            self.async_dead.get_or_create(&f).set(q.dead_letters as i64);
+        }
         for (name, s) in stats {
             self.instances
                 .get_or_create(&Fn {
@@ -158,7 +203,7 @@ impl Metrics {
 }
 
 pub(crate) async fn handler(State(s): State<AppState>) -> impl IntoResponse {
-    let body = s.metrics.render(&s.orch.stats());
+    let body = s.metrics.render(&s.orch.stats(), &s.queue.stats());
     (
         [(
             header::CONTENT_TYPE,

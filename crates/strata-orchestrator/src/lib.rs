@@ -7,7 +7,9 @@
 //! instances. Nothing here speaks HTTP: the gateway calls [`Orchestrator::invoke`].
 
 pub mod pool;
+pub mod queue;
 pub mod scaling;
+pub mod triggers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -161,6 +163,16 @@ impl Orchestrator {
             .expect("functions lock")
             .get(name)
             .map(|e| Arc::clone(&e.active))
+    }
+
+    /// The specs of every active function.
+    pub fn specs(&self) -> Vec<Arc<FunctionSpec>> {
+        self.functions
+            .lock()
+            .expect("functions lock")
+            .values()
+            .map(|e| Arc::clone(&e.active.launch.spec))
+            .collect()
     }
 
     /// Stats of every function's active pool.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -73,7 +73,7 @@ db_errors!(
     redb::CommitError
 );
 
-type Result<T, E = StoreError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// One version of a function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,16 +109,23 @@ enum Write {
         ts_ms: u64,
     },
     Flush(mpsc::SyncSender<()>),
+    /// Any change, run inside the next batch's transaction; `ack` hears once it is durable.
+    Op(Op, Option<Ack>),
 }
+
+/// A change applied inside a batch transaction.
+pub(crate) type Op = Box<dyn FnOnce(&redb::WriteTransaction) -> Result<()> + Send>;
+/// Told whether the batch holding an op committed.
+pub type Ack = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// The embedded store. Cheap to clone; the last clone dropped flushes and closes it.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    db: Arc<Database>,
+pub(crate) struct Inner {
+    pub(crate) db: Arc<Database>,
     blobs: Blobs,
     writes: Mutex<Option<mpsc::Sender<Write>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -143,14 +150,14 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
         key: key.into(),
         source,
     })
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("plain data structs always serialise")
 }
 
@@ -166,6 +173,7 @@ impl Store {
             tx.open_table(RECORDS)?;
             tx.open_table(CALLS)?;
             tx.open_table(LOGS)?;
+            crate::queue::create_tables(&tx)?;
             tx.commit()?;
         }
         let blobs = Blobs::open(&data_dir.join("blobs"))?;
@@ -183,6 +191,18 @@ impl Store {
                 registry: Mutex::new(()),
             }),
         })
+    }
+
+    /// Queue a change for the next group commit; `ack` hears when it is durable.
+    pub(crate) fn submit(&self, op: Op, ack: Option<Ack>) {
+        let guard = self.inner.writes.lock().expect("writer lock");
+        let rejected = match guard.as_ref() {
+            Some(tx) => tx.send(Write::Op(op, ack)).err().map(|e| e.0),
+            None => Some(Write::Op(op, ack)),
+        };
+        if let Some(Write::Op(_, Some(ack))) = rejected {
+            ack(Err("the store is closed".into()));
+        }
     }
 
     fn send(&self, w: Write) -> bool {
@@ -432,28 +452,30 @@ impl Store {
     }
 }
 
-/// The batch writer: take what is queued (up to 50 ms or 4096 items), commit once.
+/// The batch writer (group commit): take everything queued right now (up to 4096 items),
+/// commit it in one durable transaction, then acknowledge. While one commit's fsync runs,
+/// the next batch piles up, so batches grow with load and latency stays one fsync.
 fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>) {
     let mut next_seq: HashMap<(bool, String), u64> = HashMap::new();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        let deadline = Instant::now() + Duration::from_millis(50);
         while batch.len() < 4096 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            match rx.try_recv() {
                 Ok(w) => batch.push(w),
                 Err(_) => break,
             }
-            if matches!(batch.last(), Some(Write::Flush(_))) {
-                break;
-            }
         }
-        if let Err(e) = write_batch(&db, &mut next_seq, &mut batch) {
-            tracing::error!(error = %e, dropped = batch.len(), "writing records and logs failed");
+        let outcome = write_batch(&db, &mut next_seq, &mut batch).map_err(|e| e.to_string());
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, dropped = batch.len(), "writing a batch failed");
         }
         for w in batch {
-            if let Write::Flush(done) = w {
-                let _ = done.send(());
+            match w {
+                Write::Flush(done) => {
+                    let _ = done.send(());
+                }
+                Write::Op(_, Some(ack)) => ack(outcome.clone()),
+                _ => {}
             }
         }
     }
@@ -511,6 +533,11 @@ fn write_batch(db: &Database, next: &mut HashMap<(bool, String), u64>, batch: &m
                     logs.insert((function.as_str(), seq), encode(&l).as_slice())?;
                 }
                 Write::Flush(_) => {}
+                Write::Op(op, _) => {
+                    // Take the op out, leaving a no-op so the ack stays with its entry.
+                    let op = std::mem::replace(op, Box::new(|_| Ok(())));
+                    op(&tx)?;
+                }
             }
         }
     }

@@ -9,9 +9,11 @@
 
 mod blobs;
 mod db;
+mod queue;
 
 pub use blobs::{Blobs, PackageError};
-pub use db::{FunctionMeta, Store, StoreError, VersionMeta};
+pub use db::{Ack, FunctionMeta, Store, StoreError, VersionMeta};
+pub use queue::{AsyncCall, AttemptError, CallResult, CallState};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

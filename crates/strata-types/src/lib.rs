@@ -11,5 +11,5 @@ mod record;
 pub mod units;
 
 pub use error_code::ErrorCode;
-pub use manifest::{ExecMode, FunctionSpec, Manifest, ManifestError, Network, Runtime};
+pub use manifest::{ExecMode, FunctionSpec, Manifest, ManifestError, Network, Runtime, Trigger, valid_topic};
 pub use record::{ColdStart, InvocationRecord, LogLine, LogStream};

@@ -84,6 +84,44 @@ pub struct FunctionSpec {
     pub cpu_millis: Option<u32>,
     /// Environment variables given to the function.
     pub env: BTreeMap<String, String>,
+    /// Attempts of an asynchronous call before it goes to the dead-letter list.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay of an asynchronous call, ms (doubles per attempt, with jitter).
+    #[serde(default = "default_backoff")]
+    pub retry_backoff_ms: u64,
+    /// Triggers that invoke the function asynchronously.
+    #[serde(default)]
+    pub triggers: Vec<Trigger>,
+}
+
+/// What invokes a function besides HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Trigger {
+    /// A cron schedule (5 fields, or 6 with seconds), evaluated in UTC.
+    Cron {
+        /// The pattern.
+        schedule: String,
+    },
+    /// Messages published to a topic.
+    Topic {
+        /// Topic name.
+        topic: String,
+    },
+    /// CloudEvents whose attributes equal every entry of the filter.
+    Event {
+        /// Attribute → required value.
+        filter: BTreeMap<String, String>,
+    },
+}
+
+fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+
+fn default_backoff() -> u64 {
+    DEFAULT_BACKOFF_MS
 }
 
 /// A manifest that failed to parse or validate.
@@ -143,6 +181,10 @@ const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_KEEP_ALIVE_MS: u64 = 600_000;
 /// 10: bounds one function's share of a small machine.
 const DEFAULT_MAX_INSTANCES: u32 = 10;
+/// 3 attempts: Lambda's asynchronous default (the call and two retries).
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// 1 s first retry delay, doubling: rides out a restart without hammering a broken dependency.
+const DEFAULT_BACKOFF_MS: u64 = 1000;
 /// Below this no language runtime starts.
 const MIN_MEMORY: u64 = 16 << 20;
 /// Timeouts beyond 15 minutes belong to async work, not a held HTTP request (Lambda's cap).
@@ -162,7 +204,15 @@ const KEYS: &[&str] = &[
     "network",
     "cpu",
     "env",
+    "max_attempts",
+    "retry_backoff",
+    "trigger",
 ];
+
+/// Whether `name` is a valid topic name.
+pub fn valid_topic(name: &str) -> bool {
+    (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
 
 struct Ctx<'a> {
     file: &'a str,
@@ -377,8 +427,14 @@ impl Manifest {
             }
             Some(v) => return Err(c.invalid("env", v, "expected a table")),
         }
+        let max_attempts = c.int("max_attempts", 1, 100)?.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        let retry_backoff_ms = c.duration("retry_backoff")?.unwrap_or(DEFAULT_BACKOFF_MS);
+        let triggers = parse_triggers(&c)?;
         Ok(Manifest {
             spec: FunctionSpec {
+                max_attempts,
+                retry_backoff_ms,
+                triggers,
                 name: name.into(),
                 runtime,
                 handler: handler.into(),
@@ -395,6 +451,87 @@ impl Manifest {
             },
         })
     }
+}
+
+fn parse_triggers(c: &Ctx<'_>) -> Result<Vec<Trigger>, ManifestError> {
+    let list = match c.table.get("trigger") {
+        None => return Ok(Vec::new()),
+        Some(toml::Value::Array(a)) => a,
+        Some(v) => return Err(c.invalid("trigger", v, "expected [[trigger]] tables")),
+    };
+    let mut out = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        let key = |k: &str| format!("trigger[{i}].{k}");
+        let toml::Value::Table(t) = t else {
+            return Err(c.invalid(&format!("trigger[{i}]"), t, "expected a table"));
+        };
+        let string = |k: &str| -> Result<&str, ManifestError> {
+            match t.get(k) {
+                Some(toml::Value::String(s)) => Ok(s),
+                Some(v) => Err(c.invalid(&key(k), v, "expected a string")),
+                None => Err(ManifestError::Missing {
+                    file: c.file.into(),
+                    key: key(k),
+                }),
+            }
+        };
+        let allowed: &[&str] = match string("type")? {
+            "cron" => &["type", "schedule", "timezone"],
+            "topic" => &["type", "topic"],
+            "event" => &["type", "filter"],
+            _ => return Err(c.invalid(&key("type"), &t["type"], "expected one of cron, topic, event")),
+        };
+        if let Some(k) = t.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(ManifestError::UnknownKey {
+                file: c.file.into(),
+                key: key(k),
+            });
+        }
+        let trigger = match string("type")? {
+            "cron" => {
+                let schedule = string("schedule")?;
+                if let Err(e) = schedule.parse::<croner::Cron>() {
+                    return Err(c.invalid(&key("schedule"), &t["schedule"], format!("not a cron schedule: {e}")));
+                }
+                if let Some(tz) = t.get("timezone")
+                    && tz.as_str() != Some("UTC")
+                {
+                    return Err(c.invalid(&key("timezone"), tz, "only UTC is supported"));
+                }
+                Trigger::Cron {
+                    schedule: schedule.to_owned(),
+                }
+            }
+            "topic" => {
+                let topic = string("topic")?;
+                if !valid_topic(topic) {
+                    return Err(c.invalid(&key("topic"), &t["topic"], "use 1 to 128 of A-Z, a-z, 0-9, -, _ and ."));
+                }
+                Trigger::Topic {
+                    topic: topic.to_owned(),
+                }
+            }
+            _ => {
+                let Some(toml::Value::Table(f)) = t.get("filter") else {
+                    let v = t.get("filter").cloned().unwrap_or(toml::Value::String(String::new()));
+                    return Err(c.invalid(&key("filter"), &v, "expected a table of attribute = value"));
+                };
+                let mut filter = BTreeMap::new();
+                for (k, v) in f {
+                    let Some(v) = v.as_str() else {
+                        return Err(c.invalid(&key(&format!("filter.{k}")), v, "expected a string"));
+                    };
+                    filter.insert(k.clone(), v.to_owned());
+                }
+                if filter.is_empty() {
+                    return Err(c.invalid(&key("filter"), &t["filter"], "an empty filter would match every event"));
+                }
+                Trigger::Event { filter }
+            }
+        };
+        out.push(trigger);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -540,6 +677,30 @@ GREETING = "hi"
                 "fn/strata.toml: env.A = [1]: expected a string, number or boolean",
             ),
             ("env = 3\n", "fn/strata.toml: env = 3: expected a table"),
+            (
+                "[[trigger]]\ntype = \"cron\"\nschedule = \"nope\"\n",
+                "fn/strata.toml: trigger[0].schedule = \"nope\": not a cron schedule: Invalid pattern: Pattern must have between 5 and 7 fields.",
+            ),
+            (
+                "[[trigger]]\ntype = \"carrier-pigeon\"\n",
+                "fn/strata.toml: trigger[0].type = \"carrier-pigeon\": expected one of cron, topic, event",
+            ),
+            (
+                "[[trigger]]\ntype = \"topic\"\n",
+                "fn/strata.toml: missing required key `trigger[0].topic`",
+            ),
+            (
+                "[[trigger]]\ntype = \"topic\"\ntopic = \"a\"\nschedule = \"x\"\n",
+                "fn/strata.toml: unknown key `trigger[0].schedule`",
+            ),
+            (
+                "[[trigger]]\ntype = \"event\"\nfilter = {}\n",
+                "fn/strata.toml: trigger[0].filter = {}: an empty filter would match every event",
+            ),
+            (
+                "max_attempts = 0\n",
+                "fn/strata.toml: max_attempts = 0: must be between 1 and 100",
+            ),
         ];
         for (text, want) in cases {
             let text = if text.contains("name") || text.contains("runtime") {
@@ -574,5 +735,45 @@ GREETING = "hi"
             .unwrap()
             .spec;
         assert_eq!(m.cpu_millis, Some(250));
+    }
+}
+
+#[cfg(test)]
+mod trigger_tests {
+    use super::*;
+
+    #[test]
+    fn triggers_parse() {
+        let m = Manifest::parse(
+            "f",
+            r#"
+name = "t"
+runtime = "python"
+handler = "main:handle"
+max_attempts = 5
+retry_backoff = "100ms"
+
+[[trigger]]
+type = "cron"
+schedule = "*/2 * * * * *"
+
+[[trigger]]
+type = "topic"
+topic = "orders"
+
+[[trigger]]
+type = "event"
+filter = { type = "com.example.order.created", source = "/shop" }
+"#,
+        )
+        .unwrap()
+        .spec;
+        assert_eq!(m.max_attempts, 5);
+        assert_eq!(m.retry_backoff_ms, 100);
+        assert_eq!(m.triggers.len(), 3);
+        assert_eq!(m.triggers[1], Trigger::Topic { topic: "orders".into() });
+        let json = serde_json::to_value(&m.triggers[2]).unwrap();
+        assert_eq!(json["type"], "event");
+        assert_eq!(json["filter"]["source"], "/shop");
     }
 }

@@ -120,6 +120,27 @@ pub enum Command {
         g: Global,
     },
 
+    /// Show one asynchronous call: state, attempts, result
+    Call {
+        /// The call id (X-Call-Id of the 202 answer)
+        id: String,
+        /// Options shared by all client commands.
+        #[command(flatten)]
+        g: Global,
+    },
+
+    /// Show a function's dead-letter list, or replay it
+    Dlq {
+        /// The function's name
+        name: String,
+        /// Put every dead letter back on the queue with fresh attempts
+        #[arg(long)]
+        replay: bool,
+        /// Options shared by all client commands.
+        #[command(flatten)]
+        g: Global,
+    },
+
     /// Show a function's recent invocations
     Calls {
         /// The function's name
@@ -167,6 +188,13 @@ pub struct UpArgs {
     /// Calls that may wait for an instance, per function, before the daemon answers 429
     #[arg(long, default_value_t = 1000)]
     pub queue_depth: usize,
+    /// Asynchronous calls running at once (their own limit, so async load cannot starve
+    /// synchronous calls)
+    #[arg(long, default_value_t = 16)]
+    pub async_workers: usize,
+    /// Accepted asynchronous calls per function not yet finished before publishers get 429
+    #[arg(long, default_value_t = 10_000)]
+    pub async_queue_depth: usize,
 }
 
 /// Options shared by the client commands.

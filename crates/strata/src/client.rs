@@ -87,6 +87,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         Command::Rollback { name, to, g } => rollback(&Api::new(&g)?, &name, to).await,
         Command::Versions { name, g } => versions(&Api::new(&g)?, &name).await,
         Command::Calls { name, limit, g } => calls(&Api::new(&g)?, &name, limit).await,
+        Command::Call { id, g } => call(&Api::new(&g)?, &id).await,
+        Command::Dlq { name, replay, g } => dlq(&Api::new(&g)?, &name, replay).await,
     }
 }
 
@@ -659,6 +661,79 @@ async fn rollback(api: &Api, name: &str, to: Option<String>) -> anyhow::Result<i
         let name = v.get("name").and_then(Value::as_str).unwrap_or(name);
         emit(&format!("{name} now at {}\n", text(&v["version"])))?;
     }
+    Ok(0)
+}
+
+async fn call(api: &Api, id: &str) -> anyhow::Result<i32> {
+    let v = api.get(api.url(&["api", "v1", "calls", id])).await?;
+    if api.json() {
+        print_json(&v)?;
+        return Ok(0);
+    }
+    let mut t = table(&["FIELD", "VALUE"]);
+    for k in [
+        "call_id",
+        "function",
+        "state",
+        "status",
+        "attempts",
+        "enqueued_at",
+        "completed_at",
+        "duration_ms",
+        "callback_url",
+        "callback_delivered",
+    ] {
+        if let Some(x) = v.get(k) {
+            t.add_row(vec![k.to_owned(), text(x)]);
+        }
+    }
+    for e in as_list(&v["errors"]) {
+        t.add_row(vec![
+            format!("attempt {}", text(&e["attempt"])),
+            truncate(&text(&e["error"]), 80),
+        ]);
+    }
+    print_table(&mut t)?;
+    if let Some(b) = v.get("body").and_then(Value::as_str) {
+        emit(b)?;
+        if !b.ends_with('\n') && !b.is_empty() {
+            emit("\n")?;
+        }
+    }
+    Ok(0)
+}
+
+async fn dlq(api: &Api, name: &str, replay: bool) -> anyhow::Result<i32> {
+    if replay {
+        let v = api
+            .call(api.http.post(api.functions_url(&[name, "dlq", "replay"])))
+            .await?;
+        if api.json() {
+            print_json(&v)?;
+        } else {
+            emit(&format!("replayed {} dead letters of {name}\n", text(&v["replayed"])))?;
+        }
+        return Ok(0);
+    }
+    let v = api.get(api.functions_url(&[name, "dlq"])).await?;
+    if api.json() {
+        print_json(&v)?;
+        return Ok(0);
+    }
+    let mut t = table(&["CALL ID", "ENQUEUED", "ATTEMPTS", "SOURCE", "LAST ERROR"]);
+    for c in as_list(&v) {
+        let last = as_list(&c["errors"])
+            .last()
+            .map_or("-".to_owned(), |e| truncate(&text(&e["error"]), 60));
+        t.add_row(vec![
+            text(&c["call_id"]),
+            text(&c["enqueued_at"]),
+            text(&c["attempts"]),
+            text(&c["source"]),
+            last,
+        ]);
+    }
+    print_table(&mut t)?;
     Ok(0)
 }
 

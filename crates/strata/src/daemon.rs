@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use strata_gateway::{AppState, GatewayConfig, Metrics};
 use strata_instance::Runtimes;
+use strata_orchestrator::queue::AsyncQueue;
 use strata_orchestrator::{Context, Orchestrator};
 use strata_sandbox::{Backend, BackendConfig};
 use strata_store::Store;
@@ -36,6 +37,10 @@ pub struct UpOptions {
     pub max_body: usize,
     /// Calls that may wait per function before 429.
     pub queue_depth: usize,
+    /// Asynchronous calls running at once.
+    pub async_workers: usize,
+    /// Accepted asynchronous calls per function before 429.
+    pub async_queue_depth: usize,
 }
 
 fn write_runtimes(dir: &Path) -> anyhow::Result<()> {
@@ -77,6 +82,12 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         }
     }
     tokio::spawn(Arc::clone(&orch).run_ticks());
+    let queue = AsyncQueue::start(Arc::clone(&orch), opts.async_workers, opts.async_queue_depth)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tokio::spawn(strata_orchestrator::triggers::run_cron(
+        Arc::clone(&queue),
+        Arc::clone(&orch),
+    ));
     let config = GatewayConfig {
         max_body: opts.max_body,
         ..GatewayConfig::default()
@@ -85,6 +96,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         orch: Arc::clone(&orch),
         store: store.clone(),
         metrics: Arc::new(Metrics::new()),
+        queue,
         config: config.clone(),
     };
     if let Some(examples) = &opts.demo {

@@ -33,6 +33,8 @@ fn main() -> std::process::ExitCode {
                 demo: args.demo.then_some(args.examples),
                 max_body,
                 queue_depth: args.queue_depth,
+                async_workers: args.async_workers,
+                async_queue_depth: args.async_queue_depth,
             };
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

@@ -112,6 +112,31 @@ impl Daemon {
         }
     }
 
+    /// SIGKILL the daemon (no drain, no flush) and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The daemon's pid (for killing it from another task).
+    pub fn pid_raw(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Reap a daemon killed from elsewhere.
+    pub fn reap(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// Start the daemon again on the same data directory (after a kill).
+    pub fn relaunch(&mut self) {
+        self.launch();
+    }
+
     pub fn restart(&mut self) {
         assert!(self.stop(), "daemon stops cleanly");
         self.launch();

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod asynchronous;
 mod errors;
 mod invoke;
 mod lifecycle;

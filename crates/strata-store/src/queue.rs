@@ -1,0 +1,400 @@
+//! The durable queue of asynchronous calls: pending calls (with their bodies), results kept
+//! for a retention period, the dead-letter list per function, and cron bookkeeping.
+//!
+//! Every change goes through the group-committing writer; an enqueue is acknowledged only
+//! once its batch is fsync'd. The in-memory scheduling lives in the orchestrator; this file
+//! is only what must survive a crash.
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Ack, Result, Store, decode, encode};
+
+/// seq → AsyncCall (JSON, without body).
+const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("async_pending");
+/// seq → request body.
+const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("async_bodies");
+/// call id → seq of a pending call.
+const PENDING_IDS: TableDefinition<&str, u64> = TableDefinition::new("async_pending_ids");
+/// call id → CallResult (JSON).
+const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("async_results");
+/// (function, seq) → AsyncCall with its errors (JSON).
+const DLQ: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("async_dlq");
+/// (function, trigger index) → last tick fired, ms since the epoch.
+const CRON: TableDefinition<(&str, u32), u64> = TableDefinition::new("cron_last_fired");
+
+pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<()> {
+    tx.open_table(PENDING)?;
+    tx.open_table(BODIES)?;
+    tx.open_table(PENDING_IDS)?;
+    tx.open_table(RESULTS)?;
+    tx.open_table(DLQ)?;
+    tx.open_table(CRON)?;
+    Ok(())
+}
+
+/// One failed attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// When it ended.
+    pub at_ms: u64,
+    /// HTTP status the call got.
+    pub status: u16,
+    /// Error code or handler message.
+    pub error: String,
+}
+
+/// An accepted asynchronous call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AsyncCall {
+    /// Queue position, unique.
+    pub seq: u64,
+    /// Call id (X-Call-Id).
+    pub call_id: String,
+    /// Function.
+    pub function: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path after the function name.
+    pub path: String,
+    /// Raw query.
+    pub query: String,
+    /// Request headers (lowercase names).
+    pub headers: Vec<(String, String)>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// First retry delay, ms (doubled each time, with jitter).
+    pub backoff_ms: u64,
+    /// Not to be run before this time (ms since the epoch).
+    pub not_before_ms: u64,
+    /// Where to POST the result.
+    pub callback_url: Option<String>,
+    /// When it was accepted.
+    pub enqueued_at_ms: u64,
+    /// Every failed attempt.
+    pub errors: Vec<AttemptError>,
+    /// What produced it: "http", "topic:NAME", "cron", "event".
+    pub source: String,
+}
+
+/// Where an asynchronous call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    /// Waiting (or waiting for a retry).
+    Queued,
+    /// Completed with a non-failing status.
+    Succeeded,
+    /// Every attempt failed; in the dead-letter list.
+    Dead,
+}
+
+/// The outcome of an asynchronous call, kept for the retention period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallResult {
+    /// Call id.
+    pub call_id: String,
+    /// Function.
+    pub function: String,
+    /// State.
+    pub state: CallState,
+    /// The function's HTTP status (last attempt).
+    pub status: u16,
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Failed attempts.
+    pub errors: Vec<AttemptError>,
+    /// Accepted at.
+    pub enqueued_at_ms: u64,
+    /// Finished at.
+    pub completed_at_ms: u64,
+    /// Duration of the last attempt, ms.
+    pub duration_ms: f64,
+    /// Callback URL, if any.
+    pub callback_url: Option<String>,
+    /// Whether the callback was delivered.
+    pub callback_delivered: bool,
+}
+
+impl Store {
+    /// Durably add calls (with their bodies); `ack` hears once they are on disk.
+    pub fn enqueue(&self, calls: Vec<(AsyncCall, Vec<u8>)>, ack: Ack) {
+        self.submit(
+            Box::new(move |tx| {
+                let mut pending = tx.open_table(PENDING)?;
+                let mut bodies = tx.open_table(BODIES)?;
+                let mut ids = tx.open_table(PENDING_IDS)?;
+                let mut results = tx.open_table(RESULTS)?;
+                for (c, body) in &calls {
+                    pending.insert(c.seq, encode(c).as_slice())?;
+                    bodies.insert(c.seq, body.as_slice())?;
+                    ids.insert(c.call_id.as_str(), c.seq)?;
+                    // A replayed dead letter keeps its id; its old result no longer stands.
+                    results.remove(c.call_id.as_str())?;
+                }
+                Ok(())
+            }),
+            Some(ack),
+        );
+    }
+
+    /// Record a failed attempt that will be retried.
+    pub fn requeue(&self, call: &AsyncCall) {
+        let c = call.clone();
+        self.submit(
+            Box::new(move |tx| Ok(drop(tx.open_table(PENDING)?.insert(c.seq, encode(&c).as_slice())?))),
+            None,
+        );
+    }
+
+    /// A call finished (succeeded, or dead): drop it from the queue, keep its result, and for
+    /// a dead one put it in the dead-letter list.
+    pub fn finish(&self, call: &AsyncCall, result: CallResult) {
+        let c = call.clone();
+        self.submit(
+            Box::new(move |tx| {
+                tx.open_table(PENDING)?.remove(c.seq)?;
+                tx.open_table(BODIES)?.remove(c.seq)?;
+                tx.open_table(PENDING_IDS)?.remove(c.call_id.as_str())?;
+                if result.state == CallState::Dead {
+                    tx.open_table(DLQ)?
+                        .insert((c.function.as_str(), c.seq), encode(&c).as_slice())?;
+                }
+                tx.open_table(RESULTS)?
+                    .insert(c.call_id.as_str(), encode(&result).as_slice())?;
+                Ok(())
+            }),
+            None,
+        );
+    }
+
+    /// Update a stored result (callback delivery).
+    pub fn put_result(&self, result: CallResult) {
+        self.submit(
+            Box::new(move |tx| {
+                Ok(drop(
+                    tx.open_table(RESULTS)?
+                        .insert(result.call_id.as_str(), encode(&result).as_slice())?,
+                ))
+            }),
+            None,
+        );
+    }
+
+    /// Every pending call, in queue order (for the scheduler at start-up).
+    pub fn pending_calls(&self) -> Result<Vec<AsyncCall>> {
+        let tx = self.inner.db.begin_read()?;
+        let t = tx.open_table(PENDING)?;
+        let mut out = Vec::new();
+        for e in t.iter()? {
+            let (k, v) = e?;
+            out.push(decode(&format!("async call {}", k.value()), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The body of a pending call.
+    pub fn call_body(&self, seq: u64) -> Result<Vec<u8>> {
+        let tx = self.inner.db.begin_read()?;
+        Ok(tx
+            .open_table(BODIES)?
+            .get(seq)?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default())
+    }
+
+    /// The highest sequence number ever used (pending or dead).
+    pub fn max_call_seq(&self) -> Result<u64> {
+        let tx = self.inner.db.begin_read()?;
+        let p = tx.open_table(PENDING)?.last()?.map_or(0, |(k, _)| k.value());
+        let mut d = 0;
+        for e in tx.open_table(DLQ)?.iter()? {
+            d = d.max(e?.0.value().1);
+        }
+        Ok(p.max(d))
+    }
+
+    /// An asynchronous call by id: its result, or the pending call.
+    pub fn async_call(&self, call_id: &str) -> Result<Option<(CallState, Option<CallResult>, Option<AsyncCall>)>> {
+        let tx = self.inner.db.begin_read()?;
+        if let Some(v) = tx.open_table(RESULTS)?.get(call_id)? {
+            let r: CallResult = decode(call_id, v.value())?;
+            return Ok(Some((r.state, Some(r), None)));
+        }
+        let Some(seq) = tx.open_table(PENDING_IDS)?.get(call_id)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let call = tx
+            .open_table(PENDING)?
+            .get(seq)?
+            .map(|v| decode::<AsyncCall>(call_id, v.value()))
+            .transpose()?;
+        Ok(Some((CallState::Queued, None, call)))
+    }
+
+    /// The dead-letter list of a function.
+    pub fn dead_letters(&self, function: &str) -> Result<Vec<AsyncCall>> {
+        let tx = self.inner.db.begin_read()?;
+        let t = tx.open_table(DLQ)?;
+        let mut out = Vec::new();
+        for e in t.range((function, 0)..=(function, u64::MAX))? {
+            let (_, v) = e?;
+            out.push(decode(function, v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Remove dead letters (after they were re-enqueued); `ack` hears when durable.
+    pub fn drop_dead_letters(&self, function: &str, seqs: Vec<u64>, ack: Ack) {
+        let f = function.to_owned();
+        self.submit(
+            Box::new(move |tx| {
+                let mut t = tx.open_table(DLQ)?;
+                for s in seqs {
+                    t.remove((f.as_str(), s))?;
+                }
+                Ok(())
+            }),
+            Some(ack),
+        );
+    }
+
+    /// Forget results finished before `cutoff_ms`.
+    pub fn expire_results(&self, cutoff_ms: u64) {
+        self.submit(
+            Box::new(move |tx| {
+                tx.open_table(RESULTS)?.retain(|_, v| {
+                    serde_json::from_slice::<CallResult>(v).map_or(false, |r| r.completed_at_ms >= cutoff_ms)
+                })?;
+                Ok(())
+            }),
+            None,
+        );
+    }
+
+    /// When a cron trigger last fired.
+    pub fn cron_last(&self, function: &str, index: u32) -> Result<Option<u64>> {
+        let tx = self.inner.db.begin_read()?;
+        Ok(tx.open_table(CRON)?.get((function, index))?.map(|v| v.value()))
+    }
+
+    /// Enqueue a cron tick and record it as fired, in one durable step: a tick is either both
+    /// enqueued and marked, or neither.
+    pub fn fire_cron(&self, index: u32, tick_ms: u64, call: AsyncCall, ack: Ack) {
+        self.submit(
+            Box::new(move |tx| {
+                let mut cron = tx.open_table(CRON)?;
+                let already = cron
+                    .get((call.function.as_str(), index))?
+                    .is_some_and(|v| v.value() >= tick_ms);
+                if already {
+                    return Ok(());
+                }
+                cron.insert((call.function.as_str(), index), tick_ms)?;
+                tx.open_table(PENDING)?.insert(call.seq, encode(&call).as_slice())?;
+                tx.open_table(BODIES)?.insert(call.seq, [].as_slice())?;
+                tx.open_table(PENDING_IDS)?.insert(call.call_id.as_str(), call.seq)?;
+                Ok(())
+            }),
+            Some(ack),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn call(seq: u64) -> AsyncCall {
+        AsyncCall {
+            seq,
+            call_id: format!("c{seq}"),
+            function: "f".into(),
+            method: "POST".into(),
+            path: "/".into(),
+            query: String::new(),
+            headers: vec![],
+            attempts: 0,
+            max_attempts: 3,
+            backoff_ms: 100,
+            not_before_ms: 0,
+            callback_url: None,
+            enqueued_at_ms: 1,
+            errors: vec![],
+            source: "http".into(),
+        }
+    }
+
+    fn wait(store: &Store, f: impl FnOnce(Ack)) -> Result<(), String> {
+        let (tx, rx) = mpsc::channel();
+        f(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        let _ = store;
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn acknowledged_calls_survive_reopen_and_finish_moves_them() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            wait(&s, |ack| {
+                s.enqueue(vec![(call(1), b"one".to_vec()), (call(2), b"two".to_vec())], ack)
+            })
+            .unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        let p = s.pending_calls().unwrap();
+        assert_eq!(p.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(s.call_body(2).unwrap(), b"two");
+        assert_eq!(s.max_call_seq().unwrap(), 2);
+        assert_eq!(s.async_call("c1").unwrap().unwrap().0, CallState::Queued);
+        let mut dead = call(2);
+        dead.attempts = 3;
+        let result = |c: &AsyncCall, state| CallResult {
+            call_id: c.call_id.clone(),
+            function: c.function.clone(),
+            state,
+            status: 200,
+            headers: vec![],
+            body: b"ok".to_vec(),
+            attempts: c.attempts,
+            errors: vec![],
+            enqueued_at_ms: 1,
+            completed_at_ms: 5,
+            duration_ms: 1.0,
+            callback_url: None,
+            callback_delivered: false,
+        };
+        s.finish(&call(1), result(&call(1), CallState::Succeeded));
+        s.finish(&dead, result(&dead, CallState::Dead));
+        s.flush();
+        assert!(s.pending_calls().unwrap().is_empty());
+        assert_eq!(s.async_call("c1").unwrap().unwrap().0, CallState::Succeeded);
+        assert_eq!(s.dead_letters("f").unwrap()[0].attempts, 3);
+        assert_eq!(s.max_call_seq().unwrap(), 2, "dead letters keep their sequence numbers");
+        s.expire_results(10);
+        s.flush();
+        assert!(s.async_call("c1").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_cron_tick_is_enqueued_once() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        wait(&s, |ack| s.fire_cron(0, 1000, call(1), ack)).unwrap();
+        wait(&s, |ack| s.fire_cron(0, 1000, call(2), ack)).unwrap();
+        assert_eq!(s.pending_calls().unwrap().len(), 1);
+        assert_eq!(s.cron_last("f", 0).unwrap(), Some(1000));
+    }
+}
