@@ -524,17 +524,21 @@ fn main() -> Result<()> {
     }
     let netns_pool = config.netns_pool;
     let backend = Backend::new(config).context("sandbox backend")?;
-    let netns_sched_idle = std::env::var("SPAWN_BENCH_NETNS_SCHED").as_deref() == Ok("idle");
-    if netns_sched_idle {
-        ensure!(
-            sched_idle_threads("strata-netns")? == 1,
-            "no strata-netns thread to move to SCHED_IDLE"
-        );
-    }
     // Let the pool fill before the warm-up.
     let deadline = Instant::now() + Duration::from_secs(5);
     while backend.netns_ready() < netns_pool && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
+    }
+    let netns_sched_idle = std::env::var("SPAWN_BENCH_NETNS_SCHED").as_deref() == Ok("idle");
+    if netns_sched_idle {
+        // A new thread names itself once it runs, so look again for a little while.
+        while sched_idle_threads("strata-netns")? == 0 {
+            ensure!(
+                Instant::now() < deadline,
+                "no strata-netns thread to move to SCHED_IDLE"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     let mut kinds = Vec::new();

@@ -114,7 +114,7 @@ enum Write {
 }
 
 /// A change applied inside a batch transaction.
-pub(crate) type Op = Box<dyn FnOnce(&redb::WriteTransaction) -> Result<()> + Send>;
+pub(crate) type Op = Box<dyn for<'t> FnOnce(&mut crate::queue::QueueTables<'t>) -> Result<()> + Send>;
 /// Told whether the batch holding an op committed.
 pub type Ack = Box<dyn FnOnce(Result<(), String>) + Send>;
 
@@ -508,6 +508,9 @@ fn write_batch(db: &Database, next: &mut HashMap<(bool, String), u64>, batch: &m
         let mut records = tx.open_table(RECORDS)?;
         let mut calls = tx.open_table(CALLS)?;
         let mut logs = tx.open_table(LOGS)?;
+        // The queue's tables, opened once per batch: opening a table per change would cost
+        // more than the change.
+        let mut queue = crate::queue::QueueTables::open(&tx)?;
         for w in batch.iter_mut() {
             match w {
                 Write::Record(r) => {
@@ -536,7 +539,7 @@ fn write_batch(db: &Database, next: &mut HashMap<(bool, String), u64>, batch: &m
                 Write::Op(op, _) => {
                     // Take the op out, leaving a no-op so the ack stays with its entry.
                     let op = std::mem::replace(op, Box::new(|_| Ok(())));
-                    op(&tx)?;
+                    op(&mut queue)?;
                 }
             }
         }

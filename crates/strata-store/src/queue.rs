@@ -5,7 +5,7 @@
 //! once its batch is fsync'd. The in-memory scheduling lives in the orchestrator; this file
 //! is only what must survive a crash.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{Ack, Result, Store, decode, encode};
@@ -22,6 +22,29 @@ const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("async_result
 const DLQ: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("async_dlq");
 /// (function, trigger index) → last tick fired, ms since the epoch.
 const CRON: TableDefinition<(&str, u32), u64> = TableDefinition::new("cron_last_fired");
+
+/// The queue's tables inside one batch transaction.
+pub struct QueueTables<'t> {
+    pending: Table<'t, u64, &'static [u8]>,
+    bodies: Table<'t, u64, &'static [u8]>,
+    ids: Table<'t, &'static str, u64>,
+    results: Table<'t, &'static str, &'static [u8]>,
+    dlq: Table<'t, (&'static str, u64), &'static [u8]>,
+    cron: Table<'t, (&'static str, u32), u64>,
+}
+
+impl<'t> QueueTables<'t> {
+    pub(crate) fn open(tx: &'t WriteTransaction) -> Result<Self> {
+        Ok(QueueTables {
+            pending: tx.open_table(PENDING)?,
+            bodies: tx.open_table(BODIES)?,
+            ids: tx.open_table(PENDING_IDS)?,
+            results: tx.open_table(RESULTS)?,
+            dlq: tx.open_table(DLQ)?,
+            cron: tx.open_table(CRON)?,
+        })
+    }
+}
 
 pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<()> {
     tx.open_table(PENDING)?;
@@ -128,17 +151,15 @@ impl Store {
     /// Durably add calls (with their bodies); `ack` hears once they are on disk.
     pub fn enqueue(&self, calls: Vec<(AsyncCall, Vec<u8>)>, ack: Ack) {
         self.submit(
-            Box::new(move |tx| {
-                let mut pending = tx.open_table(PENDING)?;
-                let mut bodies = tx.open_table(BODIES)?;
-                let mut ids = tx.open_table(PENDING_IDS)?;
-                let mut results = tx.open_table(RESULTS)?;
+            Box::new(move |t| {
                 for (c, body) in &calls {
-                    pending.insert(c.seq, encode(c).as_slice())?;
-                    bodies.insert(c.seq, body.as_slice())?;
-                    ids.insert(c.call_id.as_str(), c.seq)?;
-                    // A replayed dead letter keeps its id; its old result no longer stands.
-                    results.remove(c.call_id.as_str())?;
+                    t.pending.insert(c.seq, encode(c).as_slice())?;
+                    t.bodies.insert(c.seq, body.as_slice())?;
+                    t.ids.insert(c.call_id.as_str(), c.seq)?;
+                    if c.source.starts_with("replay:") {
+                        // A replayed dead letter keeps its id; its old result no longer stands.
+                        t.results.remove(c.call_id.as_str())?;
+                    }
                 }
                 Ok(())
             }),
@@ -150,7 +171,7 @@ impl Store {
     pub fn requeue(&self, call: &AsyncCall) {
         let c = call.clone();
         self.submit(
-            Box::new(move |tx| Ok(drop(tx.open_table(PENDING)?.insert(c.seq, encode(&c).as_slice())?))),
+            Box::new(move |t| Ok(drop(t.pending.insert(c.seq, encode(&c).as_slice())?))),
             None,
         );
     }
@@ -160,16 +181,16 @@ impl Store {
     pub fn finish(&self, call: &AsyncCall, result: CallResult) {
         let c = call.clone();
         self.submit(
-            Box::new(move |tx| {
-                tx.open_table(PENDING)?.remove(c.seq)?;
-                tx.open_table(BODIES)?.remove(c.seq)?;
-                tx.open_table(PENDING_IDS)?.remove(c.call_id.as_str())?;
+            Box::new(move |t| {
+                t.pending.remove(c.seq)?;
+                t.ids.remove(c.call_id.as_str())?;
                 if result.state == CallState::Dead {
-                    tx.open_table(DLQ)?
-                        .insert((c.function.as_str(), c.seq), encode(&c).as_slice())?;
+                    // The body stays for a replay.
+                    t.dlq.insert((c.function.as_str(), c.seq), encode(&c).as_slice())?;
+                } else {
+                    t.bodies.remove(c.seq)?;
                 }
-                tx.open_table(RESULTS)?
-                    .insert(c.call_id.as_str(), encode(&result).as_slice())?;
+                t.results.insert(c.call_id.as_str(), encode(&result).as_slice())?;
                 Ok(())
             }),
             None,
@@ -179,10 +200,9 @@ impl Store {
     /// Update a stored result (callback delivery).
     pub fn put_result(&self, result: CallResult) {
         self.submit(
-            Box::new(move |tx| {
+            Box::new(move |t| {
                 Ok(drop(
-                    tx.open_table(RESULTS)?
-                        .insert(result.call_id.as_str(), encode(&result).as_slice())?,
+                    t.results.insert(result.call_id.as_str(), encode(&result).as_slice())?,
                 ))
             }),
             None,
@@ -256,10 +276,10 @@ impl Store {
     pub fn drop_dead_letters(&self, function: &str, seqs: Vec<u64>, ack: Ack) {
         let f = function.to_owned();
         self.submit(
-            Box::new(move |tx| {
-                let mut t = tx.open_table(DLQ)?;
+            Box::new(move |t| {
                 for s in seqs {
-                    t.remove((f.as_str(), s))?;
+                    t.dlq.remove((f.as_str(), s))?;
+                    t.bodies.remove(s)?;
                 }
                 Ok(())
             }),
@@ -270,8 +290,8 @@ impl Store {
     /// Forget results finished before `cutoff_ms`.
     pub fn expire_results(&self, cutoff_ms: u64) {
         self.submit(
-            Box::new(move |tx| {
-                tx.open_table(RESULTS)?.retain(|_, v| {
+            Box::new(move |t| {
+                t.results.retain(|_, v| {
                     serde_json::from_slice::<CallResult>(v).map_or(false, |r| r.completed_at_ms >= cutoff_ms)
                 })?;
                 Ok(())
@@ -290,18 +310,18 @@ impl Store {
     /// enqueued and marked, or neither.
     pub fn fire_cron(&self, index: u32, tick_ms: u64, call: AsyncCall, ack: Ack) {
         self.submit(
-            Box::new(move |tx| {
-                let mut cron = tx.open_table(CRON)?;
-                let already = cron
+            Box::new(move |t| {
+                let already = t
+                    .cron
                     .get((call.function.as_str(), index))?
                     .is_some_and(|v| v.value() >= tick_ms);
                 if already {
                     return Ok(());
                 }
-                cron.insert((call.function.as_str(), index), tick_ms)?;
-                tx.open_table(PENDING)?.insert(call.seq, encode(&call).as_slice())?;
-                tx.open_table(BODIES)?.insert(call.seq, [].as_slice())?;
-                tx.open_table(PENDING_IDS)?.insert(call.call_id.as_str(), call.seq)?;
+                t.cron.insert((call.function.as_str(), index), tick_ms)?;
+                t.pending.insert(call.seq, encode(&call).as_slice())?;
+                t.bodies.insert(call.seq, [].as_slice())?;
+                t.ids.insert(call.call_id.as_str(), call.seq)?;
                 Ok(())
             }),
             Some(ack),

@@ -173,13 +173,26 @@ fn duplicates(ids: &[String]) -> usize {
 async fn kill_9_while_processing_loses_no_accepted_call() {
     let (url, seen, _) = receiver(0).await;
     let mut d = Daemon::start();
-    d.deploy(recorder("rec", &url, "", OK).path());
+    // 20 ms a call keeps work in flight while the queue is still long.
+    d.deploy(
+        recorder(
+            "rec",
+            &url,
+            "",
+            "    import time\n    time.sleep(0.02)\n    return 'ok'",
+        )
+        .path(),
+    );
     let c = d.client();
     let accepted = enqueue_many(&c, &format!("{}/async-function/rec", d.url), 2000).await;
     assert_eq!(accepted.len(), 2000, "every call accepted");
-    wait_until("some calls to run", 60, || seen.all().len() >= 200).await;
+    wait_until("some calls to run", 60, || seen.all().len() >= 100).await;
     kill9(&mut d);
     let at_kill = seen.all().len();
+    assert!(
+        at_kill < 2000,
+        "the kill came while calls were being processed ({at_kill} done)"
+    );
     d.relaunch();
     let want: HashSet<String> = accepted.iter().cloned().collect();
     wait_until("every accepted call to complete", 240, || {
