@@ -10,7 +10,10 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("xtask lives in the repo")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("xtask lives in the repo")
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -29,7 +32,11 @@ fn have(bin: &str) -> bool {
 /// Install what the tests and benchmarks need that a fresh machine lacks.
 fn ensure_packages(with_bench_tools: bool) -> anyhow::Result<()> {
     let mut missing: Vec<&str> = Vec::new();
-    for (bin, pkg) in [("/usr/bin/python3", "python3"), ("/usr/bin/node", "nodejs"), ("/usr/bin/gcc", "gcc")] {
+    for (bin, pkg) in [
+        ("/usr/bin/python3", "python3"),
+        ("/usr/bin/node", "nodejs"),
+        ("/usr/bin/gcc", "gcc"),
+    ] {
         if !have(bin) {
             missing.push(pkg);
         }
@@ -49,22 +56,34 @@ fn ensure_packages(with_bench_tools: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
-    run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// Build the example functions that need compiling (the C protocol example).
 fn build_examples() -> anyhow::Result<()> {
     let dir = repo().join("examples/hello-c");
-    run(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(dir.join("hello")).arg(dir.join("main.c")))
+    run(Command::new("gcc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(dir.join("hello"))
+        .arg(dir.join("main.c")))
 }
 
 fn test() -> anyhow::Result<()> {
     ensure_packages(false)?;
     build_examples()?;
     let root = repo();
-    run(Command::new("cargo").current_dir(&root).args(["build", "--workspace", "--all-targets", "-j2"]))?;
-    run(Command::new("/usr/bin/python3").current_dir(&root).arg("runtimes/test_runtimes.py"))?;
-    run(Command::new("cargo").current_dir(&root).args(["test", "--workspace", "-j2"]))?;
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["build", "--workspace", "--all-targets", "-j2"]))?;
+    run(Command::new("/usr/bin/python3")
+        .current_dir(&root)
+        .arg("runtimes/test_runtimes.py"))?;
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["test", "--workspace", "-j2"]))?;
     Ok(())
 }
 
@@ -72,7 +91,16 @@ fn demo() -> anyhow::Result<()> {
     ensure_packages(false)?;
     build_examples()?;
     let root = repo();
-    run(Command::new("cargo").current_dir(&root).args(["run", "--release", "-j2", "-p", "strata", "--", "up", "--demo"]))
+    run(Command::new("cargo").current_dir(&root).args([
+        "run",
+        "--release",
+        "-j2",
+        "-p",
+        "strata",
+        "--",
+        "up",
+        "--demo",
+    ]))
 }
 
 fn main() -> anyhow::Result<()> {
