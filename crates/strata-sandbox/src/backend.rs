@@ -25,6 +25,12 @@ pub struct BackendConfig {
     pub run_dir: PathBuf,
     /// Network namespaces kept ready for `NetworkMode::None` sandboxes.
     pub netns_pool: usize,
+    /// Remount the cgroup2 hierarchy with `favordynmods` (kernel 6.0+). Moving a process into
+    /// a cgroup takes a global per-CPU rwsem whose write side waits for an RCU grace period:
+    /// 12–18 ms per sandbox here, v1 and v2 alike. `favordynmods` keeps that lock in its
+    /// slow-reader mode, so joining a cgroup takes microseconds, at the price of slightly
+    /// dearer fork and exit for every process on the host. A host-wide setting.
+    pub favor_dynmods: bool,
 }
 
 impl Default for BackendConfig {
@@ -34,6 +40,8 @@ impl Default for BackendConfig {
             // 4: covers a burst of cold starts on a small machine while the refill thread,
             // at ~1 ms a namespace, catches up.
             netns_pool: 4,
+            // On: a sandbox start is otherwise dominated by the cgroup join (see the field).
+            favor_dynmods: true,
         }
     }
 }
@@ -106,6 +114,35 @@ fn write_etc(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Remount every cgroup2 mount with `favordynmods` (see [`BackendConfig::favor_dynmods`]).
+fn favor_dynmods() {
+    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    for line in mi.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        if !right.starts_with("cgroup2 ") {
+            continue;
+        }
+        let (Some(mp), Some(opts)) = (left.split(' ').nth(4), left.split(' ').nth(5)) else { continue };
+        if right.contains("favordynmods") {
+            continue;
+        }
+        let Ok(target) = CString::new(mp) else { continue };
+        let mut flags = libc::MS_REMOUNT;
+        for (opt, flag) in [("nosuid", libc::MS_NOSUID), ("nodev", libc::MS_NODEV), ("noexec", libc::MS_NOEXEC), ("relatime", libc::MS_RELATIME), ("ro", libc::MS_RDONLY)] {
+            if opts.split(',').any(|o| o == opt) {
+                flags |= flag;
+            }
+        }
+        // SAFETY: mount(2) with valid NUL-terminated strings; a remount changes options only.
+        let rc = unsafe { libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags, c"favordynmods".as_ptr().cast()) };
+        if rc == 0 {
+            tracing::info!(mount = mp, "cgroup2 remounted with favordynmods: cgroup joins no longer wait for RCU");
+        } else {
+            tracing::warn!(mount = mp, error = %std::io::Error::last_os_error(), "favordynmods not available; sandbox starts pay an RCU grace period");
+        }
+    }
+}
+
 fn cap_last() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
@@ -125,6 +162,9 @@ impl Backend {
     /// Like [`Backend::new`] with a given hierarchy and cgroup filesystem.
     pub fn with_hierarchy(config: BackendConfig, hierarchy: Hierarchy, fs: Arc<dyn CgroupFs>) -> Result<Self> {
         hierarchy.prepare(fs.as_ref())?;
+        if config.favor_dynmods {
+            favor_dynmods();
+        }
         let swept = sweep_dead(&hierarchy, fs.as_ref());
         if swept > 0 {
             tracing::info!(swept, "removed cgroups left by a daemon that is gone");

@@ -331,7 +331,7 @@ pub struct Cgroup {
     dirs: Vec<PathBuf>,
 }
 
-fn first_number(text: &str, key: &str) -> Option<u64> {
+pub(crate) fn first_number(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let mut it = l.split_whitespace();
         (it.next() == Some(key))
@@ -372,6 +372,19 @@ impl Cgroup {
                     oom_kills: first_number(&read(m.join("memory.oom_control")), "oom_kill").unwrap_or(0),
                 }
             }
+        }
+    }
+
+    /// The files live CPU and peak-memory figures are read from: (cpu file, whether it is
+    /// v2's `cpu.stat` rather than v1's `cpuacct.usage` in ns, peak memory file).
+    pub fn live_usage_files(&self) -> (PathBuf, bool, PathBuf) {
+        match &self.hierarchy {
+            Hierarchy::V2 { .. } => (self.dirs[0].join("cpu.stat"), true, self.dirs[0].join("memory.peak")),
+            Hierarchy::V1 { memory, cpuacct, .. } => (
+                cpuacct.join(PARENT).join(&self.name).join("cpuacct.usage"),
+                false,
+                memory.join(PARENT).join(&self.name).join("memory.max_usage_in_bytes"),
+            ),
         }
     }
 

@@ -17,6 +17,21 @@ pub struct Sandbox {
     cgroup: Cgroup,
     exit: Option<Exit>,
     pub(crate) timings: SpawnTimings,
+    /// Control files kept open for [`Sandbox::live_usage`]: opening a cgroup file walks its
+    /// path every time, which costs more than reading it.
+    live: Option<LiveFiles>,
+}
+
+struct LiveFiles {
+    cpu: std::fs::File,
+    cpu_is_v2: bool,
+    peak: std::fs::File,
+}
+
+fn pread_text<'b>(f: &std::fs::File, buf: &'b mut [u8]) -> &'b str {
+    use std::os::unix::fs::FileExt;
+    let n = f.read_at(buf, 0).unwrap_or(0);
+    std::str::from_utf8(&buf[..n]).unwrap_or("")
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -30,14 +45,12 @@ impl std::fmt::Debug for Sandbox {
 
 impl Sandbox {
     pub(crate) fn new(inner: Arc<Inner>, pid: i32, pidfd: OwnedFd, cgroup: Cgroup) -> Self {
-        Sandbox {
-            inner,
-            pid,
-            pidfd,
-            cgroup,
-            exit: None,
-            timings: SpawnTimings::default(),
-        }
+        let (cpu, cpu_is_v2, peak) = cgroup.live_usage_files();
+        let live = match (std::fs::File::open(cpu), std::fs::File::open(peak)) {
+            (Ok(cpu), Ok(peak)) => Some(LiveFiles { cpu, cpu_is_v2, peak }),
+            _ => None,
+        };
+        Sandbox { inner, pid, pidfd, cgroup, exit: None, timings: SpawnTimings::default(), live }
     }
 
     /// The host pid of the sandbox's first process (pid 1 inside).
@@ -63,6 +76,23 @@ impl Sandbox {
     /// Current resource usage.
     pub fn usage(&self) -> Usage {
         self.cgroup.usage(self.inner.fs.as_ref())
+    }
+
+    /// CPU time (µs) and peak memory (bytes) so far, read cheaply from kept-open files: for
+    /// per-call accounting on the hot path.
+    pub fn live_usage(&self) -> (u64, u64) {
+        let Some(l) = &self.live else {
+            let u = self.usage();
+            return (u.cpu_usec, u.memory_peak_bytes);
+        };
+        let mut buf = [0u8; 512];
+        let cpu = if l.cpu_is_v2 {
+            crate::cgroup::first_number(pread_text(&l.cpu, &mut buf), "usage_usec").unwrap_or(0)
+        } else {
+            pread_text(&l.cpu, &mut buf).trim().parse::<u64>().unwrap_or(0) / 1000
+        };
+        let peak = pread_text(&l.peak, &mut buf).trim().parse().unwrap_or(0);
+        (cpu, peak)
     }
 
     /// Pids (host view) of every process in the sandbox.
@@ -169,6 +199,7 @@ impl Sandbox {
     /// which the kernel only allows once every other process in the namespace is gone, so the
     /// group empties promptly; the retries cover the kernel's asynchronous cgroup release.
     fn teardown(&mut self) -> Usage {
+        self.live = None;
         let fs = self.inner.fs.as_ref();
         let usage = self.cgroup.usage(fs);
         let deadline = Instant::now() + Duration::from_secs(2);

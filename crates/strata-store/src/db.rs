@@ -457,7 +457,24 @@ impl Store {
 /// the next batch piles up, so batches grow with load and latency stays one fsync.
 fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>) {
     let mut next_seq: HashMap<(bool, String), u64> = HashMap::new();
-    while let Ok(first) = rx.recv() {
+    let mut last_durable = std::time::Instant::now();
+    // Lazily committed (not yet fsync'd) records or logs exist.
+    let mut dirty = false;
+    loop {
+        let wait = if dirty { LAZY_DURABILITY } else { Duration::from_secs(3600) };
+        let first = match rx.recv_timeout(wait) {
+            Ok(w) => w,
+            Err(e) => {
+                if dirty && write_batch(&db, &mut next_seq, true, &mut []).is_ok() {
+                    dirty = false;
+                    last_durable = std::time::Instant::now();
+                }
+                match e {
+                    mpsc::RecvTimeoutError::Timeout => continue,
+                    mpsc::RecvTimeoutError::Disconnected => return,
+                }
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < 4096 {
             match rx.try_recv() {
@@ -465,9 +482,16 @@ fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        let outcome = write_batch(&db, &mut next_seq, &mut batch).map_err(|e| e.to_string());
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, dropped = batch.len(), "writing a batch failed");
+        let durable = batch.iter().any(|w| matches!(w, Write::Op(..) | Write::Flush(_)))
+            || last_durable.elapsed() >= LAZY_DURABILITY;
+        let outcome = write_batch(&db, &mut next_seq, durable, &mut batch).map_err(|e| e.to_string());
+        match &outcome {
+            Err(e) => tracing::error!(error = %e, dropped = batch.len(), "writing a batch failed"),
+            Ok(()) if durable => {
+                dirty = false;
+                last_durable = std::time::Instant::now();
+            }
+            Ok(()) => dirty = true,
         }
         for w in batch {
             match w {
@@ -502,8 +526,15 @@ fn seq_for(
     Ok(n)
 }
 
-fn write_batch(db: &Database, next: &mut HashMap<(bool, String), u64>, batch: &mut [Write]) -> Result<()> {
-    let tx = db.begin_write()?;
+/// Records and logs alone are committed without an fsync, at most this long: a crash loses at
+/// most this much of them, and the invocation hot path does not pay a disk flush per batch.
+const LAZY_DURABILITY: Duration = Duration::from_millis(500);
+
+fn write_batch(db: &Database, next: &mut HashMap<(bool, String), u64>, durable: bool, batch: &mut [Write]) -> Result<()> {
+    let mut tx = db.begin_write()?;
+    if !durable {
+        tx.set_durability(redb::Durability::None).map_err(|e| StoreError::Db(redb::Error::from(e)))?;
+    }
     {
         let mut records = tx.open_table(RECORDS)?;
         let mut calls = tx.open_table(CALLS)?;

@@ -73,8 +73,12 @@ async fn receiver(fail_first: usize) -> (String, Seen, Seen) {
 /// A Python function (host network) that reports every call to the receiver, then answers
 /// as `behaviour` says.
 fn recorder(name: &str, url: &str, extra_manifest: &str, behaviour: &str) -> tempfile::TempDir {
+    recorder_sized(name, url, 4, extra_manifest, behaviour)
+}
+
+fn recorder_sized(name: &str, url: &str, instances: u32, extra_manifest: &str, behaviour: &str) -> tempfile::TempDir {
     let manifest = format!(
-        "name = \"{name}\"\nruntime = \"python\"\nhandler = \"main:handle\"\nnetwork = \"host\"\nconcurrency = 4\nmax_instances = 4\nretry_backoff = \"50ms\"\n{extra_manifest}\n[env]\nRECORDER = \"{url}/record\"\n"
+        "name = \"{name}\"\nruntime = \"python\"\nhandler = \"main:handle\"\nnetwork = \"host\"\nconcurrency = {instances}\nmax_instances = {instances}\nretry_backoff = \"50ms\"\n{extra_manifest}\n[env]\nRECORDER = \"{url}/record\"\n"
     );
     let code = format!(
         r#"import json, os, urllib.request
@@ -173,16 +177,10 @@ fn duplicates(ids: &[String]) -> usize {
 async fn kill_9_while_processing_loses_no_accepted_call() {
     let (url, seen, _) = receiver(0).await;
     let mut d = Daemon::start();
-    // 20 ms a call keeps work in flight while the queue is still long.
-    d.deploy(
-        recorder(
-            "rec",
-            &url,
-            "",
-            "    import time\n    time.sleep(0.02)\n    return 'ok'",
-        )
-        .path(),
-    );
+    // One instance, one call at a time, 5 ms a call: about 200 calls a second, so the kill
+    // lands with most of the queue still to do.
+    let f = recorder_sized("rec", &url, 1, "", "    import time\n    time.sleep(0.005)\n    return 'ok'");
+    d.deploy(f.path());
     let c = d.client();
     let accepted = enqueue_many(&c, &format!("{}/async-function/rec", d.url), 2000).await;
     assert_eq!(accepted.len(), 2000, "every call accepted");
