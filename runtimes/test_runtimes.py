@@ -6,6 +6,7 @@ end of a socketpair as fd 3 and plays the platform on the other end.
     python3 runtimes/test_runtimes.py            # the tests (unittest, stdlib only)
     python3 runtimes/test_runtimes.py -v NodeRuntimeTests
     python3 runtimes/test_runtimes.py --bench    # sequential invoke round trips per second
+    python3 runtimes/test_runtimes.py --startup  # time from exec to the ready frame
 
 Interpreters: /usr/bin/python3 and /usr/bin/node (override with STRATA_TEST_PYTHON /
 STRATA_TEST_NODE); the C example is built with $CC (default gcc). A runtime whose
@@ -14,6 +15,7 @@ interpreter is missing is skipped.
 
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -30,7 +32,8 @@ REPO = os.path.dirname(HERE)
 PYTHON = os.environ.get("STRATA_TEST_PYTHON", "/usr/bin/python3")
 NODE = os.environ.get("STRATA_TEST_NODE", "/usr/bin/node")
 CC = os.environ.get("CC", "gcc")
-PY_BOOTSTRAP = os.path.join(HERE, "python", "bootstrap.py")
+PY_RUNTIME = os.path.join(HERE, "python")
+PY_BOOTSTRAP = os.path.join(PY_RUNTIME, "bootstrap.py")
 NODE_BOOTSTRAP = os.path.join(HERE, "node", "bootstrap.js")
 HELLO_C = os.path.join(REPO, "examples", "hello-c", "main.c")
 TIMEOUT = 20.0
@@ -431,6 +434,69 @@ exports.notAFunction = 42;
 '''
 
 
+PY_LEAN_MAIN = r"""
+import sys
+
+AT_IMPORT = sorted(sys.modules)
+
+
+def handle(req):
+    p = req.path
+    if p == "/modules":
+        return {"at_import": AT_IMPORT, "now": sorted(sys.modules)}
+    if p == "/json":
+        return {"repr": repr(req.json())}
+    if p == "/json-error":
+        try:
+            req.json()
+        except ValueError as e:
+            return {"type": type(e).__name__, "msg": str(e)}
+        return "no error"
+    if p == "/mixed":
+        return MIXED
+    if p == "/str":
+        return "hello"
+    if p == "/nan":
+        return {"x": [1.5, float("nan")]}
+    if p == "/inf":
+        return float("-inf")
+    if p == "/cycle":
+        d = {"a": [1]}
+        d["a"].append(d)
+        return d
+    if p == "/bad-key":
+        return {(1, 2): 1}
+    if p == "/nested-bad":
+        OUTER.append({"x": object()})
+        return OUTER
+    if p == "/outer-ok":
+        del OUTER[2:]
+        return OUTER
+    if p == "/surrogate":
+        return ["\ud800"]
+    return {"path": p}
+
+
+OUTER = [1, [2]]
+"""
+
+# What /mixed returns (Python source); the test compares the body with json.dumps of it.
+PY_LEAN_MIXED = (r"""{"s": "\u00e9\u4e2d\U0001f600\"\\\n\x01\x7f\u2028", "i": -3, "f": 0.1, "e": 1e300, "big": 10**30,"""
+                 r""" "t": True, "n": None, "k": {1: "int key", None: 0, 2.5: 1, False: 2}, "l": [[], {}, (1, 2)]}""")
+PY_LEAN_MAIN += "MIXED = " + PY_LEAN_MIXED + "\n"
+
+
+def compiled_python_runtime(dest):
+    """A copy of runtimes/python in dest/python with bootstrap.py and strata.py byte-compiled
+    into __pycache__, as the platform writes the runtime folder."""
+    d = os.path.join(dest, "python")
+    shutil.copytree(PY_RUNTIME, d, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([PYTHON, "-I", "-S", "-c", "import py_compile, sys\n"
+                    "for f in sys.argv[1:]:\n    py_compile.compile(f, doraise=True)\n",
+                    os.path.join(d, "bootstrap.py"), os.path.join(d, "strata.py")], check=True)
+    return d
+
+
 def write_files(d, files):
     for name, content in files.items():
         p = os.path.join(d, name)
@@ -464,13 +530,13 @@ class RuntimeCases:
         for inst in self.instances:
             inst.close()
 
-    def start(self, handler="main:handle", files=None, concurrency=None, env=None, expect_ready=True):
+    def start(self, handler="main:handle", files=None, concurrency=None, env=None, expect_ready=True, argv=None):
         write_files(self.code_dir, files if files is not None else {self.main_file: self.main_src})
         e = {"STRATA_CODE_DIR": self.code_dir, "STRATA_HANDLER": handler}
         if concurrency is not None:
             e["STRATA_CONCURRENCY"] = str(concurrency)
         e.update(env or {})
-        inst = Instance(self.argv(), env=e, cwd="/")
+        inst = Instance(argv or self.argv(), env=e, cwd="/")
         self.instances.append(inst)
         if expect_ready:
             inst.ready()
@@ -739,15 +805,19 @@ class RuntimeCases:
 
 
 class PythonRuntimeTests(RuntimeCases, unittest.TestCase):
+    """Python, run as bootstrap.py directly (a script: compiled on every start)."""
+
     interp = PYTHON
     main_file = "main.py"
     main_src = PY_MAIN
     error_class = "ValueError"
     broken_files = {"main.py": "import os\nraise RuntimeError('kaboom at import')\n"}
     syntax_error_files = {"main.py": "def handle(req)\n    return 1\n"}
+    runtime_dir = PY_RUNTIME
+    script = "bootstrap.py"
 
-    def argv(self):
-        return [PYTHON, "-I", "-S", PY_BOOTSTRAP]  # as the platform runs it
+    def argv(self, *flags):
+        return [PYTHON, "-I", "-S", *flags, os.path.join(self.runtime_dir, self.script)]  # as the platform runs it
 
     def test_sys_exit_in_handler_is_an_error(self):
         inst = self.start()
@@ -774,8 +844,104 @@ class PythonRuntimeTests(RuntimeCases, unittest.TestCase):
         }
         inst = self.start(handler="pkg.app:run", files=files)
         got = inst.invoke("/").json()
-        self.assertEqual(got["strata"], os.path.join(HERE, "python", "strata.py"))
-        self.assertEqual(got["path"], [self.code_dir, os.path.join(HERE, "python")])
+        self.assertEqual(got["strata"], os.path.join(self.runtime_dir, "strata.py"))
+        self.assertEqual(got["path"], [self.code_dir, self.runtime_dir])
+
+    def test_tracebacks_show_only_user_frames(self):
+        inst = self.start()
+        for path in ("/raise", "/exit"):
+            r = inst.invoke(path)
+            self.assertEqual(r.t, "error", r)
+            self.assertNotIn("bootstrap", r.message)
+            self.assertNotIn("importlib", r.message)
+        inst = self.start(files=self.broken_files, expect_ready=False)
+        h, _ = inst.recv()
+        self.assertEqual(h["t"], "init_error", h)
+        self.assertIn('main.py", line 2, in <module>', h["message"])
+        self.assertNotIn("bootstrap", h["message"])
+        self.assertNotIn("importlib", h["message"])
+
+    # --- start-up cost: the bootstrap imports no pure-Python stdlib module of its own
+
+    _baseline_modules = None
+
+    def baseline_modules(self):
+        """The modules `python3 -I -S -c pass` has loaded anyway."""
+        if PythonRuntimeTests._baseline_modules is None:
+            out = subprocess.run([PYTHON, "-I", "-S", "-c", "import sys; print(' '.join(sys.modules))"],
+                                 stdout=subprocess.PIPE, check=True).stdout
+            PythonRuntimeTests._baseline_modules = set(out.decode().split())
+        return PythonRuntimeTests._baseline_modules
+
+    def test_startup_imports_nothing_heavy(self):
+        inst = self.start(files={"main.py": PY_LEAN_MAIN})
+        # C modules the bootstrap needs, the runtime's strata and the handler module itself.
+        allowed = self.baseline_modules() | {"_json", "_struct", "_contextvars", "strata", "main"}
+        got = inst.invoke("/modules").json()
+        self.assertEqual(set(got["at_import"]) - allowed, set())
+        self.assertNotIn("json", got["at_import"])  # (the baseline has none of these)
+        self.assertNotIn("re", got["at_import"])
+        # Neither do the common calls: JSON in (req.json()) and out, errors that are not exceptions.
+        body = b' {"a": [1, 2.5, "\\u00e9\xc3\xa9", NaN, -Infinity, true, null], "b": {}}\n'
+        self.assertEqual(inst.invoke("/json", body).json(), {"repr": repr(json.loads(body))})
+        self.assertEqual(inst.invoke("/mixed").body, json.dumps(
+            eval(PY_LEAN_MIXED), ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode())
+        self.assertEqual(inst.invoke("/str").body, b"hello")
+        for path in ("/nan", "/inf", "/cycle", "/bad-key", "/nested-bad", "/surrogate"):
+            r = inst.invoke(path)
+            self.assertEqual(r.t, "error", (path, r))
+            self.assertIn("cannot be serialised", r.message)
+        self.assertEqual(inst.invoke("/outer-ok").json(), [1, [2]])  # no stale cycle markers from /nested-bad
+        got = inst.invoke("/modules").json()
+        self.assertEqual(set(got["now"]) - allowed, set())
+
+    def test_request_json_matches_json_loads(self):
+        inst = self.start(files={"main.py": PY_LEAN_MAIN})
+        good = [b"[]", b"0", b' \t\r\n"x" \n', b'{"a": {"b": [1e400, -0.0, 12345678901234567890]}}',
+                b'"\xed\xa0\x80"', b"\xef\xbb\xbf[1]", '{"\u00e9": 1}'.encode("utf-16"),
+                '"x"'.encode("utf-32-le"), '[1]'.encode("utf-16-be"), b"NaN"]
+        for body in good:
+            self.assertEqual(inst.invoke("/json", body).json(), {"repr": repr(json.loads(body))}, body)
+        bad = [b"", b" ", b'{"a":1} x', b"[1,", b"\xff", b'"a\nb"', b"{'a': 1}", b"[1]]", b"nul", b"\x00"]
+        for body in bad:
+            try:
+                json.loads(body)
+            except ValueError as e:
+                want = {"type": type(e).__name__, "msg": str(e)}
+            self.assertEqual(inst.invoke("/json-error", body).json(), want, body)
+
+
+class PythonBootRuntimeTests(PythonRuntimeTests):
+    """Python as the platform runs it: boot.py importing bootstrap from its byte-compiled .pyc."""
+
+    script = "boot.py"
+
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.exists(PYTHON):
+            raise unittest.SkipTest("%s not found" % PYTHON)
+        cls.tmp = tempfile.mkdtemp(prefix="strata-rt-python-")
+        cls.runtime_dir = compiled_python_runtime(cls.tmp)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, True)
+
+    def test_bootstrap_is_loaded_from_its_pyc(self):
+        inst = self.start(files={"main.py": "import sys\ndef handle(req):\n    return repr(sorted(sys.path))\n"},
+                          argv=self.argv("-v"))
+        self.assertEqual(inst.invoke("/").body.decode().count(self.runtime_dir), 1)  # boot.py's entry is gone
+        self.assertEqual(inst.shutdown(), 0)
+        err = inst.output("stderr")
+        for name in ("bootstrap", "strata"):
+            self.assertRegex(err, r"# %s/__pycache__/%s\.[^ ]+\.pyc matches %s/%s\.py\n" % (
+                (re.escape(self.runtime_dir), name) * 2))
+
+    def test_user_module_named_bootstrap(self):
+        # The runtime's bootstrap module does not shadow one of the user's.
+        files = {"bootstrap.py": "def handle(req):\n    return 'user bootstrap'\n"}
+        inst = self.start(handler="bootstrap:handle", files=files)
+        self.assertEqual(inst.invoke("/").body, b"user bootstrap")
 
 
 class NodeRuntimeTests(RuntimeCases, unittest.TestCase):
@@ -1017,8 +1183,71 @@ def bench(seconds=1.5, trials=3):
         shutil.rmtree(d, True)
 
 
+# ---------------------------------------------------------------- start-up time
+
+
+def time_to_ready(argv, env):
+    """ms from just before the process is spawned to the arrival of its ready frame."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    if child.fileno() == 3:  # a dup2 onto itself would leave fd 3 close-on-exec
+        c, child = child, child.dup()
+        c.close()
+    t0 = time.perf_counter()
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, child.fileno(), 3)])
+    child.close()
+    rf = parent.makefile("rb")
+    try:
+        (hl,) = U32.unpack(rf.read(4))
+        header = rf.read(hl)
+        ms = (time.perf_counter() - t0) * 1000
+        assert json.loads(header)["t"] == "ready", header
+        parent.sendall(encode_frame({"t": "shutdown"}))
+    finally:
+        rf.close()
+        parent.close()
+        os.waitpid(pid, 0)
+    return ms
+
+
+def startup(runs=30):
+    d = tempfile.mkdtemp(prefix="strata-startup-")
+    try:
+        code = os.path.join(d, "code")
+        write_files(code, {"main.py": "def handle(req):\n    return 'ok'\n",
+                           "main.js": "exports.handle = (req) => 'ok';\n"})
+        env = {"PATH": "/usr/bin:/bin", "STRATA_CODE_DIR": code, "STRATA_HANDLER": "main:handle"}
+        runs_ = []
+        if os.path.exists(PYTHON):
+            rt = compiled_python_runtime(d)
+            ready = 'import posix; posix.write(3, b"\\0\\0\\0\\x0d{\\"t\\":\\"ready\\"}\\0\\0\\0\\0"); posix.read(3, 64)'
+            runs_ += [("python -I -S -c <send ready> (the floor)", [PYTHON, "-I", "-S", "-c", ready]),
+                      ("python -I -S bootstrap.py (script)", [PYTHON, "-I", "-S", os.path.join(rt, "bootstrap.py")]),
+                      ("python -I -S boot.py (bootstrap .pyc)", [PYTHON, "-I", "-S", os.path.join(rt, "boot.py")])]
+        if os.path.exists(NODE):
+            runs_.append(("node bootstrap.js", [NODE, NODE_BOOTSTRAP]))
+        if shutil.which(CC):
+            binary = os.path.join(d, "hello")
+            subprocess.run([CC, "-O2", "-o", binary, HELLO_C], check=True)
+            runs_.append(("hello-c", [binary]))
+        print("Time from spawn to the ready frame, trivial handler, median of %d runs (min, max);" % runs)
+        print("the variants take turns, so that machine noise hits them alike.")
+        times = {name: [] for name, _ in runs_}
+        for i in range(runs + 1):
+            for name, argv in runs_:
+                ms = time_to_ready(argv, env)
+                if i:  # run 0 warms up: page cache, the handler's own .pyc
+                    times[name].append(ms)
+        for name, _ in runs_:
+            ts = sorted(times[name])
+            print("%-42s %7.2f ms  (%.2f, %.2f)" % (name, ts[len(ts) // 2], ts[0], ts[-1]))
+    finally:
+        shutil.rmtree(d, True)
+
+
 if __name__ == "__main__":
     if "--bench" in sys.argv[1:]:
         bench()
+    elif "--startup" in sys.argv[1:]:
+        startup()
     else:
         unittest.main()

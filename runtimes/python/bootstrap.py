@@ -1,7 +1,17 @@
 """Strata Python runtime bootstrap (protocol v1, see docs/protocol.md).
 
-Run as ``/usr/bin/python3 -I /strata/runtime/python/bootstrap.py`` with fd 3 a
+Run as ``/usr/bin/python3 -I -S /strata/runtime/python/boot.py`` (which imports this
+module from its cached ``.pyc``) or directly as
+``/usr/bin/python3 -I -S /strata/runtime/python/bootstrap.py``, with fd 3 a
 connected SOCK_STREAM unix socket to the platform. Stdlib only.
+
+Start-up cost matters (it is part of every cold start), so the start-up path
+imports nothing beyond what ``python3 -I -S -c pass`` has already loaded plus a
+few C modules (``_json``, ``_struct``, ``_contextvars``): no ``os``, ``json``,
+``importlib``. JSON goes through the C accelerators of the ``json`` package
+directly. Heavier modules are imported only when needed: ``asyncio`` for async
+handlers, ``threading`` for STRATA_CONCURRENCY > 1, ``traceback`` to format an
+error, ``json`` / ``urllib.parse`` by ``req.json()`` / ``req.query`` in rare cases.
 
 Environment:
   STRATA_HANDLER      "module:function" (module may be dotted), default "main:handle"
@@ -10,13 +20,15 @@ Environment:
 """
 
 import io
-import json
-import os
+import posix
 import sys
 import time
+from _contextvars import ContextVar
+from _json import encode_basestring as _enc_str
+from _json import make_encoder as _make_encoder
+from _json import make_scanner as _make_scanner
+from _struct import Struct
 from _thread import allocate_lock
-from contextvars import ContextVar
-from struct import Struct
 
 CTRL_FD = 3
 SMALL_BODY = 64 * 1024  # bodies up to this size are sent in the same write as the header
@@ -33,11 +45,96 @@ _u32 = Struct(">I")
 _pack = _u32.pack
 _unpack = _u32.unpack
 _unpack_from = _u32.unpack_from
-_loads = json.loads
-_scan_once = json.JSONDecoder().scan_once  # json.loads minus its Python-level checks
-# Compact JSON, UTF-8 kept as is, NaN/Infinity rejected (they are not JSON).
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-_oswrite = os.write
+_oswrite = posix.write
+
+
+# -------------------------------------------------------------------------- JSON
+# The C parts of the json package, used without importing it (json pulls in re,
+# enum, functools, collections: ~14 ms under -S). Same results as json.loads /
+# json.dumps(ensure_ascii=False, separators=(",", ":"), allow_nan=False).
+
+
+class _ScanContext:
+    """What _json.make_scanner reads off a json.JSONDecoder: json.loads' defaults."""
+
+    __slots__ = ()
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float  # float and int take the scanner's C fast paths
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+
+
+# scan(s, idx) -> (value, end); StopIteration(idx) if no value starts at idx. Raises
+# a bare error (not json.JSONDecodeError) on bad input unless json.decoder is loaded.
+_scan_once = _make_scanner(_ScanContext())
+
+
+def _default(o):
+    raise TypeError("Object of type %s is not JSON serializable" % o.__class__.__name__)
+
+
+def _encode(obj):
+    """Compact JSON text of obj, UTF-8 kept as is, NaN/Infinity rejected (ValueError)."""
+    if type(obj) is str:
+        return _enc_str(obj)
+    # A new encoder per call (as json.dumps does): its cycle-check `markers` dict is
+    # left dirty by a failed encode and must not be shared between threads.
+    return "".join(_make_encoder({}, _default, _enc_str, None, ":", ",", False, False, False)(obj, 0))
+
+
+def _json_loads(b):
+    """json.loads(b), without importing json for the common case (UTF-8 bytes, valid JSON)."""
+    if type(b) is bytes and 0 not in b[:4] and not b.startswith(b"\xef\xbb\xbf"):
+        try:
+            s = b.decode("utf-8", "surrogatepass")  # what json.loads does with UTF-8 bytes
+            i = len(s) - len(s.lstrip(" \t\n\r"))
+            obj, end = _scan_once(s, i)
+            if end == len(s) or not s[end:].strip(" \t\n\r"):
+                return obj
+        except Exception:
+            pass
+    # Anything else (UTF-16/32, a BOM, str input, invalid JSON, extra data): json
+    # itself, for its exact behaviour and its JSONDecodeError messages.
+    import json
+
+    return json.loads(b)
+
+
+# ------------------------------------------------------------------ os, cheaply
+
+
+def _env(name):
+    """os.environ.get(name) without importing os."""
+    v = posix.environ.get(name.encode())
+    return None if v is None else v.decode(sys.getfilesystemencoding(), "surrogateescape")
+
+
+def _abspath(p):
+    """os.path.abspath(p) for a str path (posixpath.abspath, without importing os)."""
+    if not p.startswith("/"):
+        cwd = posix.getcwd()
+        p = cwd + p if cwd.endswith("/") else cwd + "/" + p
+    initial = 2 if p.startswith("//") and not p.startswith("///") else 1
+    comps = []
+    for c in p.split("/"):
+        if c == "" or c == ".":
+            continue
+        if c != ".." or (comps and comps[-1] == ".."):
+            comps.append(c)
+        elif comps:
+            comps.pop()
+    return "/" * initial + "/".join(comps)
+
+
+def _dirname(p):
+    """os.path.dirname(p) for a str path (posixpath.dirname)."""
+    head = p[: p.rfind("/") + 1]
+    if head and head != "/" * len(head):
+        head = head.rstrip("/")
+    return head
+
 
 _H_TEXT = '[["content-type","text/plain; charset=utf-8"]]'
 _H_BIN = '[["content-type","application/octet-stream"]]'
@@ -64,7 +161,7 @@ def _die(code):
             s.flush()
         except Exception:
             pass
-    os._exit(code)
+    posix._exit(code)
 
 
 def _write_rest(data, n):
@@ -275,7 +372,7 @@ class Request:
 
     def json(self):
         """The body parsed as JSON."""
-        return _loads(self.body)
+        return _json_loads(self.body)
 
     def __repr__(self):
         return "<Request %s %s%s%s (%d bytes)>" % (
@@ -393,8 +490,11 @@ def _error_header(cid_json, text):
 def _format_exc(e):
     """The exception's traceback text without the frames of this bootstrap, asyncio and importlib."""
     import traceback
+    import os  # loaded by traceback (linecache) anyway
 
-    internal = (os.path.abspath(__file__), os.path.dirname(os.path.abspath(traceback.__file__)) + os.sep)
+    # This file's frames: whatever name its code objects carry (the script path, or
+    # the module's path when boot.py imported it from the cached .pyc).
+    internal = (_format_exc.__code__.co_filename, os.path.dirname(os.path.abspath(traceback.__file__)) + os.sep)
     te = traceback.TracebackException(type(e), e, e.__traceback__, compact=True)
     user = [
         f
@@ -517,7 +617,8 @@ _NOT_AWAITABLE = frozenset((str, bytes, dict, list, type(None), int, float, bool
 
 def _invoke(handler, msg, body):
     """Run one call (sync handler, or an awaitable result run via _await); send its frames."""
-    cid_json = _encode(msg.get("id"))
+    cid = msg.get("id")
+    cid_json = _enc_str(cid) if type(cid) is str else _encode(cid)
     call = _Call(cid_json)
     token = _cur_set(call)
     try:
@@ -537,7 +638,8 @@ def _invoke(handler, msg, body):
 
 async def _ainvoke(handler, msg, body):
     """_invoke for an async handler, awaited directly inside the serving coroutine."""
-    cid_json = _encode(msg.get("id"))
+    cid = msg.get("id")
+    cid_json = _enc_str(cid) if type(cid) is str else _encode(cid)
     call = _Call(cid_json)
     token = _cur_set(call)
     try:
@@ -632,7 +734,7 @@ def _serve(handler, concurrency):
 
 def _start_pool(handler, n):
     import threading
-    from queue import SimpleQueue
+    from _queue import SimpleQueue  # what queue.SimpleQueue is
 
     global _loop_thread_mode
     _loop_thread_mode = True
@@ -660,8 +762,6 @@ def _start_pool(handler, n):
 
 
 def _load_handler(spec):
-    import importlib
-
     mod_name, sep, fn_name = spec.rpartition(":")
     if not sep:
         mod_name, fn_name = spec, "handle"
@@ -672,7 +772,8 @@ def _load_handler(spec):
     mod_name = mod_name.replace("/", ".").strip(".")
     if not mod_name:
         raise ValueError("STRATA_HANDLER %r: expected \"module:function\"" % spec)
-    mod = importlib.import_module(mod_name)
+    __import__(mod_name)  # importlib.import_module without importing importlib
+    mod = sys.modules[mod_name]
     fn = mod
     for part in fn_name.split("."):
         try:
@@ -690,16 +791,16 @@ def _load_handler(spec):
 def main():
     global Response
     try:
-        os.fstat(CTRL_FD)
+        posix.fstat(CTRL_FD)
     except OSError:
         sys.stderr.write("strata bootstrap: fd 3 (the control channel) is not open\n")
         sys.exit(2)
 
-    runtime_dir = os.path.dirname(os.path.abspath(__file__))
-    code_dir = os.path.abspath(os.environ.get("STRATA_CODE_DIR") or "/code")
-    spec = os.environ.get("STRATA_HANDLER") or "main:handle"
+    runtime_dir = _dirname(_abspath(__file__))
+    code_dir = _abspath(_env("STRATA_CODE_DIR") or "/code")
+    spec = _env("STRATA_HANDLER") or "main:handle"
     try:
-        concurrency = int(os.environ.get("STRATA_CONCURRENCY") or "1")
+        concurrency = int(_env("STRATA_CONCURRENCY") or "1")
     except ValueError:
         concurrency = 1
     concurrency = max(1, concurrency)
@@ -713,7 +814,7 @@ def main():
     Response = strata.Response
     sys.path.insert(0, code_dir)
     try:
-        os.chdir(code_dir)
+        posix.chdir(code_dir)
     except OSError:
         pass
 

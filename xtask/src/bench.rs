@@ -319,15 +319,15 @@ impl Func {
 // ---------------------------------------------------------------------------------------------
 // The daemon.
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
-    addr: SocketAddr,
-    url: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) url: String,
     log: PathBuf,
 }
 
 impl Daemon {
-    fn start(bin: &Path, tmp: &Path) -> anyhow::Result<Daemon> {
+    pub(crate) fn start(bin: &Path, tmp: &Path) -> anyhow::Result<Daemon> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = tmp.join("daemon.log");
         let stderr = std::fs::File::create(&log).context("creating the daemon log")?;
@@ -384,7 +384,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then wait (a minute at most) for the daemon to drain and exit.
-    fn stop(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn stop(&mut self) -> anyhow::Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
@@ -506,7 +506,7 @@ impl Wire {
 }
 
 /// The bytes of a request with a `Content-Length` body.
-fn request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+pub(crate) fn request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
     let mut r = format!(
         "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -517,25 +517,25 @@ fn request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
 }
 
 /// What the client keeps of a response.
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
     /// `X-Duration-Seconds`: the time the call spent in the gateway's handler, nanoseconds.
     platform_ns: Option<u64>,
 }
 
 /// A blocking keep-alive client; reconnects after an error or `Connection: close`.
-struct Client {
+pub(crate) struct Client {
     addr: SocketAddr,
     wire: Option<Wire>,
 }
 
 impl Client {
-    fn new(addr: SocketAddr) -> Client {
+    pub(crate) fn new(addr: SocketAddr) -> Client {
         Client { addr, wire: None }
     }
 
-    fn call(&mut self, req: &[u8]) -> anyhow::Result<Reply> {
+    pub(crate) fn call(&mut self, req: &[u8]) -> anyhow::Result<Reply> {
         let res = self.exchange(req);
         if res.as_ref().map_or(true, |(_, close)| *close) {
             self.wire = None;
@@ -1267,17 +1267,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 // The machine.
 
 #[derive(Debug, Clone)]
-struct Machine {
-    nproc: usize,
-    cpu: String,
-    kernel: String,
-    load: String,
+pub(crate) struct Machine {
+    pub(crate) nproc: usize,
+    pub(crate) cpu: String,
+    pub(crate) kernel: String,
+    pub(crate) load: String,
     /// Cores busy (with anything) during the second before the probe.
-    busy: f64,
+    pub(crate) busy: f64,
 }
 
 impl Machine {
-    fn probe() -> anyhow::Result<Machine> {
+    pub(crate) fn probe() -> anyhow::Result<Machine> {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")?;
         let cpu = cpuinfo
             .lines()
@@ -1298,7 +1298,7 @@ impl Machine {
 }
 
 /// Now as "YYYY-MM-DD HH:MM:SS UTC".
-fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     let secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -1924,11 +1924,16 @@ impl Report {
 
 /// `doc` with the section under `HEADING` (up to the next `## ` heading) replaced by `section`,
 /// or with `section` appended.
-fn replace_section(doc: &str, section: &str) -> String {
+pub(crate) fn replace_section(doc: &str, section: &str) -> String {
+    replace_section_under(doc, HEADING, section)
+}
+
+/// `doc` with the section under `heading` replaced by `section`, or with it appended.
+pub(crate) fn replace_section_under(doc: &str, heading: &str, section: &str) -> String {
     let mut starts = vec![0];
     starts.extend(doc.match_indices('\n').map(|(i, _)| i + 1).filter(|&i| i < doc.len()));
     let line = |at: usize| doc[at..].split('\n').next().unwrap_or("");
-    let Some(start) = starts.iter().copied().find(|&at| line(at).trim_end() == HEADING) else {
+    let Some(start) = starts.iter().copied().find(|&at| line(at).trim_end() == heading) else {
         return format!("{}\n\n{section}", doc.trim_end());
     };
     match starts

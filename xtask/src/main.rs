@@ -3,6 +3,7 @@
 //! Kept as Rust (not a shell-script zoo) so it runs wherever cargo does.
 
 mod bench;
+mod bench_async;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -110,13 +111,19 @@ fn main() -> anyhow::Result<()> {
         Some("demo") => demo(),
         Some("examples") => build_examples(),
         Some("deps") => ensure_packages(args.iter().any(|a| a == "--bench")),
+        Some("bench-async") => {
+            ensure_packages(false)?;
+            bench_async::run(&repo(), &args[1..])
+        }
         Some("bench") => {
             ensure_packages(true)?;
             build_examples()?;
             bench::run(&repo(), &args[1..])
         }
         _ => {
-            eprintln!("usage: cargo xtask <test | demo | bench [--quick] | examples | deps [--bench]>");
+            eprintln!(
+                "usage: cargo xtask <test | demo | bench [--quick] | bench-async [--quick] | examples | deps [--bench]>"
+            );
             std::process::exit(2)
         }
     }

@@ -172,6 +172,18 @@ impl Metrics {
     ) -> String {
         self.instances.clear();
         self.queue.clear();
+        // Rebuilt from the snapshot every scrape, so a drained queue reads 0, not its last depth.
+        self.async_depth.clear();
+        self.async_oldest.clear();
+        self.async_retries.clear();
+        self.async_dead.clear();
+        for name in stats.iter().map(|(n, _)| n) {
+            self.async_depth
+                .get_or_create(&Fn {
+                    function_name: name.clone(),
+                })
+                .set(0);
+        }
         for (name, q) in queue {
             let f = Fn {
                 function_name: name.clone(),

@@ -95,6 +95,10 @@ struct State {
     depth: HashMap<String, usize>,
     retries: HashMap<String, u64>,
     dead: HashMap<String, u64>,
+    /// Calls running per function.
+    running: HashMap<String, usize>,
+    /// Due calls held back because their function runs as many as its instances can take.
+    parked: HashMap<String, std::collections::VecDeque<u64>>,
 }
 
 /// Per-function queue figures for metrics.
@@ -378,10 +382,19 @@ impl AsyncQueue {
                     match st.due.peek().copied() {
                         Some(Reverse((due, seq))) if due <= now => {
                             st.due.pop();
-                            if st.calls.contains_key(&seq) {
-                                break seq;
+                            let Some(function) = st.calls.get(&seq).map(|q| q.call.function.clone()) else {
+                                continue;
+                            };
+                            // A worker only goes to a function with room: a slow or saturated
+                            // function must not hold every worker while others' calls wait.
+                            let cap = self.capacity(&function);
+                            let running = st.running.entry(function.clone()).or_default();
+                            if *running >= cap {
+                                st.parked.entry(function).or_default().push_back(seq);
+                                continue;
                             }
-                            continue;
+                            *running += 1;
+                            break seq;
                         }
                         Some(Reverse((due, _))) => Duration::from_millis(due - now),
                         None => Duration::from_secs(3600),
@@ -394,7 +407,17 @@ impl AsyncQueue {
             };
             let q = Arc::clone(&self);
             tokio::spawn(async move {
+                let function = q
+                    .state
+                    .lock()
+                    .expect("queue lock")
+                    .calls
+                    .get(&seq)
+                    .map(|c| c.call.function.clone());
                 q.run(seq).await;
+                if let Some(f) = function {
+                    q.done_running(&f);
+                }
                 drop(permit);
             });
         }
@@ -495,6 +518,27 @@ impl AsyncQueue {
         if let Some(url) = call.callback_url.clone() {
             let q = Arc::clone(self);
             tokio::spawn(async move { q.callback(url, result).await });
+        }
+    }
+
+    /// Calls of `function` that may run at once: what its instances can take.
+    fn capacity(&self, function: &str) -> usize {
+        self.orch.pool(function).map_or(1, |p| {
+            (p.launch.spec.max_instances as usize * p.launch.spec.concurrency as usize).max(1)
+        })
+    }
+
+    /// One call of `function` stopped running: let a parked one go.
+    fn done_running(&self, function: &str) {
+        let mut st = self.state.lock().expect("queue lock");
+        if let Some(n) = st.running.get_mut(function) {
+            *n = n.saturating_sub(1);
+        }
+        let next = st.parked.get_mut(function).and_then(|p| p.pop_front());
+        if let Some(seq) = next {
+            st.due.push(Reverse((0, seq)));
+            drop(st);
+            self.wake.notify_one();
         }
     }
 

@@ -116,27 +116,50 @@ fn write_etc(dir: &Path) -> std::io::Result<()> {
 
 /// Remount every cgroup2 mount with `favordynmods` (see [`BackendConfig::favor_dynmods`]).
 fn favor_dynmods() {
-    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
     for line in mi.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         if !right.starts_with("cgroup2 ") {
             continue;
         }
-        let (Some(mp), Some(opts)) = (left.split(' ').nth(4), left.split(' ').nth(5)) else { continue };
+        let (Some(mp), Some(opts)) = (left.split(' ').nth(4), left.split(' ').nth(5)) else {
+            continue;
+        };
         if right.contains("favordynmods") {
             continue;
         }
         let Ok(target) = CString::new(mp) else { continue };
         let mut flags = libc::MS_REMOUNT;
-        for (opt, flag) in [("nosuid", libc::MS_NOSUID), ("nodev", libc::MS_NODEV), ("noexec", libc::MS_NOEXEC), ("relatime", libc::MS_RELATIME), ("ro", libc::MS_RDONLY)] {
+        for (opt, flag) in [
+            ("nosuid", libc::MS_NOSUID),
+            ("nodev", libc::MS_NODEV),
+            ("noexec", libc::MS_NOEXEC),
+            ("relatime", libc::MS_RELATIME),
+            ("ro", libc::MS_RDONLY),
+        ] {
             if opts.split(',').any(|o| o == opt) {
                 flags |= flag;
             }
         }
         // SAFETY: mount(2) with valid NUL-terminated strings; a remount changes options only.
-        let rc = unsafe { libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags, c"favordynmods".as_ptr().cast()) };
+        let rc = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                target.as_ptr(),
+                std::ptr::null(),
+                flags,
+                c"favordynmods".as_ptr().cast(),
+            )
+        };
         if rc == 0 {
-            tracing::info!(mount = mp, "cgroup2 remounted with favordynmods: cgroup joins no longer wait for RCU");
+            tracing::info!(
+                mount = mp,
+                "cgroup2 remounted with favordynmods: cgroup joins no longer wait for RCU"
+            );
         } else {
             tracing::warn!(mount = mp, error = %std::io::Error::last_os_error(), "favordynmods not available; sandbox starts pay an RCU grace period");
         }

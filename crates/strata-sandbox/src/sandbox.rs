@@ -50,7 +50,15 @@ impl Sandbox {
             (Ok(cpu), Ok(peak)) => Some(LiveFiles { cpu, cpu_is_v2, peak }),
             _ => None,
         };
-        Sandbox { inner, pid, pidfd, cgroup, exit: None, timings: SpawnTimings::default(), live }
+        Sandbox {
+            inner,
+            pid,
+            pidfd,
+            cgroup,
+            exit: None,
+            timings: SpawnTimings::default(),
+            live,
+        }
     }
 
     /// The host pid of the sandbox's first process (pid 1 inside).

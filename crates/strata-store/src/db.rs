@@ -461,7 +461,11 @@ fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>) {
     // Lazily committed (not yet fsync'd) records or logs exist.
     let mut dirty = false;
     loop {
-        let wait = if dirty { LAZY_DURABILITY } else { Duration::from_secs(3600) };
+        let wait = if dirty {
+            LAZY_DURABILITY
+        } else {
+            Duration::from_secs(3600)
+        };
         let first = match rx.recv_timeout(wait) {
             Ok(w) => w,
             Err(e) => {
@@ -530,10 +534,16 @@ fn seq_for(
 /// most this much of them, and the invocation hot path does not pay a disk flush per batch.
 const LAZY_DURABILITY: Duration = Duration::from_millis(500);
 
-fn write_batch(db: &Database, next: &mut HashMap<(bool, String), u64>, durable: bool, batch: &mut [Write]) -> Result<()> {
+fn write_batch(
+    db: &Database,
+    next: &mut HashMap<(bool, String), u64>,
+    durable: bool,
+    batch: &mut [Write],
+) -> Result<()> {
     let mut tx = db.begin_write()?;
     if !durable {
-        tx.set_durability(redb::Durability::None).map_err(|e| StoreError::Db(redb::Error::from(e)))?;
+        tx.set_durability(redb::Durability::None)
+            .map_err(|e| StoreError::Db(redb::Error::from(e)))?;
     }
     {
         let mut records = tx.open_table(RECORDS)?;

@@ -179,7 +179,13 @@ async fn kill_9_while_processing_loses_no_accepted_call() {
     let mut d = Daemon::start();
     // One instance, one call at a time, 5 ms a call: about 200 calls a second, so the kill
     // lands with most of the queue still to do.
-    let f = recorder_sized("rec", &url, 1, "", "    import time\n    time.sleep(0.005)\n    return 'ok'");
+    let f = recorder_sized(
+        "rec",
+        &url,
+        1,
+        "",
+        "    import time\n    time.sleep(0.005)\n    return 'ok'",
+    );
     d.deploy(f.path());
     let c = d.client();
     let accepted = enqueue_many(&c, &format!("{}/async-function/rec", d.url), 2000).await;
