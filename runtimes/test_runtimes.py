@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import urllib.parse
 import threading
 import time
 import unittest
@@ -446,6 +447,8 @@ def handle(req):
         return {"at_import": AT_IMPORT, "now": sorted(sys.modules)}
     if p == "/json":
         return {"repr": repr(req.json())}
+    if p == "/query":
+        return {"list": req.query_list, "dict": req.query}
     if p == "/json-error":
         try:
             req.json()
@@ -887,6 +890,9 @@ class PythonRuntimeTests(RuntimeCases, unittest.TestCase):
         self.assertEqual(inst.invoke("/mixed").body, json.dumps(
             eval(PY_LEAN_MIXED), ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode())
         self.assertEqual(inst.invoke("/str").body, b"hello")
+        r = inst.invoke("/query", query="a=1&b=x+y&c&&d=&a=2&=e&f==g")
+        self.assertEqual(r.json()["list"], [list(x) for x in urllib.parse.parse_qsl(
+            "a=1&b=x+y&c&&d=&a=2&=e&f==g", keep_blank_values=True)])
         for path in ("/nan", "/inf", "/cycle", "/bad-key", "/nested-bad", "/surrogate"):
             r = inst.invoke(path)
             self.assertEqual(r.t, "error", (path, r))
@@ -894,6 +900,14 @@ class PythonRuntimeTests(RuntimeCases, unittest.TestCase):
         self.assertEqual(inst.invoke("/outer-ok").json(), [1, [2]])  # no stale cycle markers from /nested-bad
         got = inst.invoke("/modules").json()
         self.assertEqual(set(got["now"]) - allowed, set())
+
+    def test_request_query_matches_parse_qsl(self):
+        inst = self.start(files={"main.py": PY_LEAN_MAIN})
+        for qs in ["", "a", "a=", "=", "&", "&&a=1&&", "a=1&a=2", "a+b=c+d", "a=b=c", "x=%41%zz%", "%C3%A9=%E9",
+                   "\u00e9=\u00e9+%C3%A9", "a;b=c", "a=%2B+%26", "+=+"]:
+            got = inst.invoke("/query", query=qs).json()
+            want = urllib.parse.parse_qsl(qs, keep_blank_values=True)
+            self.assertEqual(got, {"list": [list(x) for x in want], "dict": dict(want)}, qs)
 
     def test_request_json_matches_json_loads(self):
         inst = self.start(files={"main.py": PY_LEAN_MAIN})
