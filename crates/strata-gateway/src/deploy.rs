@@ -84,6 +84,9 @@ pub async fn deploy(
             }
         }
     }
+    if spec.runtime == Runtime::Python {
+        precompile_python(&code).await;
+    }
     let created = store.activate_new(&version, &spec)?;
     orch.activate(spec.clone(), &version);
     tracing::info!(function = %spec.name, %version, created, "deployed");
@@ -94,4 +97,38 @@ pub async fn deploy(
         runtime: spec.runtime.as_str().into(),
         active: true,
     })
+}
+
+/// Byte-compile a Python function's modules at deploy: the code folder is read-only in the
+/// sandbox, so otherwise every cold start compiles the handler again. Best effort.
+async fn precompile_python(code: &std::path::Path) {
+    let out = tokio::process::Command::new("/usr/bin/python3")
+        .args(["-I", "-S", "-m", "compileall", "-q", "-j", "1"])
+        .arg(code)
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => readable_caches(code),
+        Ok(o) => tracing::debug!(stdout = %String::from_utf8_lossy(&o.stdout), "compileall found errors; the import will report them"),
+        Err(e) => tracing::debug!(error = %e, "compileall did not run"),
+    }
+}
+
+/// Make every `__pycache__` under `dir` readable by the sandbox user, whatever the umask.
+fn readable_caches(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Ok(ft) = entry.file_type() else { continue };
+        if ft.is_dir() {
+            if path.file_name().is_some_and(|n| n == "__pycache__") {
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
+                for f in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                    let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644));
+                }
+            } else {
+                readable_caches(&path);
+            }
+        }
+    }
 }
