@@ -461,9 +461,11 @@ fn death_error(reason: DeathReason) -> InvokeError {
 
 async fn read_loop(
     shared: Arc<Shared>,
-    mut read: tokio::net::unix::OwnedReadHalf,
+    read: tokio::net::unix::OwnedReadHalf,
     ready: oneshot::Sender<Result<Option<f64>, String>>,
 ) {
+    // Buffered: a frame is four reads (two lengths, header, body), usually one syscall.
+    let mut read = tokio::io::BufReader::with_capacity(64 << 10, read);
     let mut ready = Some(ready);
     loop {
         let frame = match protocol::read_frame(&mut read).await {

@@ -241,11 +241,14 @@ impl Pool {
                 stop = Some(st.slots.remove(i));
             }
         }
+        let replace = stop.is_some();
         if let Some(slot) = stop {
             tokio::spawn(async move { slot.inst.stop().await });
         }
-        // A dead instance may leave waiters behind: start a replacement.
-        self.scale();
+        if replace {
+            // A stopped instance may leave waiters behind: start a replacement.
+            self.scale();
+        }
     }
 
     /// Stop instances idle past keep-alive, drop dead ones, keep `min_instances` up.
