@@ -109,7 +109,9 @@ async fn precompile_python(code: &std::path::Path) {
         .await;
     match out {
         Ok(o) if o.status.success() => readable_caches(code),
-        Ok(o) => tracing::debug!(stdout = %String::from_utf8_lossy(&o.stdout), "compileall found errors; the import will report them"),
+        Ok(o) => {
+            tracing::debug!(stdout = %String::from_utf8_lossy(&o.stdout), "compileall found errors; the import will report them")
+        }
         Err(e) => tracing::debug!(error = %e, "compileall did not run"),
     }
 }

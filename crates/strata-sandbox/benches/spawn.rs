@@ -476,10 +476,8 @@ fn verdict(ok: bool) -> &'static str {
 
 fn main() -> Result<()> {
     // SAFETY: geteuid(2) has no preconditions.
-    ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "the spawn bench needs root (cgroups, namespaces)"
-    );
+    let euid = unsafe { libc::geteuid() };
+    ensure!(euid == 0, "the spawn bench needs root (cgroups, namespaces)");
     let n = env_usize("SPAWN_BENCH_N", 1000)?;
     let warmup = env_usize("SPAWN_BENCH_WARMUP", 50)?;
     ensure!(n > 0, "SPAWN_BENCH_N must be positive");

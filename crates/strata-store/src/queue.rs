@@ -116,6 +116,10 @@ pub enum CallState {
     Dead,
 }
 
+/// What is known of an asynchronous call: its state, its result once finished, the pending
+/// call while queued.
+pub type CallLookup = (CallState, Option<CallResult>, Option<AsyncCall>);
+
 /// The outcome of an asynchronous call, kept for the retention period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallResult {
@@ -171,7 +175,10 @@ impl Store {
     pub fn requeue(&self, call: &AsyncCall) {
         let c = call.clone();
         self.submit(
-            Box::new(move |t| Ok(drop(t.pending.insert(c.seq, encode(&c).as_slice())?))),
+            Box::new(move |t| {
+                t.pending.insert(c.seq, encode(&c).as_slice())?;
+                Ok(())
+            }),
             None,
         );
     }
@@ -201,9 +208,8 @@ impl Store {
     pub fn put_result(&self, result: CallResult) {
         self.submit(
             Box::new(move |t| {
-                Ok(drop(
-                    t.results.insert(result.call_id.as_str(), encode(&result).as_slice())?,
-                ))
+                t.results.insert(result.call_id.as_str(), encode(&result).as_slice())?;
+                Ok(())
             }),
             None,
         );
@@ -243,7 +249,7 @@ impl Store {
     }
 
     /// An asynchronous call by id: its result, or the pending call.
-    pub fn async_call(&self, call_id: &str) -> Result<Option<(CallState, Option<CallResult>, Option<AsyncCall>)>> {
+    pub fn async_call(&self, call_id: &str) -> Result<Option<CallLookup>> {
         let tx = self.inner.db.begin_read()?;
         if let Some(v) = tx.open_table(RESULTS)?.get(call_id)? {
             let r: CallResult = decode(call_id, v.value())?;
@@ -292,7 +298,7 @@ impl Store {
         self.submit(
             Box::new(move |t| {
                 t.results.retain(|_, v| {
-                    serde_json::from_slice::<CallResult>(v).map_or(false, |r| r.completed_at_ms >= cutoff_ms)
+                    serde_json::from_slice::<CallResult>(v).is_ok_and(|r| r.completed_at_ms >= cutoff_ms)
                 })?;
                 Ok(())
             }),

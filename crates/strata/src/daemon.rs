@@ -64,7 +64,12 @@ fn write_runtimes(dir: &Path) -> anyhow::Result<()> {
 fn compile_python(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let out = std::process::Command::new("/usr/bin/python3")
-        .args(["-I", "-S", "-c", "import py_compile, sys\nfor f in sys.argv[1:]: py_compile.compile(f, doraise=True)"])
+        .args([
+            "-I",
+            "-S",
+            "-c",
+            "import py_compile, sys\nfor f in sys.argv[1:]: py_compile.compile(f, doraise=True)",
+        ])
         .arg(dir.join("bootstrap.py"))
         .arg(dir.join("strata.py"))
         .output();
@@ -76,7 +81,9 @@ fn compile_python(dir: &Path) {
                 let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o644));
             }
         }
-        Ok(o) => tracing::warn!(stderr = %String::from_utf8_lossy(&o.stderr), "byte-compiling the Python bootstrap failed"),
+        Ok(o) => {
+            tracing::warn!(stderr = %String::from_utf8_lossy(&o.stderr), "byte-compiling the Python bootstrap failed")
+        }
         Err(e) => tracing::warn!(error = %e, "byte-compiling the Python bootstrap failed"),
     }
 }
