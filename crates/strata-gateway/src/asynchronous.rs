@@ -14,7 +14,7 @@ use strata_orchestrator::triggers::{self, CloudEvent};
 use strata_types::units::format_rfc3339_ms;
 use strata_types::{ErrorCode, valid_topic};
 
-use crate::invoke::{call_id, read_body};
+use crate::invoke::{call_id, read_body, sub_path};
 use crate::{ApiError, AppState};
 
 impl From<QueueError> for ApiError {
@@ -64,11 +64,7 @@ pub(crate) async fn invoke_async(
         ));
     }
     let body = read_body(body, s.config.max_body).await?;
-    let prefix = "/async-function/".len() + name.len();
-    let path = match uri.path().get(prefix..) {
-        Some(p) if p.starts_with('/') => p.to_owned(),
-        _ => "/".to_owned(),
-    };
+    let path = sub_path(&uri, "/async-function/", &name);
     let callback_url = headers
         .get("x-callback-url")
         .and_then(|v| v.to_str().ok())

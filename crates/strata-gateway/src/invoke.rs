@@ -31,6 +31,14 @@ pub(crate) fn call_id(headers: &HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
+/// The path after `/{route}/{name}`, "/" when there is none.
+pub(crate) fn sub_path(uri: &Uri, route: &str, name: &str) -> String {
+    match uri.path().get(route.len() + name.len()..) {
+        Some(p) if p.starts_with('/') => p.to_owned(),
+        _ => "/".to_owned(),
+    }
+}
+
 /// Read a body up to `limit` bytes; beyond it, 413.
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     match http_body_util::Limited::new(body, limit).collect().await {
@@ -61,11 +69,7 @@ pub(crate) async fn invoke(
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
     let id = call_id(&headers);
-    let prefix_len = "/function/".len() + name.len();
-    let path = match uri.path().get(prefix_len..) {
-        Some(p) if p.starts_with('/') => p.to_owned(),
-        _ => "/".to_owned(),
-    };
+    let path = sub_path(&uri, "/function/", &name);
     let fail = |e: ApiError, id: &str| {
         ApiError {
             call_id: Some(id.to_owned()),

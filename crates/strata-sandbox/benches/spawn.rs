@@ -443,25 +443,10 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// "YYYY-MM-DDTHH:MM:SSZ" for a Unix time (Howard Hinnant's civil-from-days).
+/// "YYYY-MM-DDTHH:MM:SSZ" for a Unix time.
 fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let iso = strata_types::units::format_rfc3339_ms(secs * 1000);
+    format!("{}Z", &iso[..19])
 }
 
 fn target_dir() -> PathBuf {
