@@ -132,6 +132,10 @@ struct Shared {
 pub struct Instance {
     shared: Arc<Shared>,
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// The control channel's read side. There is no reader task: a caller waiting for its
+    /// response reads (leader/follower), dispatching other calls' frames to them, so a call
+    /// costs no hand-off between tasks.
+    reader: tokio::sync::Mutex<ControlReader>,
     timeout: Duration,
     cold: ColdStart,
 }
@@ -270,8 +274,6 @@ impl Instance {
         });
         let stream = UnixStream::from_std(ours)?;
         let (read, write) = stream.into_split();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        tokio::spawn(read_loop(Arc::clone(&shared), read, ready_tx));
         tokio::spawn(output_loop(Arc::clone(&shared), out_r, LogStream::Stdout));
         tokio::spawn(output_loop(Arc::clone(&shared), err_r, LogStream::Stderr));
         tokio::spawn(exit_watch(Arc::clone(&shared), pidfd));
@@ -279,6 +281,7 @@ impl Instance {
         let instance = Instance {
             shared: Arc::clone(&shared),
             writer: tokio::sync::Mutex::new(write),
+            reader: tokio::sync::Mutex::new(BufReader::with_capacity(64 << 10, read)),
             timeout: Duration::from_millis(spec.timeout_ms),
             cold: ColdStart::default(),
         };
@@ -287,9 +290,8 @@ impl Instance {
         let startup = instance.timeout.max(Duration::from_secs(30));
         let mut death_rx = shared.death.subscribe();
         let ready = tokio::select! {
-            r = tokio::time::timeout(startup, ready_rx) => match r {
-                Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err("the instance closed its control channel before it was ready".to_owned()),
+            r = tokio::time::timeout(startup, instance.read_until_ready()) => match r {
+                Ok(r) => r,
                 Err(_) => Err(format!("the instance was not ready within {startup:?}")),
             },
             r = death_rx.wait_for(Option::is_some) => {
@@ -340,6 +342,10 @@ impl Instance {
     /// Whether it has died or is being stopped.
     pub fn is_dead(&self) -> bool {
         self.shared.death.borrow().is_some() || self.shared.stopping.load(Ordering::Relaxed)
+    }
+
+    fn death_reason(&self) -> DeathReason {
+        self.shared.death.borrow().clone().unwrap_or(DeathReason::Stopped)
     }
 
     /// Resolves when the instance is dead.
@@ -396,19 +402,39 @@ impl Instance {
                     return Err(InvokeError::Crash(format!("control channel: {e}")));
                 }
             }
-            tokio::select! {
-                r = rx => match r {
-                    Ok(Reply::Ok(resp)) => Ok(resp),
-                    Ok(Reply::Err(m)) => Err(InvokeError::Function(m)),
-                    Err(_) => Err(match self.shared.death.borrow().clone() {
-                        Some(reason) => death_error(reason),
-                        None => InvokeError::Crash("the instance dropped the call".into()),
-                    }),
-                },
-                r = death_rx.wait_for(Option::is_some) => {
-                    let reason = r.ok().and_then(|g| g.clone()).unwrap_or(DeathReason::Stopped);
-                    Err(death_error(reason))
+            let mut rx = rx;
+            let reply = loop {
+                tokio::select! {
+                    biased;
+                    r = &mut rx => break r.ok(),
+                    // The guard `wait_for` yields must not live in select's output across
+                    // the awaits of the reader branch (it is not Send): drop it inside.
+                    () = async { drop(death_rx.wait_for(Option::is_some).await) } => {
+                        return Err(death_error(self.death_reason()));
+                    }
+                    mut reader = self.reader.lock() => {
+                        // Only the holder of the reader dispatches, so a reply that is not
+                        // here yet arrives while we read.
+                        let mut got = rx.try_recv().ok();
+                        while got.is_none() {
+                            if !self.read_one(&mut reader).await {
+                                // The channel is closed or garbled; the exit watcher says why.
+                                drop(reader);
+                                return Err(death_error(self.died().await));
+                            }
+                            got = rx.try_recv().ok();
+                        }
+                        break got;
+                    }
                 }
+            };
+            match reply {
+                Some(Reply::Ok(resp)) => Ok(resp),
+                Some(Reply::Err(m)) => Err(InvokeError::Function(m)),
+                None => Err(match self.shared.death.borrow().clone() {
+                    Some(reason) => death_error(reason),
+                    None => InvokeError::Crash("the instance dropped the call".into()),
+                }),
             }
         };
         let out = match tokio::time::timeout(self.timeout, call).await {
@@ -459,59 +485,77 @@ fn death_error(reason: DeathReason) -> InvokeError {
     }
 }
 
-async fn read_loop(
-    shared: Arc<Shared>,
-    read: tokio::net::unix::OwnedReadHalf,
-    ready: oneshot::Sender<Result<Option<f64>, String>>,
-) {
-    // Buffered: a frame is four reads (two lengths, header, body), usually one syscall.
-    let mut read = tokio::io::BufReader::with_capacity(64 << 10, read);
-    let mut ready = Some(ready);
-    loop {
-        let frame = match protocol::read_frame(&mut read).await {
-            Ok(Some(f)) => f,
-            Ok(None) => return,
+type ControlReader = BufReader<tokio::net::unix::OwnedReadHalf>;
+
+impl Instance {
+    /// Read frames until `ready` (or `init_error`), dispatching anything else.
+    async fn read_until_ready(&self) -> Result<Option<f64>, String> {
+        let mut reader = self.reader.lock().await;
+        loop {
+            match protocol::read_frame(&mut *reader).await {
+                Ok(Some((FromInstance::Ready { import_ms }, _))) => return Ok(import_ms),
+                Ok(Some((FromInstance::InitError { message }, _))) => {
+                    (self.shared.log)(None, LogStream::System, format!("init error: {message}"));
+                    return Err(message);
+                }
+                Ok(Some(frame)) => dispatch(&self.shared, frame),
+                Ok(None) => return Err("the instance closed its control channel before it was ready".into()),
+                Err(e) => {
+                    self.protocol_error(&e);
+                    return Err(format!("protocol error: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Read and dispatch one frame; false when the channel is closed or garbled.
+    async fn read_one(&self, reader: &mut ControlReader) -> bool {
+        match protocol::read_frame(reader).await {
+            Ok(Some(frame)) => {
+                dispatch(&self.shared, frame);
+                true
+            }
+            Ok(None) => false,
             Err(e) => {
-                (shared.log)(None, LogStream::System, format!("protocol error, instance killed: {e}"));
-                if let Some(sb) = shared.sandbox.lock().expect("sandbox lock").as_ref() {
-                    sb.kill();
-                }
-                return;
+                self.protocol_error(&e);
+                false
             }
-        };
-        match frame {
-            (FromInstance::Ready { import_ms }, _) => {
-                if let Some(r) = ready.take() {
-                    let _ = r.send(Ok(import_ms));
-                }
+        }
+    }
+
+    fn protocol_error(&self, e: &std::io::Error) {
+        (self.shared.log)(None, LogStream::System, format!("protocol error, instance killed: {e}"));
+        self.kill();
+    }
+}
+
+/// Hand a frame to whoever it concerns.
+fn dispatch(shared: &Shared, frame: (FromInstance, bytes::Bytes)) {
+    match frame {
+        (FromInstance::Ready { .. }, _) => {}
+        (FromInstance::InitError { message }, _) => {
+            (shared.log)(None, LogStream::System, format!("init error after start: {message}"));
+        }
+        (FromInstance::Response { id, status, headers }, body) => {
+            if let Some(tx) = shared.pending.lock().expect("pending lock").remove(&id) {
+                let _ = tx.send(Reply::Ok(Response { status, headers, body }));
             }
-            (FromInstance::InitError { message }, _) => {
-                (shared.log)(None, LogStream::System, format!("init error: {message}"));
-                if let Some(r) = ready.take() {
-                    let _ = r.send(Err(message));
-                }
+        }
+        (FromInstance::Error { id, message }, _) => {
+            for line in message.lines() {
+                (shared.log)(Some(&id), LogStream::Stderr, line.to_owned());
             }
-            (FromInstance::Response { id, status, headers }, body) => {
-                if let Some(tx) = shared.pending.lock().expect("pending lock").remove(&id) {
-                    let _ = tx.send(Reply::Ok(Response { status, headers, body }));
-                }
+            if let Some(tx) = shared.pending.lock().expect("pending lock").remove(&id) {
+                let _ = tx.send(Reply::Err(message));
             }
-            (FromInstance::Error { id, message }, _) => {
-                for line in message.lines() {
-                    (shared.log)(Some(&id), LogStream::Stderr, line.to_owned());
-                }
-                if let Some(tx) = shared.pending.lock().expect("pending lock").remove(&id) {
-                    let _ = tx.send(Reply::Err(message));
-                }
-            }
-            (FromInstance::Log { id, stream, line }, _) => {
-                let stream = if stream == "stderr" {
-                    LogStream::Stderr
-                } else {
-                    LogStream::Stdout
-                };
-                (shared.log)(id.as_deref(), stream, line);
-            }
+        }
+        (FromInstance::Log { id, stream, line }, _) => {
+            let stream = if stream == "stderr" {
+                LogStream::Stderr
+            } else {
+                LogStream::Stdout
+            };
+            (shared.log)(id.as_deref(), stream, line);
         }
     }
 }
