@@ -403,10 +403,9 @@ impl Instance {
                 }
             }
             let mut rx = rx;
-            let reply = loop {
-                tokio::select! {
+            let reply = tokio::select! {
                     biased;
-                    r = &mut rx => break r.ok(),
+                    r = &mut rx => r.ok(),
                     // The guard `wait_for` yields must not live in select's output across
                     // the awaits of the reader branch (it is not Send): drop it inside.
                     () = async { drop(death_rx.wait_for(Option::is_some).await) } => {
@@ -424,9 +423,8 @@ impl Instance {
                             }
                             got = rx.try_recv().ok();
                         }
-                        break got;
+                        got
                     }
-                }
             };
             match reply {
                 Some(Reply::Ok(resp)) => Ok(resp),
