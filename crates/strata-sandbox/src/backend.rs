@@ -256,7 +256,9 @@ impl Backend {
         self.inner
             .jobs
             .send(Box::new(move || {
-                let _ = tx.send(spawn_on_this_thread(&inner, spec));
+                let result = spawn_on_this_thread(&inner, spec);
+                let _ = tx.send(result);
+                inner.netns.refill();
             }))
             .map_err(|_| SandboxError::SpawnerGone)?;
         rx.recv().map_err(|_| SandboxError::SpawnerGone)?

@@ -45,13 +45,21 @@ impl NetnsPool {
     }
 
     /// Take a namespace: from the pool when one is ready (`true`), else made now (`false`).
+    ///
+    /// The refill thread is not woken here: woken now, it would preempt the spawn in progress
+    /// on a small machine (creating a namespace takes about a millisecond of CPU). Call
+    /// [`NetnsPool::refill`] once the spawn is done.
     pub fn take(&self) -> io::Result<(OwnedFd, bool)> {
         let got = self.inner.ready.lock().expect("netns pool lock").pop();
-        self.inner.wake.notify_one();
         match got {
             Some(fd) => Ok((fd, true)),
             None => create().map(|fd| (fd, false)),
         }
+    }
+
+    /// Wake the refill thread (after a spawn took a namespace).
+    pub fn refill(&self) {
+        self.inner.wake.notify_one();
     }
 
     /// Namespaces ready right now.
@@ -61,6 +69,14 @@ impl NetnsPool {
 }
 
 fn refill(pool: std::sync::Weak<Shared>) {
+    // Refill in idle time only: making a namespace costs about a millisecond of CPU, which on
+    // a small machine would otherwise be taken from the sandboxes being started. Should the
+    // pool run dry under sustained load, `take` makes one inline.
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on the calling thread (0) with a valid parameter struct.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "netns refill thread stays at normal priority");
+    }
     loop {
         let Some(shared) = pool.upgrade() else { return };
         let need = {
