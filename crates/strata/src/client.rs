@@ -375,7 +375,10 @@ async fn describe(api: &Api, name: &str) -> anyhow::Result<i32> {
     // Fields this client does not know yet, if they are simple values.
     for (key, value) in obj {
         let known = DESCRIBE_FIELDS.contains(&key.as_str())
-            || matches!(key.as_str(), "env" | "versions" | "instances" | "memory_bytes");
+            || matches!(
+                key.as_str(),
+                "env" | "versions" | "instances" | "memory_bytes" | "triggers"
+            );
         if !known && !value.is_object() && !value.is_array() {
             kv.add_row(vec![key.clone(), text(value)]);
         }
@@ -390,6 +393,24 @@ async fn describe(api: &Api, name: &str) -> anyhow::Result<i32> {
         _ => "-".to_owned(),
     };
     kv.add_row(vec!["env".to_owned(), env_text]);
+    let triggers = obj.get("triggers").map(as_list).unwrap_or_default();
+    let triggers_text = triggers
+        .iter()
+        .map(|t| match t["type"].as_str() {
+            Some("cron") => format!("cron {}", text(&t["schedule"])),
+            Some("topic") => format!("topic {}", text(&t["topic"])),
+            Some("event") => format!("event {}", t["filter"]),
+            _ => t.to_string(),
+        })
+        .collect::<Vec<_>>();
+    kv.add_row(vec![
+        "triggers".to_owned(),
+        if triggers_text.is_empty() {
+            "-".to_owned()
+        } else {
+            triggers_text.join("\n")
+        },
+    ]);
     let mut out = finish_table(&mut kv);
     out.push('\n');
 

@@ -521,3 +521,52 @@ async fn async_errors_and_backpressure() {
     let r = c.post(format!("{}/topics/bad%20name", d.url)).send().await.unwrap();
     assert_eq!(r.status(), 400);
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cron_tick_missed_while_down_fires_once_at_start() {
+    let (url, seen, _) = receiver(0).await;
+    let mut d = Daemon::start();
+    d.deploy(
+        recorder(
+            "catchup",
+            &url,
+            "[[trigger]]\ntype = \"cron\"\nschedule = \"* * * * * *\"\n",
+            OK,
+        )
+        .path(),
+    );
+    wait_until("a first tick", 10, || !seen.all().is_empty()).await;
+    let out = d.cli(&["describe", "catchup"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cron * * * * * *"),
+        "describe lists the trigger"
+    );
+    assert!(d.stop());
+    let down_from = now_ms();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let down_to = now_ms();
+    d.relaunch();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tick = |v: &Value| {
+        v["ce"]["ce-id"]
+            .as_str()
+            .and_then(|id| id.rsplit('-').next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    let missed: Vec<u64> = seen
+        .all()
+        .iter()
+        .map(tick)
+        .filter(|t| *t > down_from && *t < down_to)
+        .collect();
+    assert_eq!(missed.len(), 1, "one catch-up tick for the 3 missed ones: {missed:?}");
+    let after: Vec<u64> = seen.all().iter().map(tick).filter(|t| *t >= down_to).collect();
+    assert!(!after.is_empty(), "ticks resume on schedule");
+}
