@@ -328,6 +328,11 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn start(bin: &Path, tmp: &Path) -> anyhow::Result<Daemon> {
+        Self::start_with(bin, tmp, &[])
+    }
+
+    /// Start with extra `strata up` flags.
+    pub(crate) fn start_with(bin: &Path, tmp: &Path, extra: &[&str]) -> anyhow::Result<Daemon> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = tmp.join("daemon.log");
         let stderr = std::fs::File::create(&log).context("creating the daemon log")?;
@@ -337,6 +342,7 @@ impl Daemon {
             .arg(addr.to_string())
             .arg("--data")
             .arg(tmp.join("data"))
+            .args(extra)
             .env("STRATA_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
