@@ -20,8 +20,9 @@
 //! - `SPAWN_BENCH_N`: rounds (default 1000); `SPAWN_BENCH_WARMUP`: warm-up rounds (default 50).
 //! - `SPAWN_BENCH_NETNS_POOL`: `BackendConfig::netns_pool` (default: the backend's default).
 //! - `SPAWN_BENCH_NETWORK=host`: spawn with `NetworkMode::Host` (diagnostics only).
-//! - `SPAWN_BENCH_NETNS_SCHED=idle`: move the backend's `strata-netns` refill thread to
-//!   `SCHED_IDLE` (diagnostics only: shows what the refill competing for CPU costs).
+//! - `SPAWN_BENCH_NETNS_SCHED=idle|other`: put the backend's `strata-netns` refill thread
+//!   under `SCHED_IDLE` or back under `SCHED_OTHER` (diagnostics only: an A/B of the refill
+//!   thread's priority).
 //! - `SPAWN_BENCH_ONLY=sandbox,fork,crun`: measure only these (diagnostics only).
 //!
 //! Prints a table (ms) and writes every figure to `target/bench/sandbox-spawn.json`.
@@ -236,8 +237,8 @@ fn crun_namespaces(bundle: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Put this process's threads named `name` under `SCHED_IDLE`; returns how many.
-fn sched_idle_threads(name: &str) -> Result<usize> {
+/// Put this process's threads named `name` under `policy`; returns how many.
+fn set_thread_policy(name: &str, policy: libc::c_int) -> Result<usize> {
     let mut n = 0;
     for e in std::fs::read_dir("/proc/self/task")? {
         let e = e?;
@@ -250,8 +251,8 @@ fn sched_idle_threads(name: &str) -> Result<usize> {
         };
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: sched_setscheduler(2) on a thread of this process with a valid param.
-        if unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("sched_setscheduler(SCHED_IDLE)");
+        if unsafe { libc::sched_setscheduler(tid, policy, &param) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setscheduler");
         }
         n += 1;
     }
@@ -512,14 +513,17 @@ fn main() -> Result<()> {
     while backend.netns_ready() < netns_pool && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let netns_sched_idle = std::env::var("SPAWN_BENCH_NETNS_SCHED").as_deref() == Ok("idle");
-    if netns_sched_idle {
+    let netns_sched = std::env::var("SPAWN_BENCH_NETNS_SCHED").ok();
+    let policy = match netns_sched.as_deref() {
+        None => None,
+        Some("idle") => Some(libc::SCHED_IDLE),
+        Some("other") => Some(libc::SCHED_OTHER),
+        Some(v) => bail!("SPAWN_BENCH_NETNS_SCHED={v:?}: use idle or other"),
+    };
+    if let Some(policy) = policy {
         // A new thread names itself once it runs, so look again for a little while.
-        while sched_idle_threads("strata-netns")? == 0 {
-            ensure!(
-                Instant::now() < deadline,
-                "no strata-netns thread to move to SCHED_IDLE"
-            );
+        while set_thread_policy("strata-netns", policy)? == 0 {
+            ensure!(Instant::now() < deadline, "no strata-netns thread to reschedule");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -550,10 +554,10 @@ fn main() -> Result<()> {
     );
     println!(
         "sandbox: network {network:?}, netns pool {netns_pool}{}; binary {}",
-        if netns_sched_idle {
-            " (refill thread SCHED_IDLE)"
+        if let Some(p) = &netns_sched {
+            format!(" (refill thread set to SCHED_{})", p.to_uppercase())
         } else {
-            ""
+            String::new()
         },
         bin.display()
     );
@@ -729,7 +733,7 @@ fn main() -> Result<()> {
         "sandbox": {
             "network": format!("{network:?}"),
             "netns_pool": netns_pool,
-            "netns_refill_sched_idle": netns_sched_idle,
+            "netns_refill_sched_override": netns_sched,
             "netns_pool_empty_before_spawn": rec.pool_empty,
             "netns_phase_over_200us": rec.netns_slow,
         },

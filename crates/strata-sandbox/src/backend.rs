@@ -25,6 +25,8 @@ pub struct BackendConfig {
     pub run_dir: PathBuf,
     /// Network namespaces kept ready for `NetworkMode::None` sandboxes.
     pub netns_pool: usize,
+    /// Cgroups created ahead of time (with default limits).
+    pub cgroup_pool: usize,
     /// Remount the cgroup2 hierarchy with `favordynmods` (kernel 6.0+). Moving a process into
     /// a cgroup takes a global per-CPU rwsem whose write side waits for an RCU grace period:
     /// 12–18 ms per sandbox here, v1 and v2 alike. `favordynmods` keeps that lock in its
@@ -40,6 +42,9 @@ impl Default for BackendConfig {
             // 4: covers a burst of cold starts on a small machine while the refill thread,
             // at ~1 ms a namespace, catches up.
             netns_pool: 4,
+            // 4, like the namespace pool: a burst of cold starts takes them while the idle
+            // refill catches up.
+            cgroup_pool: 4,
             // On: a sandbox start is otherwise dominated by the cgroup join (see the field).
             favor_dynmods: true,
         }
@@ -65,12 +70,11 @@ pub(crate) struct Inner {
     pub(crate) fs: Arc<dyn CgroupFs>,
     layout: HostLayout,
     netns: NetnsPool,
+    pub(crate) cgroups: Arc<crate::cgpool::CgroupPool>,
     filters_errno: Filters,
     filters_kill: Filters,
     cap_last: u32,
     devnull: OwnedFd,
-    seq: AtomicU64,
-    tag: String,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -222,18 +226,20 @@ impl Backend {
             })
             .map_err(io("start spawner thread"))?;
         let tag = format!("{}-{}", std::process::id(), BACKEND_SEQ.fetch_add(1, Ordering::Relaxed));
+        let cgroups =
+            crate::cgpool::CgroupPool::new(hierarchy.clone(), Arc::clone(&fs), tag.clone(), config.cgroup_pool)
+                .map_err(io("cgroup pool"))?;
         Ok(Backend {
             inner: Arc::new(Inner {
                 hierarchy,
                 fs,
                 layout,
                 netns,
+                cgroups,
                 filters_errno: seccomp::compile(SeccompMode::Errno)?,
                 filters_kill: seccomp::compile(SeccompMode::Kill)?,
                 cap_last: cap_last(),
                 devnull,
-                seq: AtomicU64::new(0),
-                tag,
                 jobs,
             }),
         })
@@ -259,6 +265,7 @@ impl Backend {
                 let result = spawn_on_this_thread(&inner, spec);
                 let _ = tx.send(result);
                 inner.netns.refill();
+                inner.cgroups.refill();
             }))
             .map_err(|_| SandboxError::SpawnerGone)?;
         rx.recv().map_err(|_| SandboxError::SpawnerGone)?
@@ -326,8 +333,7 @@ fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<San
     let cwd = cstring(spec.cwd.as_os_str().as_bytes(), "cwd")?;
 
     let t_cg = Instant::now();
-    let name = format!("{}-{}", inner.tag, inner.seq.fetch_add(1, Ordering::Relaxed));
-    let cgroup = inner.hierarchy.create(inner.fs.as_ref(), &name, &spec.limits)?;
+    let cgroup = inner.cgroups.take(&spec.limits)?;
     let procs: Vec<OwnedFd> = match cgroup
         .procs_files()
         .iter()

@@ -231,7 +231,27 @@ impl Hierarchy {
                 source,
             })?;
         }
-        let writes: Vec<(PathBuf, String, bool)> = match self {
+        let writes = self.limit_writes(&cg, limits);
+        for (path, value, required) in writes {
+            if let Err(source) = fs.write(&path, &value)
+                && required
+            {
+                {
+                    let _ = cg.remove(fs);
+                    return Err(SandboxError::Cgroup {
+                        op: "write",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(cg)
+    }
+
+    /// The control-file writes that set `limits` on `cg`: (file, value, required).
+    fn limit_writes(&self, cg: &Cgroup, limits: &Limits) -> Vec<(PathBuf, String, bool)> {
+        match self {
             Hierarchy::V2 { .. } => {
                 let d = &cg.dirs[0];
                 let cpu = match limits.cpu_millis {
@@ -246,9 +266,9 @@ impl Hierarchy {
                 ]
             }
             Hierarchy::V1 { memory, cpu, pids, .. } => {
-                let m = memory.join(PARENT).join(name);
-                let c = cpu.join(PARENT).join(name);
-                let p = pids.join(PARENT).join(name);
+                let m = memory.join(PARENT).join(&cg.name);
+                let c = cpu.join(PARENT).join(&cg.name);
+                let p = pids.join(PARENT).join(&cg.name);
                 let quota = limits
                     .cpu_millis
                     .map_or("-1".to_owned(), |m| (u64::from(m) * CFS_PERIOD_US / 1000).to_string());
@@ -265,22 +285,34 @@ impl Hierarchy {
                     (p.join("pids.max"), limits.pids.to_string(), true),
                 ]
             }
-        };
+        }
+    }
+
+    /// Change a group's limits from `from` to `to`, writing only what differs (for groups
+    /// created ahead of time with default limits).
+    pub fn apply_limits(&self, fs: &dyn CgroupFs, cg: &Cgroup, from: &Limits, to: &Limits) -> Result<()> {
+        let old = self.limit_writes(cg, from);
+        let mut writes: Vec<(PathBuf, String, bool)> = self
+            .limit_writes(cg, to)
+            .into_iter()
+            .filter(|w| !old.iter().any(|o| o.0 == w.0 && o.1 == w.1))
+            .collect();
+        if to.memory_bytes > from.memory_bytes {
+            // v1: memory+swap may never be below memory, so raise it first.
+            writes.sort_by_key(|(p, _, _)| !p.ends_with("memory.memsw.limit_in_bytes"));
+        }
         for (path, value, required) in writes {
             if let Err(source) = fs.write(&path, &value)
                 && required
             {
-                {
-                    let _ = cg.remove(fs);
-                    return Err(SandboxError::Cgroup {
-                        op: "write",
-                        path,
-                        source,
-                    });
-                }
+                return Err(SandboxError::Cgroup {
+                    op: "write",
+                    path,
+                    source,
+                });
             }
         }
-        Ok(cg)
+        Ok(())
     }
 
     /// Remove every group under the parent (their processes are killed first).
@@ -680,6 +712,33 @@ mod tests {
                 memory_peak_bytes: 9000,
                 oom_kills: 2
             }
+        );
+    }
+
+    #[test]
+    fn pooled_groups_get_only_the_limits_that_differ() {
+        let h = Hierarchy::from_mountinfo(V1_HYBRID, |_| None).unwrap();
+        let fs = MemFs::default();
+        let cg = h.create(&fs, "p", &Limits::default()).unwrap();
+        fs.files.lock().unwrap().clear();
+        let bigger = Limits {
+            memory_bytes: 512 << 20,
+            ..Limits::default()
+        };
+        h.apply_limits(&fs, &cg, &Limits::default(), &bigger).unwrap();
+        let files = fs.files.lock().unwrap();
+        let names: Vec<String> = files
+            .keys()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"],
+            "only memory changed"
+        );
+        assert_eq!(
+            files[Path::new("/sys/fs/cgroup/memory/strata/p/memory.limit_in_bytes")],
+            (512u64 << 20).to_string()
         );
     }
 

@@ -53,6 +53,7 @@
 //! in `tests/`.
 
 mod backend;
+mod cgpool;
 pub mod cgroup;
 mod child;
 mod error;

@@ -2,7 +2,6 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::backend::Inner;
 use crate::cgroup::Cgroup;
@@ -210,18 +209,9 @@ impl Sandbox {
         self.live = None;
         let fs = self.inner.fs.as_ref();
         let usage = self.cgroup.usage(fs);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            self.cgroup.kill_all(fs);
-            match self.cgroup.remove(fs) {
-                Ok(()) => break,
-                Err(e) if Instant::now() > deadline => {
-                    tracing::warn!(error = %e, cgroup = self.cgroup.name(), "sandbox cgroup not removed");
-                    break;
-                }
-                Err(_) => std::thread::sleep(Duration::from_micros(200)),
-            }
-        }
+        // Whatever is left dies now; the directory goes in the background.
+        self.cgroup.kill_all(fs);
+        self.inner.cgroups.bury(self.cgroup.clone());
         usage
     }
 }
