@@ -14,7 +14,7 @@ use strata_orchestrator::triggers::{self, CloudEvent};
 use strata_types::units::format_rfc3339_ms;
 use strata_types::{ErrorCode, valid_topic};
 
-use crate::invoke::{call_id, read_body, sub_path};
+use crate::invoke::{call_id, name_param, read_body, sub_path};
 use crate::{ApiError, AppState};
 
 impl From<QueueError> for ApiError {
@@ -51,11 +51,7 @@ pub(crate) async fn invoke_async(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = params
-        .iter()
-        .find(|(k, _)| k == "name")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let name = name_param(&params);
     let id = call_id(&headers);
     if s.orch.pool(&name).is_none() {
         return Err(ApiError::new(

@@ -31,6 +31,15 @@ pub(crate) fn call_id(headers: &HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
+/// The `{name}` path parameter (the routes with a `{*rest}` capture take all parameters).
+pub(crate) fn name_param(params: &[(String, String)]) -> String {
+    params
+        .iter()
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
 /// The path after `/{route}/{name}`, "/" when there is none.
 pub(crate) fn sub_path(uri: &Uri, route: &str, name: &str) -> String {
     match uri.path().get(route.len() + name.len()..) {
@@ -63,11 +72,7 @@ pub(crate) async fn invoke(
     body: Body,
 ) -> Response {
     let t0 = Instant::now();
-    let name = params
-        .iter()
-        .find(|(k, _)| k == "name")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let name = name_param(&params);
     let id = call_id(&headers);
     let path = sub_path(&uri, "/function/", &name);
     let fail = |e: ApiError, id: &str| {

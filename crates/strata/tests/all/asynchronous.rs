@@ -310,14 +310,7 @@ async fn retries_dead_letters_replay_and_callbacks() {
         "{}",
         dlq[0]
     );
-    let metrics = c
-        .get(format!("{}/metrics", d.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&d, "/metrics").await;
     assert!(
         metrics.contains("strata_async_dead_letters{function_name=\"broken\"} 1"),
         "{metrics}"

@@ -203,3 +203,15 @@ pub async fn records(d: &Daemon, name: &str, n: usize) -> Vec<serde_json::Value>
     }
     panic!("fewer than {n} records of {name}");
 }
+
+/// GET a daemon path and return the body as text.
+pub async fn get_text(d: &Daemon, path: &str) -> String {
+    d.client()
+        .get(format!("{}{path}", d.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}

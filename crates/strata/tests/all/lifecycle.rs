@@ -186,14 +186,7 @@ async fn idle_instances_scale_to_zero_and_min_instances_stay() {
     // The prewarmed instance served it: not a cold start.
     let recs = records(&d, "kept", 1).await;
     assert_eq!(recs[0]["cold"], false);
-    let metrics = c
-        .get(format!("{}/metrics", d.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&d, "/metrics").await;
     assert!(
         metrics.contains("gateway_function_invocation_total{function_name=\"kept\",code=\"200\"} 1"),
         "{metrics}"
