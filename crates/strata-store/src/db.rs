@@ -109,6 +109,8 @@ enum Write {
         ts_ms: u64,
     },
     Flush(mpsc::SyncSender<()>),
+    /// Records or logs are waiting in the side queue.
+    Kick,
     /// Any change, run inside the next batch's transaction; `ack` hears once it is durable.
     Op(Op, Option<Ack>),
 }
@@ -128,6 +130,9 @@ pub(crate) struct Inner {
     pub(crate) db: Arc<Database>,
     blobs: Blobs,
     writes: Mutex<Option<mpsc::Sender<Write>>>,
+    /// Records and logs wait here rather than in the channel: a producer only wakes the writer
+    /// when the queue was empty, so under load a call costs a push, not a wake-up.
+    side: Arc<Mutex<Vec<Write>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Serialises registry changes (deploy, rollback, delete).
     registry: Mutex<()>,
@@ -178,15 +183,18 @@ impl Store {
         }
         let blobs = Blobs::open(&data_dir.join("blobs"))?;
         let (writes, rx) = mpsc::channel();
+        let side: Arc<Mutex<Vec<Write>>> = Arc::default();
+        let writer_side = Arc::clone(&side);
         let writer_db = Arc::clone(&db);
         let handle = std::thread::Builder::new()
             .name("strata-store-writer".into())
-            .spawn(move || writer(writer_db, rx))?;
+            .spawn(move || writer(writer_db, rx, writer_side))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
                 blobs,
                 writes: Mutex::new(Some(writes)),
+                side,
                 writer: Mutex::new(Some(handle)),
                 registry: Mutex::new(()),
             }),
@@ -379,12 +387,23 @@ impl Store {
 
     /// Queue an invocation record for writing.
     pub fn record(&self, r: InvocationRecord) {
-        self.send(Write::Record(r));
+        self.push(Write::Record(r));
+    }
+
+    fn push(&self, w: Write) {
+        let first = {
+            let mut side = self.inner.side.lock().expect("side queue lock");
+            side.push(w);
+            side.len() == 1
+        };
+        if first {
+            self.send(Write::Kick);
+        }
     }
 
     /// Queue a log line for writing.
     pub fn log(&self, function: &str, call_id: Option<&str>, stream: LogStream, line: String) {
-        self.send(Write::Log {
+        self.push(Write::Log {
             function: function.into(),
             call_id: call_id.map(str::to_owned),
             stream,
@@ -455,7 +474,7 @@ impl Store {
 /// The batch writer (group commit): take everything queued right now (up to 4096 items),
 /// commit it in one durable transaction, then acknowledge. While one commit's fsync runs,
 /// the next batch piles up, so batches grow with load and latency stays one fsync.
-fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>) {
+fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>, side: Arc<Mutex<Vec<Write>>>) {
     let mut next_seq: HashMap<(bool, String), u64> = HashMap::new();
     let mut last_durable = std::time::Instant::now();
     // Lazily committed (not yet fsync'd) records or logs exist.
@@ -486,6 +505,9 @@ fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
+        // Everything in the side queue was pushed before the messages just taken were sent or
+        // has its own kick still in the channel; take it all.
+        batch.append(&mut side.lock().expect("side queue lock"));
         let durable = batch.iter().any(|w| matches!(w, Write::Op(..) | Write::Flush(_)))
             || last_durable.elapsed() >= LAZY_DURABILITY;
         let outcome = write_batch(&db, &mut next_seq, durable, &mut batch).map_err(|e| e.to_string());
@@ -576,7 +598,7 @@ fn write_batch(
                     };
                     logs.insert((function.as_str(), seq), encode(&l).as_slice())?;
                 }
-                Write::Flush(_) => {}
+                Write::Flush(_) | Write::Kick => {}
                 Write::Op(op, _) => {
                     // Take the op out, leaving a no-op so the ack stays with its entry.
                     let op = std::mem::replace(op, Box::new(|_| Ok(())));
