@@ -114,90 +114,36 @@ pub(crate) async fn publish(
     ))
 }
 
-const REQUIRED: [&str; 4] = ["specversion", "id", "source", "type"];
-
-/// Parse a CloudEvent from an HTTP request, structured or binary mode.
+/// Parse a CloudEvent from an HTTP request, structured or binary mode (cloudevents-sdk), into
+/// the platform's form: context attributes as strings, the data's media type, the data.
 pub fn parse_event(headers: &HeaderMap, body: Bytes) -> Result<CloudEvent, String> {
-    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mut ev = CloudEvent::default();
-    if ct.starts_with("application/cloudevents+json") {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| format!("structured event is not JSON: {e}"))?;
-        let Value::Object(map) = v else {
-            return Err("structured event is not a JSON object".into());
-        };
-        for (k, val) in &map {
-            match k.as_str() {
-                "data" => {
-                    ev.data = match val {
-                        Value::String(s)
-                            if !map
-                                .get("datacontenttype")
-                                .and_then(Value::as_str)
-                                .is_some_and(|c| c.contains("json")) =>
-                        {
-                            Bytes::from(s.clone())
-                        }
-                        other => Bytes::from(serde_json::to_vec(other).map_err(|e| e.to_string())?),
-                    };
-                }
-                "data_base64" => {
-                    let s = val.as_str().ok_or("data_base64 is not a string")?;
-                    ev.data = base64::engine::general_purpose::STANDARD
-                        .decode(s)
-                        .map_err(|e| format!("data_base64 is not base64: {e}"))?
-                        .into();
-                }
-                "datacontenttype" => ev.datacontenttype = val.as_str().map(str::to_owned),
-                name => {
-                    let text = match val {
-                        Value::String(s) => s.clone(),
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        _ => return Err(format!("attribute {name} must be a string, number or boolean")),
-                    };
-                    ev.attributes.insert(name.to_ascii_lowercase(), text);
-                }
-            }
+    use cloudevents::AttributesReader;
+    let ev = cloudevents::binding::http::to_event(headers, body.to_vec()).map_err(|e| match e {
+        cloudevents::message::Error::WrongEncoding {} => {
+            "not a CloudEvent: binary mode needs the ce-specversion, ce-id, ce-source and ce-type headers; \
+             structured mode a content-type of application/cloudevents+json"
+                .to_owned()
         }
-        if ev.datacontenttype.is_none() && map.contains_key("data") {
-            ev.datacontenttype = Some("application/json".into());
-        }
-    } else {
-        for (k, v) in headers {
-            if let Some(attr) = k.as_str().strip_prefix("ce-") {
-                let v = v.to_str().map_err(|_| format!("header ce-{attr} is not text"))?;
-                ev.attributes.insert(attr.to_owned(), v.to_owned());
-            }
-        }
-        if !ct.is_empty() {
-            ev.datacontenttype = Some(ct.to_owned());
-        }
-        ev.data = body;
+        other => format!("invalid CloudEvent: {other}"),
+    })?;
+    let mut out = CloudEvent::default();
+    for (name, value) in ev.iter() {
+        out.attributes.insert(name.to_owned(), value.to_string());
     }
-    let missing: Vec<&str> = REQUIRED
-        .iter()
-        .copied()
-        .filter(|a| ev.attributes.get(*a).is_none_or(String::is_empty))
-        .collect();
-    if !missing.is_empty() {
-        let how = if ct.starts_with("application/cloudevents+json") {
-            ""
-        } else {
-            " (binary mode: ce-* headers)"
-        };
-        return Err(format!(
-            "missing required CloudEvents attribute{} {}{how}",
-            if missing.len() > 1 { "s" } else { "" },
-            missing.join(", ")
-        ));
+    // In binary mode the data's media type travels as Content-Type, not as a ce- header.
+    out.attributes.remove("datacontenttype");
+    out.datacontenttype = ev.datacontenttype().map(str::to_owned);
+    if out.datacontenttype.is_none() && matches!(ev.data(), Some(cloudevents::Data::Json(_))) {
+        // The JSON event format: JSON `data` without a datacontenttype is application/json.
+        out.datacontenttype = Some("application/json".into());
     }
-    if ev.attributes["specversion"] != "1.0" {
-        return Err(format!(
-            "specversion {:?} is not supported (only 1.0)",
-            ev.attributes["specversion"]
-        ));
-    }
-    Ok(ev)
+    out.data = match ev.data() {
+        Some(cloudevents::Data::Binary(b)) => Bytes::from(b.clone()),
+        Some(cloudevents::Data::String(s)) => Bytes::from(s.clone()),
+        Some(cloudevents::Data::Json(v)) => Bytes::from(serde_json::to_vec(v).map_err(|e| e.to_string())?),
+        None => Bytes::new(),
+    };
+    Ok(out)
 }
 
 pub(crate) async fn events(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
@@ -329,22 +275,25 @@ mod tests {
 
     #[test]
     fn missing_attributes_are_named() {
-        let err = parse_event(&h(&[("ce-specversion", "1.0"), ("ce-id", "1")]), Bytes::new()).unwrap_err();
-        assert_eq!(
-            err,
-            "missing required CloudEvents attributes source, type (binary mode: ce-* headers)"
-        );
         let err = parse_event(
-            &h(&[("content-type", "application/cloudevents+json")]),
-            Bytes::from(r#"{"specversion":"1.0","id":"1","type":"t"}"#),
+            &h(&[("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-type", "t")]),
+            Bytes::new(),
         )
         .unwrap_err();
-        assert_eq!(err, "missing required CloudEvents attribute source");
+        assert!(err.contains("source"), "{err}");
+        let err = parse_event(
+            &h(&[("content-type", "application/cloudevents+json")]),
+            Bytes::from(r#"{"specversion":"1.0","id":"1","source":"/s"}"#),
+        )
+        .unwrap_err();
+        assert!(err.contains("type"), "{err}");
         let err = parse_event(
             &h(&[("content-type", "application/cloudevents+json")]),
             Bytes::from("nope"),
         )
         .unwrap_err();
-        assert!(err.starts_with("structured event is not JSON"), "{err}");
+        assert!(err.starts_with("invalid CloudEvent"), "{err}");
+        let err = parse_event(&h(&[("content-type", "text/plain")]), Bytes::from("x")).unwrap_err();
+        assert!(err.starts_with("not a CloudEvent"), "{err}");
     }
 }
