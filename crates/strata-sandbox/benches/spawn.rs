@@ -8,7 +8,7 @@
 //! all three alike), after a warm-up:
 //! - `strata sandbox`: `Backend::spawn` of a spec whose code folder holds the binary, default
 //!   limits, `NetworkMode::None`; from before `spawn` to after `wait()` returned (which
-//!   includes removing the cgroup). The per-phase `SpawnTimings` are recorded too, and the
+//!   reads the usage and tears the cgroup down, or hands it to the backend's remover). The per-phase `SpawnTimings` are recorded too, and the
 //!   time after `spawn` is split into run-until-exit (the pidfd turns readable) and teardown
 //!   (`wait()`).
 //! - `fork+exec`: `std::process::Command::new(binary).status()`.
@@ -29,9 +29,10 @@
 //!
 //! crun refuses to run on a hybrid cgroup host whose cgroup2 hierarchy has any controller
 //! enabled ("cgroups in hybrid mode not supported"). On such a host, and only when crun is
-//! measured, the bench first moves itself into a private mount namespace and detaches
-//! `/sys/fs/cgroup/unified` there (the host is untouched); the sandbox uses the v1
-//! controllers either way.
+//! measured, the bench first moves itself into a private mount namespace and, once the
+//! backend has started (and remounted cgroup2 with `favordynmods`), detaches
+//! `/sys/fs/cgroup/unified` there (the host keeps it); the sandbox uses the v1 controllers
+//! either way.
 
 use std::ffi::CString;
 use std::io::Write as _;
@@ -139,9 +140,9 @@ fn hybrid_with_v2_controllers() -> bool {
             .unwrap_or(false)
 }
 
-/// Move this (still single-threaded) process into a private mount namespace and detach
-/// the cgroup2 mount of the hybrid layout there, so crun sees a pure v1 host.
-fn hide_unified_hierarchy() -> Result<()> {
+/// Move this (still single-threaded) process into a private mount namespace in which the
+/// cgroup2 mount of the hybrid layout is private, so it can later be detached there alone.
+fn private_mount_namespace() -> Result<()> {
     let target = CString::new(UNIFIED).expect("no NUL");
     // SAFETY: unshare(2) with a flag constant; the process has no other thread yet, so the
     // whole process moves into the new mount namespace.
@@ -162,11 +163,26 @@ fn hide_unified_hierarchy() -> Result<()> {
     {
         return Err(std::io::Error::last_os_error()).context("make /sys/fs/cgroup/unified private");
     }
+    Ok(())
+}
+
+/// Detach the cgroup2 mount in this process's private mount namespace (after the backend
+/// has started: it remounts cgroup2 with `favordynmods`, a host-wide option), so crun sees a
+/// pure v1 host.
+fn hide_unified_hierarchy() -> Result<()> {
+    let target = CString::new(UNIFIED).expect("no NUL");
     // SAFETY: umount2(2) of a valid C string path, in our private mount namespace.
     if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
         return Err(std::io::Error::last_os_error()).context("detach /sys/fs/cgroup/unified");
     }
     Ok(())
+}
+
+/// Whether every cgroup2 mount carries `favordynmods` (`None`: no cgroup2 mount).
+fn cgroup2_favordynmods() -> Option<bool> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let v2: Vec<&str> = mi.lines().filter(|l| l.contains(" - cgroup2 ")).collect();
+    (!v2.is_empty()).then(|| v2.iter().all(|l| l.contains("favordynmods")))
 }
 
 /// Compile `int main(void){return 0;}` statically into a fresh directory readable by all.
@@ -306,7 +322,7 @@ impl Kind {
 /// `SpawnTimings` fields, then `spawn_other` (`total` minus the named phases: plan, argv,
 /// pipe, stack), `handoff` (the `spawn` call minus `SpawnTimings::total`: the hop to the
 /// spawner thread and back), `spawn_call`, then after `spawn` returned: `run_until_exit`
-/// (until the pidfd is readable) and `teardown` (`wait()`: usage, cgroup removal).
+/// (until the pidfd is readable) and `teardown` (`wait()`: usage, cgroup teardown).
 const PHASES: [&str; 13] = [
     "cgroup",
     "netns",
@@ -476,12 +492,12 @@ fn main() -> Result<()> {
         _ => NetworkMode::None,
     };
 
-    // Before any thread exists: the mount-namespace move must cover the whole process.
+    // Before any thread exists: the mount-namespace move must cover the whole process. The
+    // cgroup2 mount is detached only once the backend has started (see below).
     let crun = if wanted("crun") { which("crun") } else { None };
-    let mut unified_hidden = false;
-    if crun.is_some() && hybrid_with_v2_controllers() {
-        hide_unified_hierarchy()?;
-        unified_hidden = true;
+    let hide_unified = crun.is_some() && hybrid_with_v2_controllers();
+    if hide_unified {
+        private_mount_namespace()?;
     }
 
     let (bin_dir, bin) = build_true_static()?;
@@ -513,6 +529,11 @@ fn main() -> Result<()> {
     while backend.netns_ready() < netns_pool && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    let favordynmods = cgroup2_favordynmods();
+    if hide_unified {
+        hide_unified_hierarchy()?;
+    }
+    let unified_hidden = hide_unified;
     let netns_sched = std::env::var("SPAWN_BENCH_NETNS_SCHED").ok();
     let policy = match netns_sched.as_deref() {
         None => None,
@@ -549,8 +570,13 @@ fn main() -> Result<()> {
     let load_start = loadavg();
     println!("spawn-to-exit bench: n={n} per variant, warm-up {warmup}, interleaved round-robin");
     println!(
-        "host: {nproc} cpus ({cpu}), kernel {kernel}, cgroup {}, load {load_start}",
-        backend.cgroup_version()
+        "host: {nproc} cpus ({cpu}), kernel {kernel}, cgroup {} (cgroup2 favordynmods: {}), load {load_start}",
+        backend.cgroup_version(),
+        match favordynmods {
+            Some(true) => "on",
+            Some(false) => "off",
+            None => "no cgroup2 mount",
+        }
     );
     println!(
         "sandbox: network {network:?}, netns pool {netns_pool}{}; binary {}",
@@ -727,6 +753,7 @@ fn main() -> Result<()> {
             "kernel": kernel,
             "cpu": cpu,
             "cgroup": backend.cgroup_version(),
+            "cgroup2_favordynmods": favordynmods,
             "loadavg_start": load_start,
             "loadavg_end": load_end,
         },
