@@ -18,7 +18,7 @@ pub struct Sandbox {
     pub(crate) timings: SpawnTimings,
     /// Control files kept open for [`Sandbox::live_usage`]: opening a cgroup file walks its
     /// path every time, which costs more than reading it.
-    live: Option<LiveFiles>,
+    live: std::sync::OnceLock<Option<LiveFiles>>,
 }
 
 struct LiveFiles {
@@ -44,11 +44,6 @@ impl std::fmt::Debug for Sandbox {
 
 impl Sandbox {
     pub(crate) fn new(inner: Arc<Inner>, pid: i32, pidfd: OwnedFd, cgroup: Cgroup) -> Self {
-        let (cpu, cpu_is_v2, peak) = cgroup.live_usage_files();
-        let live = match (std::fs::File::open(cpu), std::fs::File::open(peak)) {
-            (Ok(cpu), Ok(peak)) => Some(LiveFiles { cpu, cpu_is_v2, peak }),
-            _ => None,
-        };
         Sandbox {
             inner,
             pid,
@@ -56,7 +51,7 @@ impl Sandbox {
             cgroup,
             exit: None,
             timings: SpawnTimings::default(),
-            live,
+            live: std::sync::OnceLock::new(),
         }
     }
 
@@ -88,7 +83,15 @@ impl Sandbox {
     /// CPU time (µs) and peak memory (bytes) so far, read cheaply from kept-open files: for
     /// per-call accounting on the hot path.
     pub fn live_usage(&self) -> (u64, u64) {
-        let Some(l) = &self.live else {
+        // Opened on first use, not at spawn: a sandbox that is never asked pays nothing.
+        let live = self.live.get_or_init(|| {
+            let (cpu, cpu_is_v2, peak) = self.cgroup.live_usage_files();
+            match (std::fs::File::open(cpu), std::fs::File::open(peak)) {
+                (Ok(cpu), Ok(peak)) => Some(LiveFiles { cpu, cpu_is_v2, peak }),
+                _ => None,
+            }
+        });
+        let Some(l) = live else {
             let u = self.usage();
             return (u.cpu_usec, u.memory_peak_bytes);
         };
@@ -206,11 +209,11 @@ impl Sandbox {
     /// which the kernel only allows once every other process in the namespace is gone, so the
     /// group empties promptly; the retries cover the kernel's asynchronous cgroup release.
     fn teardown(&mut self) -> Usage {
-        self.live = None;
+        self.live.take();
         let fs = self.inner.fs.as_ref();
         let usage = self.cgroup.usage(fs);
-        // Whatever is left dies now; the directory goes in the background.
-        self.cgroup.kill_all(fs);
+        // The pid namespace's init has been reaped, which the kernel allows only once every
+        // other process in it is gone; the background remover still sweeps before rmdir.
         self.inner.cgroups.bury(self.cgroup.clone());
         usage
     }
