@@ -332,15 +332,12 @@ impl Orchestrator {
             .drain()
             .map(|(_, e)| e.active)
             .collect();
-        let drains = pools.iter().map(|p| p.drain(grace));
-        futures_join_all(drains).await;
+        // All pools drain at once, so shutdown takes one grace period at most, not one each.
+        let mut drains = tokio::task::JoinSet::new();
+        for p in pools {
+            drains.spawn(async move { p.drain(grace).await });
+        }
+        while drains.join_next().await.is_some() {}
         self.ctx.store.flush();
-    }
-}
-
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
-    let handles: Vec<_> = futs.collect();
-    for f in handles {
-        f.await;
     }
 }
