@@ -1,0 +1,369 @@
+//! One call: a store and an instance made for it, `wasi:http/incoming-handler.handle`, and
+//! the response, the output and what went wrong.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::capture::Capture;
+use crate::engine::WasmFunction;
+use crate::outbound::AllowedHosts;
+
+/// An HTTP request for a function.
+#[derive(Debug, Clone)]
+pub struct HttpCall {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// Path and query as the function sees them (starts with `/`).
+    pub path_with_query: String,
+    /// Header names and values.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// The function's response.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status.
+    pub status: u16,
+    /// Headers (values that are not UTF-8 are dropped).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// Why a call has no response.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// It ran past its timeout and was stopped.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// It asked for more memory than its limit, and failed because of it.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// It trapped (the message carries the wasm backtrace).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// It returned without setting a response, or the response was malformed or too large.
+    #[error("bad response: {0}")]
+    BadResponse(String),
+}
+
+/// Everything a call produced.
+#[derive(Debug)]
+pub struct CallReport {
+    /// The response, or why there is none.
+    pub result: Result<Reply, CallError>,
+    /// Its stdout, and how many bytes were dropped past the cap.
+    pub stdout: (Bytes, u64),
+    /// Its stderr, and how many bytes were dropped past the cap.
+    pub stderr: (Bytes, u64),
+    /// Creating the store and instantiating, when it got that far.
+    pub instantiate: Option<Duration>,
+    /// Waiting for a free instance slot.
+    pub queued: Duration,
+}
+
+/// The data of one call's store.
+pub(crate) struct CallState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: Outbound,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outbound HTTP, only to allowed hosts.
+struct Outbound {
+    allowed: AllowedHosts,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        let uri = request.uri();
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let host = uri.host().unwrap_or("");
+        let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+        if !self.allowed.allows(scheme, host, port) {
+            tracing::debug!(%uri, "outbound request denied");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            ))
+        })
+    }
+}
+
+/// Caps linear memory and tables; remembers whether it refused a growth.
+struct MemoryLimiter {
+    memory_bytes: usize,
+    refused: Arc<AtomicBool>,
+}
+
+const MAX_TABLE_ELEMENTS: usize = 200_000;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Memories grow one at a time; `current` is this memory's size. The pool gives
+        // components one or two memories, so the per-memory cap is the function's limit.
+        let _ = current;
+        if desired > self.memory_bytes {
+            self.refused.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            self.refused.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+/// The marker error the epoch callback raises at the deadline.
+#[derive(Debug)]
+struct DeadlineReached;
+
+impl std::fmt::Display for DeadlineReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline reached")
+    }
+}
+
+impl std::error::Error for DeadlineReached {}
+
+impl WasmFunction {
+    /// Serve one request with a fresh instance.
+    pub async fn call(&self, call: HttpCall) -> CallReport {
+        let queued_at = Instant::now();
+        let stdout = Capture::new(self.limits.max_output_bytes);
+        let stderr = Capture::new(self.limits.max_output_bytes);
+        let report = |result, instantiate, queued| CallReport {
+            result,
+            stdout: stdout.take(),
+            stderr: stderr.take(),
+            instantiate,
+            queued,
+        };
+        let Ok(permit) = Arc::clone(&self.inner.slots).acquire_owned().await else {
+            return report(
+                Err(CallError::BadResponse("engine closed".into())),
+                None,
+                queued_at.elapsed(),
+            );
+        };
+        let queued = queued_at.elapsed();
+        let started = Instant::now();
+        let timeout = self.limits.timeout;
+        let deadline = started + timeout;
+        let refused = Arc::new(AtomicBool::new(false));
+
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .envs(&self.limits.env)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        if let Some(dir) = &self.limits.files
+            && let Err(e) = wasi.preopened_dir(dir, "/", FsPerms::ReadOnly)
+        {
+            return report(
+                Err(CallError::BadResponse(format!("granted folder: {e:#}"))),
+                None,
+                queued,
+            );
+        }
+        let state = CallState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: Outbound {
+                allowed: self.limits.allowed_hosts.clone(),
+            },
+            limiter: MemoryLimiter {
+                memory_bytes: self.limits.memory_bytes as usize,
+                refused: Arc::clone(&refused),
+            },
+        };
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(wasmtime::Error::new(DeadlineReached))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let request = match build_request(&call) {
+            Ok(r) => r,
+            Err(e) => return report(Err(CallError::BadResponse(e)), None, queued),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let resources = (|| {
+            let req = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
+            let out = store.data_mut().http().new_response_outparam(tx)?;
+            wasmtime::Result::<_>::Ok((req, out))
+        })();
+        let (req, out) = match resources {
+            Ok(r) => r,
+            Err(e) => return report(Err(CallError::BadResponse(format!("{e:#}"))), None, queued),
+        };
+
+        let pre = self.pre.clone();
+        let (inst_tx, inst_rx) = tokio::sync::oneshot::channel();
+        let mut task = tokio::spawn(async move {
+            let _permit = permit;
+            let proxy = pre.instantiate_async(&mut store).await?;
+            let _ = inst_tx.send(started.elapsed());
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        });
+
+        let max_body = self.limits.max_response_bytes;
+        let grace = timeout + self.inner.tick * 2 + Duration::from_millis(20);
+        let work = async {
+            match rx.await {
+                Ok(Ok(resp)) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = match Limited::new(body, max_body).collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(e) => {
+                            // The guest trapped mid-body, or the body is too large.
+                            let guest = (&mut task).await;
+                            return Err(classify(guest, &refused, timeout)
+                                .unwrap_or_else(|| CallError::BadResponse(format!("response body: {e}"))));
+                        }
+                    };
+                    // The guest may still be running after its response; wait for it (it is
+                    // bounded by the same deadline), and log a late trap without failing.
+                    if let Ok(Err(e)) = (&mut task).await {
+                        tracing::debug!("guest failed after its response: {e:#}");
+                    }
+                    let headers = parts
+                        .headers
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                        .collect();
+                    Ok(Reply {
+                        status: parts.status.as_u16(),
+                        headers,
+                        body,
+                    })
+                }
+                Ok(Err(code)) => {
+                    let guest = (&mut task).await;
+                    Err(classify(guest, &refused, timeout).unwrap_or_else(|| {
+                        CallError::BadResponse(format!("the function answered with an error: {code:?}"))
+                    }))
+                }
+                Err(_) => {
+                    let guest = (&mut task).await;
+                    Err(classify(guest, &refused, timeout)
+                        .unwrap_or_else(|| CallError::BadResponse("the function returned without a response".into())))
+                }
+            }
+        };
+        let result = match tokio::time::timeout(grace, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Blocked in the host (an outbound call, a stream) past its deadline.
+                task.abort();
+                Err(CallError::Timeout(timeout))
+            }
+        };
+        let instantiate = inst_rx.await.ok();
+        report(result, instantiate, queued)
+    }
+}
+
+/// Map the guest task's failure, if any, to a call error.
+fn classify(
+    guest: Result<wasmtime::Result<()>, tokio::task::JoinError>,
+    refused: &AtomicBool,
+    timeout: Duration,
+) -> Option<CallError> {
+    let e = match guest {
+        Ok(Ok(())) => return None,
+        Ok(Err(e)) => e,
+        Err(join) => return Some(CallError::Trap(format!("the call's task failed: {join}"))),
+    };
+    if e.downcast_ref::<DeadlineReached>().is_some() {
+        return Some(CallError::Timeout(timeout));
+    }
+    let message = format!("{e:?}");
+    if refused.load(Ordering::Relaxed) {
+        return Some(CallError::OutOfMemory(message));
+    }
+    Some(CallError::Trap(message))
+}
+
+fn build_request(call: &HttpCall) -> Result<http::Request<Full<Bytes>>, String> {
+    let mut b = http::Request::builder()
+        .method(call.method.as_str())
+        .uri(format!("http://localhost{}", call.path_with_query));
+    let mut has_host = false;
+    for (k, v) in &call.headers {
+        has_host |= k.eq_ignore_ascii_case("host");
+        b = b.header(k.as_str(), v.as_str());
+    }
+    if !has_host {
+        b = b.header("host", "localhost");
+    }
+    b.body(Full::new(call.body.clone()))
+        .map_err(|e| format!("request: {e}"))
+}

@@ -1,0 +1,371 @@
+//! The engine: one wasmtime `Engine` with the pooling allocator and epoch interruption, the
+//! linker with WASI and `wasi:http`, and the artifact cache.
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::WasmError;
+use crate::cache::{ArtifactCache, Lookup};
+use crate::call::CallState;
+use crate::outbound::AllowedHosts;
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where compiled artifacts are kept.
+    pub cache_dir: PathBuf,
+    /// Instances that may exist at once (pool slots); calls beyond wait for a slot.
+    pub max_instances: u32,
+    /// The largest linear memory any function may ask for.
+    pub max_memory_bytes: u64,
+    /// The epoch tick: the granularity of timeouts and of a spinning guest's yields.
+    pub epoch_tick: Duration,
+}
+
+impl EngineConfig {
+    /// Defaults, with the cache in `cache_dir`.
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            cache_dir: cache_dir.into(),
+            max_instances: 1000,
+            max_memory_bytes: 1 << 30,
+            epoch_tick: Duration::from_millis(5),
+        }
+    }
+}
+
+/// What a function may do, per call.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Linear memory (all memories of an instance together), bytes.
+    pub memory_bytes: u64,
+    /// Wall time of a call.
+    pub timeout: Duration,
+    /// Where outbound HTTP may go.
+    pub allowed_hosts: AllowedHosts,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+    /// A host folder the guest sees read-only at `/`, if any.
+    pub files: Option<PathBuf>,
+    /// Bytes of stdout and of stderr kept per call.
+    pub max_output_bytes: usize,
+    /// Largest response body accepted from the guest.
+    pub max_response_bytes: usize,
+}
+
+/// Where a loaded component's machine code came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArtifactSource {
+    /// Compiled now, in this many milliseconds (nothing usable was cached).
+    Compiled {
+        /// Compile time.
+        ms: f64,
+    },
+    /// Loaded from the on-disk cache.
+    Cached,
+    /// A cache file was there but rejected (why), so it was compiled again in `ms`.
+    Rebuilt {
+        /// Why the file was rejected.
+        reason: String,
+        /// Compile time.
+        ms: f64,
+    },
+}
+
+/// How a component was made ready.
+#[derive(Debug, Clone)]
+pub struct LoadInfo {
+    /// The cache key (content hash and engine configuration).
+    pub key: String,
+    /// Where its machine code came from.
+    pub source: ArtifactSource,
+    /// Reading, verifying and mapping the artifact, plus linking, milliseconds.
+    pub load_ms: f64,
+}
+
+impl LoadInfo {
+    /// Milliseconds spent compiling (0 on a cache hit).
+    pub fn compile_ms(&self) -> f64 {
+        match self.source {
+            ArtifactSource::Compiled { ms } | ArtifactSource::Rebuilt { ms, .. } => ms,
+            ArtifactSource::Cached => 0.0,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) engine: Engine,
+    linker: Linker<CallState>,
+    cache: ArtifactCache,
+    engine_key: String,
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) tick: Duration,
+    max_memory_bytes: u64,
+    /// Components prepared at deploy, handed to the load that follows (no second read).
+    prepared: Mutex<HashMap<String, (Component, LoadInfo)>>,
+}
+
+/// The WebAssembly engine; cheap to clone.
+#[derive(Clone)]
+pub struct WasmEngine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for WasmEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmEngine")
+            .field("engine_key", &self.inner.engine_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Feeds `Hash` output into SHA-256, so the engine's compatibility hash becomes a stable key.
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+impl WasmEngine {
+    /// An engine with a pool of `cfg.max_instances` instance slots and an epoch ticker.
+    pub fn new(cfg: EngineConfig) -> Result<Self, WasmError> {
+        let slots = cfg.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(slots)
+            .total_stacks(slots)
+            // Components hold several core instances (the module, adapters, shims), and
+            // interpreters compiled to wasm have large tables and instances.
+            .total_core_instances(slots * 8)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(8)
+            .max_tables_per_component(32)
+            .max_memories_per_module(2)
+            .max_tables_per_module(4)
+            .table_elements(200_000)
+            .max_core_instance_size(4 << 20)
+            .max_component_instance_size(4 << 20)
+            .max_memory_size(cfg.max_memory_bytes as usize)
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(64 << 10);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+
+        let mut h = ShaHasher(Sha256::new());
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
+        h.0.update(env!("CARGO_PKG_VERSION").as_bytes());
+        let engine_key = hex::encode(h.0.finalize());
+
+        let mut linker = Linker::<CallState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+
+        let cache =
+            ArtifactCache::open(&cfg.cache_dir).map_err(|e| WasmError::Io(cfg.cache_dir.display().to_string(), e))?;
+        spawn_ticker(&engine, cfg.epoch_tick);
+        Ok(WasmEngine {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                engine_key,
+                slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
+                tick: cfg.epoch_tick,
+                max_memory_bytes: cfg.max_memory_bytes,
+                prepared: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The largest memory limit a function may have.
+    pub fn max_memory_bytes(&self) -> u64 {
+        self.inner.max_memory_bytes
+    }
+
+    /// Validate and compile the component in `path` (deploy time), using the cache when it
+    /// holds a verified artifact. Says where the machine code came from.
+    pub fn prepare(&self, path: &Path) -> Result<LoadInfo, WasmError> {
+        let wasm = std::fs::read(path).map_err(|e| WasmError::Io(path.display().to_string(), e))?;
+        let (component, info) = self.compile_or_load(&wasm)?;
+        // Linking now turns a missing import into a deploy error instead of a call error.
+        self.link(&component)?;
+        self.inner
+            .prepared
+            .lock()
+            .expect("prepared lock")
+            .insert(info.key.clone(), (component, info.clone()));
+        Ok(info)
+    }
+
+    /// Make the component in `path` ready to serve calls with `limits`.
+    pub fn load(&self, path: &Path, limits: Limits) -> Result<WasmFunction, WasmError> {
+        if limits.memory_bytes > self.inner.max_memory_bytes {
+            return Err(WasmError::Limits(format!(
+                "memory = {} bytes is over the wasm tier's maximum of {} bytes",
+                limits.memory_bytes, self.inner.max_memory_bytes
+            )));
+        }
+        let started = Instant::now();
+        let wasm = std::fs::read(path).map_err(|e| WasmError::Io(path.display().to_string(), e))?;
+        let key = ArtifactCache::key(&wasm, &self.inner.engine_key);
+        let prepared = self.inner.prepared.lock().expect("prepared lock").remove(&key);
+        let (component, info) = match prepared {
+            Some(p) => p,
+            None => self.compile_or_load(&wasm)?,
+        };
+        let pre = self.link(&component)?;
+        let info = LoadInfo {
+            load_ms: if info.source == ArtifactSource::Cached {
+                started.elapsed().as_secs_f64() * 1000.0
+            } else {
+                info.load_ms
+            },
+            ..info
+        };
+        Ok(WasmFunction {
+            pre,
+            limits: Arc::new(limits),
+            inner: Arc::clone(&self.inner),
+            info,
+        })
+    }
+
+    fn link(&self, component: &Component) -> Result<ProxyPre<CallState>, WasmError> {
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| WasmError::Link(format!("{e:#}")))?;
+        ProxyPre::new(pre).map_err(|e| WasmError::Link(format!("not a wasi:http/proxy component: {e:#}")))
+    }
+
+    fn compile_or_load(&self, wasm: &[u8]) -> Result<(Component, LoadInfo), WasmError> {
+        let started = Instant::now();
+        let key = ArtifactCache::key(wasm, &self.inner.engine_key);
+        let rejected = match self.inner.cache.get(&key) {
+            Lookup::Hit(artifact) => {
+                // SAFETY: the bytes are an artifact this engine configuration wrote: the file's
+                // header names this exact key (component hash + engine configuration) and the
+                // SHA-256 of the payload matches, so it is not damaged or foreign. wasmtime
+                // checks version and target compatibility again before using it.
+                match unsafe { Component::deserialize(&self.inner.engine, &artifact) } {
+                    Ok(c) => {
+                        let info = LoadInfo {
+                            key,
+                            source: ArtifactSource::Cached,
+                            load_ms: started.elapsed().as_secs_f64() * 1000.0,
+                        };
+                        return Ok((c, info));
+                    }
+                    Err(e) => Some(format!("rejected by wasmtime: {e:#}")),
+                }
+            }
+            Lookup::Miss => None,
+            Lookup::Invalid(why) => Some(why),
+        };
+        if let Some(why) = &rejected {
+            tracing::warn!(key, why, "compiled artifact not usable; compiling again");
+        }
+        let compile_started = Instant::now();
+        let wasm = adapt(wasm)?;
+        let artifact = self
+            .inner
+            .engine
+            .precompile_component(&wasm)
+            .map_err(|e| WasmError::Invalid(format!("{e:#}")))?;
+        let ms = compile_started.elapsed().as_secs_f64() * 1000.0;
+        if let Err(e) = self.inner.cache.put(&key, &artifact) {
+            tracing::warn!(key, "could not cache compiled artifact: {e}");
+        }
+        let load_started = Instant::now();
+        // SAFETY: `artifact` was produced just now by `precompile_component` of this engine.
+        let component = unsafe { Component::deserialize(&self.inner.engine, &artifact) }
+            .map_err(|e| WasmError::Invalid(format!("{e:#}")))?;
+        let source = match rejected {
+            Some(reason) => ArtifactSource::Rebuilt { reason, ms },
+            None => ArtifactSource::Compiled { ms },
+        };
+        let info = LoadInfo {
+            key,
+            source,
+            load_ms: load_started.elapsed().as_secs_f64() * 1000.0,
+        };
+        Ok((component, info))
+    }
+}
+
+/// Components pass through; anything else is refused with what it is.
+fn adapt(wasm: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, WasmError> {
+    if is_component(wasm) {
+        return Ok(std::borrow::Cow::Borrowed(wasm));
+    }
+    if wasm.starts_with(b"\0asm") {
+        return Err(WasmError::Invalid(
+            "this is a core WebAssembly module, not a component; build for wasm32-wasip2".into(),
+        ));
+    }
+    Err(WasmError::Invalid("not a WebAssembly file (no \\0asm header)".into()))
+}
+
+/// A component's preamble: magic, then version 0x0d and layer 1.
+fn is_component(wasm: &[u8]) -> bool {
+    wasm.len() >= 8 && wasm.starts_with(b"\0asm") && wasm[6..8] == [1, 0]
+}
+
+/// Advance the engine's epoch every `tick` until the engine is gone.
+fn spawn_ticker(engine: &Engine, tick: Duration) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(tick);
+            }
+        })
+        .expect("spawn epoch thread");
+}
+
+/// A component ready to serve calls.
+pub struct WasmFunction {
+    pub(crate) pre: ProxyPre<CallState>,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) inner: Arc<Inner>,
+    info: LoadInfo,
+}
+
+impl std::fmt::Debug for WasmFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmFunction")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasmFunction {
+    /// How it was made ready.
+    pub fn info(&self) -> &LoadInfo {
+        &self.info
+    }
+}

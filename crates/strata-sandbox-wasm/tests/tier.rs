@@ -1,0 +1,268 @@
+//! The tier against real components: the guests in `guests/`, built by `cargo xtask examples`
+//! (which `cargo xtask test` runs first).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strata_sandbox_wasm::{AllowedHosts, ArtifactSource, CallError, EngineConfig, HttpCall, Limits, WasmEngine};
+
+fn guest(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../guests/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask examples` first",
+        p.display()
+    );
+    p
+}
+
+fn limits() -> Limits {
+    Limits {
+        memory_bytes: 64 << 20,
+        timeout: Duration::from_millis(500),
+        allowed_hosts: AllowedHosts::default(),
+        env: vec![("GREETING".into(), "hi".into())],
+        files: None,
+        max_output_bytes: 64 << 10,
+        max_response_bytes: 8 << 20,
+    }
+}
+
+fn get(path: &str) -> HttpCall {
+    HttpCall {
+        method: "GET".into(),
+        path_with_query: path.into(),
+        headers: vec![],
+        body: Bytes::new(),
+    }
+}
+
+fn engine(dir: &std::path::Path) -> WasmEngine {
+    let mut cfg = EngineConfig::new(dir.join("cache"));
+    cfg.max_instances = 64;
+    WasmEngine::new(cfg).unwrap()
+}
+
+#[tokio::test]
+async fn echo_keeps_method_headers_query_and_binary_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = engine(dir.path()).load(&guest("probe"), limits()).unwrap();
+    let body: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"] {
+        let r = f
+            .call(HttpCall {
+                method: method.into(),
+                path_with_query: "/echo?a=1&b=two".into(),
+                headers: vec![("x-custom".into(), "v1".into())],
+                body: Bytes::from(body.clone()),
+            })
+            .await;
+        let reply = r.result.unwrap();
+        assert_eq!(reply.status, 200);
+        let h = |k: &str| reply.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(h("x-method").as_deref(), Some(method));
+        assert_eq!(h("x-path").as_deref(), Some("/echo"));
+        assert_eq!(h("x-query").as_deref(), Some("a=1&b=two"));
+        assert_eq!(h("x-echo-x-custom").as_deref(), Some("v1"));
+        assert_eq!(&reply.body[..], &body[..], "{method}");
+        assert!(r.instantiate.is_some());
+    }
+}
+
+#[tokio::test]
+async fn every_call_gets_a_fresh_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = engine(dir.path()).load(&guest("probe"), limits()).unwrap();
+    for _ in 0..5 {
+        let reply = f.call(get("/counter")).await.result.unwrap();
+        assert_eq!(&reply.body[..], b"1");
+    }
+}
+
+#[tokio::test]
+async fn a_spinning_guest_is_stopped_at_its_timeout_and_the_next_call_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = engine(dir.path()).load(&guest("probe"), limits()).unwrap();
+    let t = Instant::now();
+    let r = f.call(get("/loop")).await;
+    let took = t.elapsed();
+    assert_eq!(r.result.unwrap_err(), CallError::Timeout(Duration::from_millis(500)));
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    assert!(
+        took < Duration::from_millis(500 + 50),
+        "stopped {took:?} after start, want < 550 ms"
+    );
+    assert_eq!(&f.call(get("/counter")).await.result.unwrap().body[..], b"1");
+}
+
+#[tokio::test]
+async fn memory_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = engine(dir.path()).load(&guest("probe"), limits()).unwrap();
+    // Within the limit: fine.
+    let ok = f.call(get("/grow?mb=16")).await.result.unwrap();
+    assert_eq!(&ok.body[..], b"16 MiB");
+    // Growth past it fails inside the guest, which handles it.
+    let partial = f.call(get("/grow?mb=200")).await.result.unwrap();
+    let got: usize = std::str::from_utf8(&partial.body)
+        .unwrap()
+        .trim_end_matches(" MiB")
+        .parse()
+        .unwrap();
+    assert!(got < 64, "got {got} MiB under a 64 MiB limit");
+    // A guest that does not handle it aborts: reported as out of memory.
+    match f.call(get("/bomb")).await.result {
+        Err(CallError::OutOfMemory(m)) => assert!(m.contains("wasm"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_trap_is_reported_with_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = engine(dir.path()).load(&guest("probe"), limits()).unwrap();
+    match f.call(get("/trap")).await.result {
+        Err(CallError::Trap(m)) => assert!(m.contains("unreachable"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn output_env_and_no_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = engine(dir.path()).load(&guest("probe"), limits()).unwrap();
+    let r = f.call(get("/log")).await;
+    assert_eq!(&r.stdout.0[..], b"to stdout\n");
+    assert_eq!(&r.stderr.0[..], b"to stderr\n");
+    assert_eq!(&f.call(get("/env?name=GREETING")).await.result.unwrap().body[..], b"hi");
+    let ls = f.call(get("/ls?dir=/")).await.result.unwrap();
+    assert_eq!(
+        ls.status,
+        500,
+        "no folder was granted: {:?}",
+        String::from_utf8_lossy(&ls.body)
+    );
+    // A granted folder is readable.
+    std::fs::create_dir(dir.path().join("files")).unwrap();
+    std::fs::write(dir.path().join("files/a.txt"), b"x").unwrap();
+    let mut l = limits();
+    l.files = Some(dir.path().join("files"));
+    let g = engine(dir.path()).load(&guest("probe"), l).unwrap();
+    let ls = g.call(get("/ls?dir=/")).await.result.unwrap();
+    assert_eq!((ls.status, &ls.body[..]), (200, &b"a.txt"[..]));
+}
+
+#[tokio::test]
+async fn outbound_http_only_to_allowed_hosts() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong")
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("/fetch?url=http://127.0.0.1:{port}/ping");
+    let denied = engine(dir.path()).load(&guest("probe"), limits()).unwrap();
+    let r = denied.call(get(&url)).await.result.unwrap();
+    assert_eq!(r.status, 502);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("HttpRequestDenied"),
+        "{:?}",
+        r.body
+    );
+    let mut l = limits();
+    l.allowed_hosts = AllowedHosts::parse(&[format!("127.0.0.1:{port}")]).unwrap();
+    let allowed = engine(dir.path()).load(&guest("probe"), l).unwrap();
+    let r = allowed.call(get(&url)).await.result.unwrap();
+    assert_eq!((r.status, &r.body[..]), (200, &b"200 pong"[..]));
+}
+
+#[tokio::test]
+async fn the_cache_is_used_and_bad_files_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = engine(dir.path()).prepare(&guest("hello")).unwrap();
+    assert!(matches!(first.source, ArtifactSource::Compiled { .. }), "{first:?}");
+    // A new engine (a restart) finds it.
+    let again = engine(dir.path()).prepare(&guest("hello")).unwrap();
+    assert_eq!(again.source, ArtifactSource::Cached);
+    assert_eq!(again.key, first.key);
+    // Damage it: detected, rebuilt, and the function still works.
+    let path = dir.path().join("cache").join(format!("{}.cwasm", first.key));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = engine(dir.path());
+    let f = e.load(&guest("hello"), limits()).unwrap();
+    assert!(
+        matches!(&f.info().source, ArtifactSource::Rebuilt { reason, .. } if reason.contains("checksum")),
+        "{:?}",
+        f.info()
+    );
+    let r = f
+        .call(HttpCall {
+            body: Bytes::from_static(b"wasm"),
+            ..get("/")
+        })
+        .await
+        .result
+        .unwrap();
+    assert_eq!(&r.body[..], b"Hello, wasm!\n");
+    // And the rebuilt file is good again.
+    assert_eq!(
+        engine(dir.path()).prepare(&guest("hello")).unwrap().source,
+        ArtifactSource::Cached
+    );
+}
+
+#[tokio::test]
+async fn core_modules_and_garbage_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    std::fs::write(dir.path().join("junk.wasm"), b"not wasm").unwrap();
+    let err = e.prepare(&dir.path().join("junk.wasm")).unwrap_err().to_string();
+    assert!(err.contains("not a WebAssembly file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_calls_are_all_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    // Unoptimised test builds of wasmtime are slow: the point here is that all are answered.
+    let l = Limits {
+        timeout: Duration::from_secs(30),
+        ..limits()
+    };
+    let f = std::sync::Arc::new(engine(dir.path()).load(&guest("hello"), l).unwrap());
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let f = std::sync::Arc::clone(&f);
+        set.spawn(async move {
+            let r = f
+                .call(HttpCall {
+                    body: Bytes::from(format!("n{i}")),
+                    ..get("/")
+                })
+                .await;
+            (i, r.result.unwrap())
+        });
+    }
+    let mut n = 0;
+    while let Some(r) = set.join_next().await {
+        let (i, reply) = r.unwrap();
+        assert_eq!(reply.body, Bytes::from(format!("Hello, n{i}!\n")));
+        n += 1;
+    }
+    assert_eq!(n, 1000);
+}
