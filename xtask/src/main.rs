@@ -69,7 +69,30 @@ fn build_examples() -> anyhow::Result<()> {
     run(Command::new("gcc")
         .args(["-O2", "-Wall", "-o"])
         .arg(dir.join("hello"))
-        .arg(dir.join("main.c")))
+        .arg(dir.join("main.c")))?;
+    build_wasm_guests()
+}
+
+/// The WebAssembly guests in `guests/` (their own workspace), built for wasm32-wasip2; the
+/// hello example is copied into `examples/hello-wasm`.
+fn build_wasm_guests() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()?;
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
+        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    }
+    let guests = repo().join("guests");
+    run(Command::new("cargo")
+        .current_dir(&guests)
+        .env_remove("CARGO_TARGET_DIR")
+        .args(["build", "--release", "--target", "wasm32-wasip2", "-j2"]))?;
+    let out = guests.join("target/wasm32-wasip2/release");
+    std::fs::copy(out.join("hello.wasm"), repo().join("examples/hello-wasm/hello.wasm"))?;
+    Ok(())
 }
 
 fn test() -> anyhow::Result<()> {

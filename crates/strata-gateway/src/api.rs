@@ -18,7 +18,7 @@ type ApiResult = Result<axum::response::Response, ApiError>;
 
 fn summary(s: &AppState, m: &FunctionMeta) -> Value {
     let spec = s.store.spec(&m.name, &m.active).ok();
-    let stats = s.orch.pool(&m.name).map(|p| p.stats()).unwrap_or_default();
+    let stats = s.orch.function_stats(&m.name).unwrap_or_default();
     json!({
         "name": m.name,
         "runtime": spec.as_ref().map(|s| s.runtime.as_str()),
@@ -41,7 +41,7 @@ pub(crate) async fn system_functions(State(s): State<AppState>) -> ApiResult {
         .iter()
         .map(|m| {
             let spec = s.store.spec(&m.name, &m.active).ok();
-            let stats = s.orch.pool(&m.name).map(|p| p.stats()).unwrap_or_default();
+            let stats = s.orch.function_stats(&m.name).unwrap_or_default();
             json!({
                 "name": m.name,
                 "image": format!("strata/{}:{}", m.name, m.active),
@@ -67,7 +67,7 @@ pub(crate) async fn deploy_handler(State(s): State<AppState>, body: Body) -> Api
 pub(crate) async fn describe(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
     let m = s.store.function(&name)?;
     let spec = s.store.spec(&name, &m.active)?;
-    let stats = s.orch.pool(&name).map(|p| p.stats()).unwrap_or_default();
+    let stats = s.orch.function_stats(&name).unwrap_or_default();
     Ok(Json(json!({
         "name": spec.name,
         "runtime": spec.runtime.as_str(),
@@ -129,7 +129,9 @@ pub(crate) async fn rollback(State(s): State<AppState>, Path(name): Path<String>
     };
     let m = s.store.rollback(&name, to.as_deref())?;
     let spec = s.store.spec(&name, &m.active)?;
-    s.orch.activate(spec, &m.active);
+    s.orch
+        .activate(spec, &m.active)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("activating {}: {e}", m.active)))?;
     Ok(Json(json!({"name": name, "version": m.active})).into_response())
 }
 

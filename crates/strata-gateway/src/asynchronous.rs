@@ -53,7 +53,7 @@ pub(crate) async fn invoke_async(
 ) -> Result<Response, ApiError> {
     let name = name_param(&params);
     let id = call_id(&headers);
-    if s.orch.pool(&name).is_none() {
+    if !s.orch.has(&name) {
         return Err(ApiError::new(
             ErrorCode::FunctionNotFound,
             format!("function {name} not found"),

@@ -20,6 +20,9 @@ pub struct DeployResult {
     pub runtime: String,
     /// Always true: a deploy activates.
     pub active: bool,
+    /// What the build step did (wasm: compiled, or found in the artifact cache).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 /// The unpacked size a package may reach: 4× the upload limit covers compression.
@@ -43,6 +46,22 @@ pub async fn deploy(
         .spec;
     let code = store.blobs().code_dir(&version);
     match spec.runtime {
+        Runtime::Wasm => {
+            if !code.join(&spec.handler).is_file() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidManifest,
+                    format!("strata.toml: handler = {:?}: no such file in the package", spec.handler),
+                ));
+            }
+            if let Some(files) = &spec.files
+                && !code.join(files).is_dir()
+            {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidManifest,
+                    format!("strata.toml: files = {files:?}: no such folder in the package"),
+                ));
+            }
+        }
         Runtime::Exec => {
             let exe = code.join(&spec.handler);
             let ok = std::fs::metadata(&exe)
@@ -84,11 +103,34 @@ pub async fn deploy(
             }
         }
     }
+    let mut build = None;
     if spec.runtime == Runtime::Python {
         precompile_python(&code).await;
     }
+    if spec.runtime == Runtime::Wasm {
+        // Compile before anything is recorded: a component that does not compile or link
+        // fails the deploy and leaves the active version as it was.
+        let Some(tier) = orch.context().wasm.clone() else {
+            return Err(ApiError::new(
+                ErrorCode::InvalidManifest,
+                "strata.toml: runtime = \"wasm\": this daemon has no wasm tier",
+            ));
+        };
+        let (s2, c2) = (spec.clone(), code.clone());
+        let summary = tokio::task::spawn_blocking(move || tier.prepare(&s2, &c2))
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidManifest,
+                    format!("strata.toml: handler = {:?}: {e}", spec.handler),
+                )
+            })?;
+        build = Some(summary);
+    }
     let created = store.activate_new(&version, &spec)?;
-    orch.activate(spec.clone(), &version);
+    orch.activate(spec.clone(), &version)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("activating {version}: {e}")))?;
     tracing::info!(function = %spec.name, %version, created, "deployed");
     Ok(DeployResult {
         name: spec.name,
@@ -96,6 +138,7 @@ pub async fn deploy(
         created,
         runtime: spec.runtime.as_str().into(),
         active: true,
+        build,
     })
 }
 

@@ -82,7 +82,7 @@ pub(crate) async fn invoke(
         }
         .into_response()
     };
-    if s.orch.pool(&name).is_none() {
+    if !s.orch.has(&name) {
         s.metrics
             .observe(&name, ErrorCode::FunctionNotFound.status(), t0.elapsed(), false);
         return fail(

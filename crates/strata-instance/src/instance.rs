@@ -181,6 +181,7 @@ fn command(spec: &FunctionSpec) -> (PathBuf, Vec<String>) {
             let p = format!("/code/{}", spec.handler);
             (p.clone().into(), vec![p])
         }
+        (Runtime::Wasm, _) => unreachable!("wasm functions are refused before a process is planned"),
         (Runtime::Exec, ExecMode::Stdio) => (
             "/strata/bin/strata".into(),
             vec![
@@ -201,6 +202,11 @@ impl Instance {
         log: LogSink,
     ) -> Result<Instance, LaunchError> {
         let spec = &launch.spec;
+        if spec.runtime == Runtime::Wasm {
+            return Err(LaunchError::Init(
+                "wasm functions run on the wasm tier, not as processes".into(),
+            ));
+        }
         let id = format!("{}-{}", spec.name, SEQ.fetch_add(1, Ordering::Relaxed));
         let (ours, theirs) = StdUnixStream::pair()?;
         ours.set_nonblocking(true)?;
@@ -308,6 +314,7 @@ impl Instance {
                     sandbox_ms: sandbox_time.as_secs_f64() * 1000.0,
                     runtime_init_ms: (ready_ms - import_ms).max(0.0),
                     import_ms,
+                    ..ColdStart::default()
                 };
                 let _ = t0;
                 instance

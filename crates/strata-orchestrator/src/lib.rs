@@ -6,6 +6,7 @@
 //! The decisions are pure functions in [`scaling`]; [`pool`] carries them out with real
 //! instances. Nothing here speaks HTTP: the gateway calls [`Orchestrator::invoke`].
 
+pub mod direct;
 pub mod pool;
 pub mod queue;
 pub mod scaling;
@@ -15,10 +16,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use direct::{DirectFunction, DirectOutcome, DirectTier};
+
 use strata_instance::{InvokeError, LaunchSpec, LogSink, Request, Response, Runtimes};
 use strata_sandbox::Backend;
 use strata_store::{Store, now_ms};
-use strata_types::{ColdStart, ErrorCode, FunctionSpec, InvocationRecord, LogStream};
+use strata_types::{ColdStart, ErrorCode, FunctionSpec, InvocationRecord, LogStream, Runtime};
 
 pub use pool::{Lease, Pool, PoolStats};
 
@@ -71,6 +74,8 @@ pub struct Context {
     pub store: Store,
     /// Calls that may wait per function version before 429.
     pub queue_depth: usize,
+    /// The WebAssembly tier, when this daemon has one.
+    pub wasm: Option<Arc<dyn DirectTier>>,
 }
 
 impl Context {
@@ -93,8 +98,28 @@ pub struct Outcome {
     pub cold: Option<ColdStart>,
 }
 
+/// How a function's calls are served.
+#[derive(Clone)]
+enum Serving {
+    /// Process instances, reused across calls.
+    Pool(Arc<Pool>),
+    /// A tier that makes an instance per call (wasm).
+    Direct(Arc<dyn DirectFunction>),
+}
+
 struct Entry {
-    active: Arc<Pool>,
+    spec: Arc<FunctionSpec>,
+    version: String,
+    serving: Serving,
+}
+
+impl Entry {
+    fn pool(&self) -> Option<&Arc<Pool>> {
+        match &self.serving {
+            Serving::Pool(p) => Some(p),
+            Serving::Direct(_) => None,
+        }
+    }
 }
 
 /// Routes calls to pools.
@@ -129,40 +154,76 @@ impl Orchestrator {
         &self.ctx
     }
 
-    /// Route `spec.name` to `version` (a new pool); the previous pool drains in the background.
-    pub fn activate(&self, spec: FunctionSpec, version: &str) {
-        let launch = LaunchSpec {
-            code_dir: self.ctx.store.blobs().code_dir(version),
-            spec: Arc::new(spec),
-            version: version.to_owned(),
+    /// Route `spec.name` to `version`: a new pool, or for wasm a loaded component. The
+    /// previous pool drains in the background. Fails (and changes nothing) when the version
+    /// cannot be served here.
+    pub fn activate(&self, spec: FunctionSpec, version: &str) -> Result<(), Error> {
+        let code_dir = self.ctx.store.blobs().code_dir(version);
+        let spec = Arc::new(spec);
+        let serving = if spec.runtime == Runtime::Wasm {
+            let tier = self
+                .ctx
+                .wasm
+                .as_ref()
+                .ok_or_else(|| Error::Init("this daemon has no wasm tier".into()))?;
+            let logs = self.ctx.log_sink(&spec.name);
+            Serving::Direct(
+                tier.load(Arc::clone(&spec), version, &code_dir, logs)
+                    .map_err(Error::Init)?,
+            )
+        } else {
+            let launch = LaunchSpec {
+                code_dir,
+                spec: Arc::clone(&spec),
+                version: version.to_owned(),
+            };
+            Serving::Pool(Pool::new(Arc::clone(&self.ctx), launch))
         };
-        let name = launch.spec.name.clone();
-        let pool = Pool::new(Arc::clone(&self.ctx), launch);
+        let entry = Entry {
+            spec: Arc::clone(&spec),
+            version: version.to_owned(),
+            serving,
+        };
         let old = self
             .functions
             .lock()
             .expect("functions lock")
-            .insert(name, Entry { active: pool });
-        if let Some(old) = old {
-            tokio::spawn(async move { old.active.drain(DRAIN_GRACE).await });
+            .insert(spec.name.clone(), entry);
+        if let Some(Serving::Pool(old)) = old.map(|e| e.serving) {
+            tokio::spawn(async move { old.drain(DRAIN_GRACE).await });
         }
+        Ok(())
     }
 
     /// Forget a function; its instances drain.
     pub async fn remove(&self, name: &str) {
         let old = self.functions.lock().expect("functions lock").remove(name);
-        if let Some(old) = old {
-            old.active.drain(DRAIN_GRACE).await;
+        if let Some(Serving::Pool(old)) = old.map(|e| e.serving) {
+            old.drain(DRAIN_GRACE).await;
         }
     }
 
-    /// The active pool of a function.
+    /// Whether `name` is an active function.
+    pub fn has(&self, name: &str) -> bool {
+        self.functions.lock().expect("functions lock").contains_key(name)
+    }
+
+    /// The active spec of a function.
+    pub fn spec(&self, name: &str) -> Option<Arc<FunctionSpec>> {
+        self.functions
+            .lock()
+            .expect("functions lock")
+            .get(name)
+            .map(|e| Arc::clone(&e.spec))
+    }
+
+    /// The active pool of a process function.
     pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
         self.functions
             .lock()
             .expect("functions lock")
             .get(name)
-            .map(|e| Arc::clone(&e.active))
+            .and_then(|e| e.pool().cloned())
     }
 
     /// The specs of every active function.
@@ -171,20 +232,43 @@ impl Orchestrator {
             .lock()
             .expect("functions lock")
             .values()
-            .map(|e| Arc::clone(&e.active.launch.spec))
+            .map(|e| Arc::clone(&e.spec))
             .collect()
     }
 
-    /// Stats of every function's active pool.
+    /// Stats of one function.
+    pub fn function_stats(&self, name: &str) -> Option<PoolStats> {
+        let serving = self
+            .functions
+            .lock()
+            .expect("functions lock")
+            .get(name)?
+            .serving
+            .clone();
+        Some(match serving {
+            Serving::Pool(p) => p.stats(),
+            Serving::Direct(d) => d.stats(),
+        })
+    }
+
+    /// Stats of every function.
     pub fn stats(&self) -> Vec<(String, PoolStats)> {
-        let pools: Vec<(String, Arc<Pool>)> = self
+        let all: Vec<(String, Serving)> = self
             .functions
             .lock()
             .expect("functions lock")
             .iter()
-            .map(|(k, e)| (k.clone(), Arc::clone(&e.active)))
+            .map(|(k, e)| (k.clone(), e.serving.clone()))
             .collect();
-        pools.into_iter().map(|(k, p)| (k, p.stats())).collect()
+        all.into_iter()
+            .map(|(k, s)| {
+                let stats = match s {
+                    Serving::Pool(p) => p.stats(),
+                    Serving::Direct(d) => d.stats(),
+                };
+                (k, stats)
+            })
+            .collect()
     }
 
     /// Keep-alive and min-instance upkeep, once a second, forever.
@@ -200,7 +284,7 @@ impl Orchestrator {
                 .lock()
                 .expect("functions lock")
                 .values()
-                .map(|e| Arc::clone(&e.active))
+                .filter_map(|e| e.pool().cloned())
                 .collect();
             let now = Instant::now();
             for p in pools {
@@ -219,6 +303,25 @@ impl Orchestrator {
                 result: Err(Error::ShuttingDown),
                 version: None,
                 cold: None,
+            };
+        }
+        if let Some((function, version)) = self.direct(name) {
+            let out = function.call(req).await;
+            self.record(
+                name,
+                &call_id,
+                Some(version.clone()),
+                started_ms,
+                started,
+                out.cold,
+                &out.result,
+                (out.cpu_ms, out.memory_peak_bytes),
+                None,
+            );
+            return Outcome {
+                result: out.result,
+                version: Some(version),
+                cold: out.cold,
             };
         }
         // A redeploy can swap the pool between lookup and acquire: retry on the new one.
@@ -289,6 +392,16 @@ impl Orchestrator {
         Outcome { result, version, cold }
     }
 
+    /// The direct-tier function behind `name`, if it is one.
+    fn direct(&self, name: &str) -> Option<(Arc<dyn DirectFunction>, String)> {
+        let functions = self.functions.lock().expect("functions lock");
+        let e = functions.get(name)?;
+        match &e.serving {
+            Serving::Direct(d) => Some((Arc::clone(d), e.version.clone())),
+            Serving::Pool(_) => None,
+        }
+    }
+
     #[allow(clippy::too_many_arguments)] // one record's fields, gathered in one place
     fn record(
         &self,
@@ -330,7 +443,7 @@ impl Orchestrator {
             .lock()
             .expect("functions lock")
             .drain()
-            .map(|(_, e)| e.active)
+            .filter_map(|(_, e)| e.pool().cloned())
             .collect();
         // All pools drain at once, so shutdown takes one grace period at most, not one each.
         let mut drains = tokio::task::JoinSet::new();

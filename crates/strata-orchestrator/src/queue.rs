@@ -179,7 +179,7 @@ impl AsyncQueue {
             return Ok(Vec::new());
         }
         for c in &calls {
-            if self.orch.pool(&c.function).is_none() {
+            if !self.orch.has(&c.function) {
                 return Err(QueueError::NotFound(c.function.clone()));
             }
         }
@@ -230,7 +230,7 @@ impl AsyncQueue {
     }
 
     fn make_call(&self, c: NewCall, now: u64) -> (AsyncCall, Bytes) {
-        let spec = self.orch.pool(&c.function).map(|p| Arc::clone(&p.launch.spec));
+        let spec = self.orch.spec(&c.function);
         let (max_attempts, backoff_ms) = spec.map_or((3, 1000), |s| (s.max_attempts, s.retry_backoff_ms));
         let call = AsyncCall {
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
@@ -463,7 +463,7 @@ impl AsyncQueue {
             Err(e) => (e.code().status(), Some(format!("{}: {e}", e.code())), None),
         };
         call.attempts = attempt;
-        let not_found = matches!(status, 404) && self.orch.pool(&call.function).is_none();
+        let not_found = matches!(status, 404) && !self.orch.has(&call.function);
         let state = match &failure {
             None => CallState::Succeeded,
             Some(err) => {
@@ -523,9 +523,9 @@ impl AsyncQueue {
 
     /// Calls of `function` that may run at once: what its instances can take.
     fn capacity(&self, function: &str) -> usize {
-        self.orch.pool(function).map_or(1, |p| {
-            (p.launch.spec.max_instances as usize * p.launch.spec.concurrency as usize).max(1)
-        })
+        self.orch
+            .spec(function)
+            .map_or(1, |s| (s.max_instances as usize * s.concurrency as usize).max(1))
     }
 
     /// One call of `function` stopped running: let a parked one go.

@@ -15,7 +15,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, 
 
 use crate::capture::Capture;
 use crate::engine::WasmFunction;
-use crate::outbound::AllowedHosts;
+use strata_types::AllowedHosts;
 
 /// An HTTP request for a function.
 #[derive(Debug, Clone)]

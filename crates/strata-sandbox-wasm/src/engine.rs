@@ -15,7 +15,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::WasmError;
 use crate::cache::{ArtifactCache, Lookup};
 use crate::call::CallState;
-use crate::outbound::AllowedHosts;
+use strata_types::AllowedHosts;
 
 /// How the engine is set up.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@
 //! - **Limits.** Epoch interruption stops a guest at its timeout (it yields to the executor
 //!   at every tick, so a spinning guest does not starve others); a resource limiter caps
 //!   linear memory and tables; outbound HTTP goes only to `allowed_outbound_hosts`
-//!   ([`outbound`]); sockets and name lookups are denied; there is no filesystem unless a
+//!   (`strata_types::hosts`); sockets and name lookups are denied; there is no filesystem unless a
 //!   folder is granted read-only.
 //!
 //! Only this crate depends on wasmtime: the rest of the workspace builds without it, and the
@@ -22,11 +22,10 @@ pub mod cache;
 mod call;
 mod capture;
 mod engine;
-pub mod outbound;
 
 pub use call::{CallError, CallReport, HttpCall, Reply};
 pub use engine::{ArtifactSource, EngineConfig, Limits, LoadInfo, WasmEngine, WasmFunction};
-pub use outbound::{AllowedHosts, BadHost};
+pub use strata_types::{AllowedHosts, BadHost};
 
 /// Why a component could not be prepared or loaded.
 #[derive(Debug, thiserror::Error)]

@@ -6,10 +6,12 @@
 #![forbid(unsafe_code)]
 
 mod error_code;
+pub mod hosts;
 mod manifest;
 mod record;
 pub mod units;
 
 pub use error_code::ErrorCode;
+pub use hosts::{AllowedHosts, BadHost};
 pub use manifest::{ExecMode, FunctionSpec, Manifest, ManifestError, Network, Runtime, Trigger, valid_topic};
-pub use record::{ColdStart, InvocationRecord, LogLine, LogStream};
+pub use record::{ArtifactOrigin, ColdPath, ColdStart, InvocationRecord, LogLine, LogStream};

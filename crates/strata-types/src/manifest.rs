@@ -20,6 +20,8 @@ pub enum Runtime {
     Node,
     /// Any executable.
     Exec,
+    /// A `wasi:http/proxy` WebAssembly component; the handler is its path.
+    Wasm,
 }
 
 impl Runtime {
@@ -29,6 +31,7 @@ impl Runtime {
             Runtime::Python => "python",
             Runtime::Node => "node",
             Runtime::Exec => "exec",
+            Runtime::Wasm => "wasm",
         }
     }
 }
@@ -93,6 +96,12 @@ pub struct FunctionSpec {
     /// Triggers that invoke the function asynchronously.
     #[serde(default)]
     pub triggers: Vec<Trigger>,
+    /// wasm only: where outbound HTTP may go (see [`crate::AllowedHosts`]); empty = nowhere.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// wasm only: a folder of the package the guest may read, seen at `/`.
+    #[serde(default)]
+    pub files: Option<String>,
 }
 
 /// What invokes a function besides HTTP.
@@ -207,6 +216,8 @@ const KEYS: &[&str] = &[
     "max_attempts",
     "retry_backoff",
     "trigger",
+    "allowed_outbound_hosts",
+    "files",
 ];
 
 /// Whether `name` is a valid topic name.
@@ -313,7 +324,10 @@ impl Manifest {
             "python" => Runtime::Python,
             "node" => Runtime::Node,
             "exec" => Runtime::Exec,
-            _ => return Err(c.invalid("runtime", &table["runtime"], "expected one of python, node, exec")),
+            "wasm" => Runtime::Wasm,
+            _ => {
+                return Err(c.invalid("runtime", &table["runtime"], "expected one of python, node, exec, wasm"));
+            }
         };
         let handler = c.required("handler")?;
         match runtime {
@@ -329,8 +343,8 @@ impl Manifest {
                     ));
                 }
             }
-            Runtime::Exec => {
-                if handler.is_empty() || handler.starts_with('/') || handler.split('/').any(|p| p == "..") {
+            Runtime::Exec | Runtime::Wasm => {
+                if !inside_folder(handler) {
                     return Err(c.invalid(
                         "handler",
                         &table["handler"],
@@ -430,11 +444,30 @@ impl Manifest {
         let max_attempts = c.int("max_attempts", 1, 100)?.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         let retry_backoff_ms = c.duration("retry_backoff")?.unwrap_or(DEFAULT_BACKOFF_MS);
         let triggers = parse_triggers(&c)?;
+        let (allowed_outbound_hosts, files) = parse_wasm_keys(&c, runtime)?;
+        if runtime == Runtime::Wasm {
+            if network == Network::Host {
+                return Err(c.invalid(
+                    "network",
+                    &table["network"],
+                    "wasm functions reach the network only through allowed_outbound_hosts",
+                ));
+            }
+            if cpu_millis.is_some() {
+                return Err(c.invalid(
+                    "cpu",
+                    &table["cpu"],
+                    "wasm functions are bounded by their timeout, not a CPU quota",
+                ));
+            }
+        }
         Ok(Manifest {
             spec: FunctionSpec {
                 max_attempts,
                 retry_backoff_ms,
                 triggers,
+                allowed_outbound_hosts,
+                files,
                 name: name.into(),
                 runtime,
                 handler: handler.into(),
@@ -451,6 +484,55 @@ impl Manifest {
             },
         })
     }
+}
+
+/// Whether `path` is a relative path that stays inside the function folder.
+fn inside_folder(path: &str) -> bool {
+    !path.is_empty() && !path.starts_with('/') && !path.split('/').any(|p| p == "..")
+}
+
+/// `allowed_outbound_hosts` and `files`, which only wasm functions have.
+fn parse_wasm_keys(c: &Ctx<'_>, runtime: Runtime) -> Result<(Vec<String>, Option<String>), ManifestError> {
+    for key in ["allowed_outbound_hosts", "files"] {
+        if runtime != Runtime::Wasm
+            && let Some(v) = c.table.get(key)
+        {
+            return Err(c.invalid(key, v, "only wasm functions have it (process functions use network)"));
+        }
+    }
+    let hosts = match c.table.get("allowed_outbound_hosts") {
+        None => Vec::new(),
+        Some(v @ toml::Value::Array(a)) => {
+            let mut hosts = Vec::new();
+            for item in a {
+                let toml::Value::String(h) = item else {
+                    return Err(c.invalid("allowed_outbound_hosts", v, "expected a list of strings"));
+                };
+                if crate::AllowedHosts::parse(&[h]).is_err() {
+                    return Err(c.invalid(
+                        "allowed_outbound_hosts",
+                        item,
+                        "not a host pattern (want host, host:port, or http[s]://host[:port]; * and *. wildcards)",
+                    ));
+                }
+                hosts.push(h.clone());
+            }
+            hosts
+        }
+        Some(v) => return Err(c.invalid("allowed_outbound_hosts", v, "expected a list of strings")),
+    };
+    let files = match c.string("files")? {
+        None => None,
+        Some(f) if inside_folder(f) => Some(f.trim_end_matches('/').to_owned()),
+        Some(_) => {
+            return Err(c.invalid(
+                "files",
+                &c.table["files"],
+                "expected a folder inside the function folder",
+            ));
+        }
+    };
+    Ok((hosts, files))
 }
 
 fn parse_triggers(c: &Ctx<'_>) -> Result<Vec<Trigger>, ManifestError> {
@@ -565,6 +647,20 @@ GREETING = "hi"
     }
 
     #[test]
+    fn wasm_functions() {
+        let m = Manifest::parse(
+            "f",
+            "name='w'\nruntime='wasm'\nhandler='app.wasm'\nallowed_outbound_hosts=['https://*.example.com', '127.0.0.1:8080']\nfiles='static/'\n",
+        )
+        .unwrap()
+        .spec;
+        assert_eq!(m.runtime, Runtime::Wasm);
+        assert_eq!(m.handler, "app.wasm");
+        assert_eq!(m.allowed_outbound_hosts, ["https://*.example.com", "127.0.0.1:8080"]);
+        assert_eq!(m.files.as_deref(), Some("static"));
+    }
+
+    #[test]
     fn defaults() {
         let m = Manifest::parse("f", "name='a'\nruntime='node'\nhandler='index:handle'\n")
             .unwrap()
@@ -610,7 +706,7 @@ GREETING = "hi"
             ),
             (
                 "name = \"a\"\nruntime = \"ruby\"\nhandler = \"m:h\"\n",
-                "fn/strata.toml: runtime = \"ruby\": expected one of python, node, exec",
+                "fn/strata.toml: runtime = \"ruby\": expected one of python, node, exec, wasm",
             ),
             (
                 "name = \"a\"\nruntime = \"python\"\n",
@@ -700,6 +796,30 @@ GREETING = "hi"
             (
                 "max_attempts = 0\n",
                 "fn/strata.toml: max_attempts = 0: must be between 1 and 100",
+            ),
+            (
+                "allowed_outbound_hosts = [\"a.com\"]\n",
+                "fn/strata.toml: allowed_outbound_hosts = [\"a.com\"]: only wasm functions have it (process functions use network)",
+            ),
+            (
+                "name = \"a\"\nruntime = \"wasm\"\nhandler = \"x.wasm\"\nallowed_outbound_hosts = [\"ok.com\", \"ftp://x\"]\n",
+                "fn/strata.toml: allowed_outbound_hosts = \"ftp://x\": not a host pattern (want host, host:port, or http[s]://host[:port]; * and *. wildcards)",
+            ),
+            (
+                "name = \"a\"\nruntime = \"wasm\"\nhandler = \"x.wasm\"\nallowed_outbound_hosts = \"ok.com\"\n",
+                "fn/strata.toml: allowed_outbound_hosts = \"ok.com\": expected a list of strings",
+            ),
+            (
+                "name = \"a\"\nruntime = \"wasm\"\nhandler = \"x.wasm\"\nnetwork = \"host\"\n",
+                "fn/strata.toml: network = \"host\": wasm functions reach the network only through allowed_outbound_hosts",
+            ),
+            (
+                "name = \"a\"\nruntime = \"wasm\"\nhandler = \"x.wasm\"\nfiles = \"../etc\"\n",
+                "fn/strata.toml: files = \"../etc\": expected a folder inside the function folder",
+            ),
+            (
+                "name = \"a\"\nruntime = \"wasm\"\nhandler = \"/abs.wasm\"\n",
+                "fn/strata.toml: handler = \"/abs.wasm\": expected a path inside the function folder",
             ),
         ];
         for (text, want) in cases {

@@ -11,6 +11,49 @@ pub struct ColdStart {
     pub runtime_init_ms: f64,
     /// Loading the handler module (import and top-level code).
     pub import_ms: f64,
+    /// Which way the instance came to be.
+    #[serde(default)]
+    pub path: ColdPath,
+    /// wasm: compiling the component to machine code (at deploy; 0 when it came from the
+    /// artifact cache).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compile_ms: f64,
+    /// wasm: reading, verifying and mapping the compiled artifact, and linking it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub load_ms: f64,
+    /// wasm: creating the store and instantiating the component.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub instantiate_ms: f64,
+    /// wasm: where the machine code came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactOrigin>,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// How a cold instance was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColdPath {
+    /// A new sandbox and a fresh runtime process.
+    #[default]
+    Scratch,
+    /// A WebAssembly component, instantiated from its compiled artifact.
+    Wasm,
+}
+
+/// Where a wasm function's machine code came from when it was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactOrigin {
+    /// Compiled (nothing was cached).
+    Compiled,
+    /// Loaded from the artifact cache: no compilation.
+    Cached,
+    /// A cache file was rejected (damaged or foreign) and the component compiled again.
+    Rebuilt,
 }
 
 /// One invocation.

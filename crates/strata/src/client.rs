@@ -319,6 +319,9 @@ async fn deploy(api: &Api, dir: &Path) -> anyhow::Result<i32> {
     } else {
         emit(&format!("deployed {name} version {version}\n"))?;
     }
+    if let Some(build) = v["build"].as_str() {
+        emit(&format!("  build: {build}\n"))?;
+    }
     Ok(0)
 }
 

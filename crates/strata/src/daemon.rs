@@ -97,6 +97,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     write_runtimes(&runtime_dir).context("writing runtime bootstraps")?;
     let backend = Backend::new(BackendConfig::default()).context("preparing the process sandbox (run as root)")?;
     tracing::info!(cgroups = backend.cgroup_version(), "sandbox backend ready");
+    let wasm = crate::wasm::Tier::new(&data).context("preparing the wasm tier")?;
     let orch = Orchestrator::new(Context {
         backend,
         runtimes: Runtimes {
@@ -105,10 +106,15 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         },
         store: store.clone(),
         queue_depth: opts.queue_depth,
+        wasm: Some(Arc::new(wasm)),
     });
     for f in store.functions()? {
         match store.spec(&f.name, &f.active) {
-            Ok(spec) => orch.activate(spec, &f.active),
+            Ok(spec) => {
+                if let Err(e) = orch.activate(spec, &f.active) {
+                    tracing::error!(function = %f.name, error = %e, "cannot restore function");
+                }
+            }
             Err(e) => tracing::error!(function = %f.name, error = %e, "cannot restore function"),
         }
     }

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod daemon;
 mod pack;
+mod wasm;
 
 use clap::Parser;
 

@@ -7,3 +7,4 @@ mod asynchronous;
 mod errors;
 mod invoke;
 mod lifecycle;
+mod wasm;

@@ -1,0 +1,182 @@
+//! The WebAssembly tier, plugged into the orchestrator: `strata-sandbox-wasm` behind the
+//! orchestrator's [`DirectTier`] traits, translating calls, results, logs and records.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_instance::{InvokeError, LogSink, Request, Response};
+use strata_orchestrator::{DirectFunction, DirectOutcome, DirectTier, Error, PoolStats};
+use strata_sandbox_wasm::{
+    AllowedHosts, ArtifactSource, CallError, EngineConfig, HttpCall, Limits, WasmEngine, WasmFunction,
+};
+use strata_types::{ArtifactOrigin, ColdPath, ColdStart, FunctionSpec, LogStream};
+
+/// stdout and stderr kept per call.
+const MAX_OUTPUT: usize = 1 << 20;
+/// Largest response a wasm function may return.
+const MAX_RESPONSE: usize = 64 << 20;
+
+/// The tier: one engine, its artifact cache under the data folder.
+pub struct Tier {
+    engine: WasmEngine,
+}
+
+impl Tier {
+    /// The engine, with compiled artifacts cached in `data/wasm-cache`.
+    pub fn new(data: &Path) -> anyhow::Result<Tier> {
+        let engine = WasmEngine::new(EngineConfig::new(data.join("wasm-cache")))?;
+        Ok(Tier { engine })
+    }
+}
+
+impl DirectTier for Tier {
+    fn prepare(&self, spec: &FunctionSpec, code_dir: &Path) -> Result<String, String> {
+        let info = self
+            .engine
+            .prepare(&code_dir.join(&spec.handler))
+            .map_err(|e| e.to_string())?;
+        Ok(match info.source {
+            ArtifactSource::Compiled { ms } => format!("compiled to machine code in {ms:.0} ms"),
+            ArtifactSource::Cached => "compiled artifact found in the cache, nothing to compile".into(),
+            ArtifactSource::Rebuilt { reason, ms } => {
+                format!("cached artifact rejected ({reason}), compiled again in {ms:.0} ms")
+            }
+        })
+    }
+
+    fn load(
+        &self,
+        spec: Arc<FunctionSpec>,
+        version: &str,
+        code_dir: &Path,
+        logs: LogSink,
+    ) -> Result<Arc<dyn DirectFunction>, String> {
+        let limits = Limits {
+            memory_bytes: spec.memory_bytes,
+            timeout: Duration::from_millis(spec.timeout_ms),
+            allowed_hosts: AllowedHosts::parse(&spec.allowed_outbound_hosts).map_err(|e| e.to_string())?,
+            env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            files: spec.files.as_ref().map(|f| code_dir.join(f)),
+            max_output_bytes: MAX_OUTPUT,
+            max_response_bytes: MAX_RESPONSE,
+        };
+        let function = self
+            .engine
+            .load(&code_dir.join(&spec.handler), limits)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(function = %spec.name, version, info = ?function.info(), "wasm function loaded");
+        Ok(Arc::new(Loaded {
+            function,
+            logs,
+            first: AtomicBool::new(true),
+            inflight: AtomicU32::new(0),
+            cold_starts: AtomicU64::new(0),
+        }))
+    }
+}
+
+/// One loaded version.
+struct Loaded {
+    function: WasmFunction,
+    logs: LogSink,
+    /// The first call reports the cold start: compile, load and instantiate.
+    first: AtomicBool,
+    inflight: AtomicU32,
+    cold_starts: AtomicU64,
+}
+
+impl Loaded {
+    fn log(&self, call: &str, stream: LogStream, output: &(Bytes, u64), what: &str) {
+        let (bytes, dropped) = output;
+        for line in String::from_utf8_lossy(bytes).lines() {
+            (self.logs)(Some(call), stream, line.to_owned());
+        }
+        if *dropped > 0 {
+            (self.logs)(
+                Some(call),
+                LogStream::System,
+                format!("{dropped} more bytes of {what} dropped (limit {MAX_OUTPUT} bytes per call)"),
+            );
+        }
+    }
+
+    async fn serve(&self, req: Request) -> DirectOutcome {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        let path_with_query = if req.query.is_empty() {
+            req.path.clone()
+        } else {
+            format!("{}?{}", req.path, req.query)
+        };
+        let report = self
+            .function
+            .call(HttpCall {
+                method: req.method.clone(),
+                path_with_query,
+                headers: req.headers.clone(),
+                body: req.body.clone(),
+            })
+            .await;
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.log(&req.id, LogStream::Stdout, &report.stdout, "stdout");
+        self.log(&req.id, LogStream::Stderr, &report.stderr, "stderr");
+        let result = match report.result {
+            Ok(reply) => Ok(Response {
+                status: reply.status,
+                headers: reply.headers,
+                body: reply.body,
+            }),
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    (self.logs)(Some(&req.id), LogStream::System, line.to_owned());
+                }
+                Err(Error::Invoke(match e {
+                    CallError::Timeout(d) => InvokeError::Timeout(d),
+                    CallError::OutOfMemory(_) => InvokeError::Oom,
+                    CallError::Trap(m) => InvokeError::Crash(format!("trap: {}", m.lines().next().unwrap_or(""))),
+                    CallError::BadResponse(m) => InvokeError::Crash(m),
+                }))
+            }
+        };
+        let cold = self.first.swap(false, Ordering::Relaxed).then(|| {
+            self.cold_starts.fetch_add(1, Ordering::Relaxed);
+            let info = self.function.info();
+            ColdStart {
+                path: ColdPath::Wasm,
+                compile_ms: info.compile_ms(),
+                load_ms: info.load_ms,
+                instantiate_ms: report.instantiate.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                artifact: Some(match info.source {
+                    ArtifactSource::Compiled { .. } => ArtifactOrigin::Compiled,
+                    ArtifactSource::Cached => ArtifactOrigin::Cached,
+                    ArtifactSource::Rebuilt { .. } => ArtifactOrigin::Rebuilt,
+                }),
+                ..ColdStart::default()
+            }
+        });
+        DirectOutcome {
+            result,
+            cold,
+            cpu_ms: 0.0,
+            memory_peak_bytes: 0,
+        }
+    }
+}
+
+impl DirectFunction for Loaded {
+    fn call(&self, req: Request) -> Pin<Box<dyn Future<Output = DirectOutcome> + Send + '_>> {
+        Box::pin(self.serve(req))
+    }
+
+    fn stats(&self) -> PoolStats {
+        PoolStats {
+            inflight: self.inflight.load(Ordering::Relaxed),
+            cold_starts: self.cold_starts.load(Ordering::Relaxed),
+            ..PoolStats::default()
+        }
+    }
+}
