@@ -9,12 +9,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::capture::Capture;
-use crate::engine::WasmFunction;
+use crate::engine::{Pre, WasmFunction};
 use strata_types::AllowedHosts;
 
 /// An HTTP request for a function.
@@ -56,6 +59,9 @@ pub enum CallError {
     /// It returned without setting a response, or the response was malformed or too large.
     #[error("bad response: {0}")]
     BadResponse(String),
+    /// A command module exited with a non-zero status.
+    #[error("exited with status {0}")]
+    Exit(i32),
 }
 
 /// Everything a call produced.
@@ -185,44 +191,79 @@ impl WasmFunction {
     /// Serve one request with a fresh instance.
     pub async fn call(&self, call: HttpCall) -> CallReport {
         let queued_at = Instant::now();
-        let stdout = Capture::new(self.limits.max_output_bytes);
+        let command = matches!(self.pre, Pre::Command(_));
+        // A command's stdout is its response body, so it gets the response's cap.
+        let stdout = Capture::new(if command {
+            self.limits.max_response_bytes
+        } else {
+            self.limits.max_output_bytes
+        });
         let stderr = Capture::new(self.limits.max_output_bytes);
-        let report = |result, instantiate, queued| CallReport {
-            result,
-            stdout: stdout.take(),
-            stderr: stderr.take(),
-            instantiate,
-            queued,
-        };
         let Ok(permit) = Arc::clone(&self.inner.slots).acquire_owned().await else {
-            return report(
-                Err(CallError::BadResponse("engine closed".into())),
-                None,
-                queued_at.elapsed(),
-            );
+            let result = Err(CallError::BadResponse("engine closed".into()));
+            return report(result, &stdout, &stderr, None, queued_at.elapsed(), command);
         };
         let queued = queued_at.elapsed();
         let started = Instant::now();
-        let timeout = self.limits.timeout;
-        let deadline = started + timeout;
         let refused = Arc::new(AtomicBool::new(false));
+        let (inst_tx, inst_rx) = tokio::sync::oneshot::channel();
+        let result = match &self.pre {
+            Pre::Proxy(pre) => {
+                let store = self.store(None, &stdout, &stderr, &[], started, &refused);
+                match store {
+                    Ok(store) => {
+                        self.run_proxy(pre.clone(), store, &call, permit, inst_tx, started, &refused)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Pre::Command(pre) => {
+                let (path, query) = call
+                    .path_with_query
+                    .split_once('?')
+                    .unwrap_or((call.path_with_query.as_str(), ""));
+                let env = strata_types::cgi::request_env(&call.method, path, query, &call.headers);
+                let store = self.store(Some(call.body.clone()), &stdout, &stderr, &env, started, &refused);
+                match store {
+                    Ok(store) => {
+                        self.run_command(pre.clone(), store, &stdout, permit, inst_tx, started, &refused)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let instantiate = inst_rx.await.ok();
+        report(result, &stdout, &stderr, instantiate, queued, command)
+    }
 
+    /// A store for one call: WASI with captured output, no sockets, the granted folder, the
+    /// memory limiter, and the deadline.
+    fn store(
+        &self,
+        stdin: Option<Bytes>,
+        stdout: &Capture,
+        stderr: &Capture,
+        extra_env: &[(String, String)],
+        started: Instant,
+        refused: &Arc<AtomicBool>,
+    ) -> Result<Store<CallState>, CallError> {
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
             .envs(&self.limits.env)
+            .envs(extra_env)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
-        if let Some(dir) = &self.limits.files
-            && let Err(e) = wasi.preopened_dir(dir, "/", FsPerms::ReadOnly)
-        {
-            return report(
-                Err(CallError::BadResponse(format!("granted folder: {e:#}"))),
-                None,
-                queued,
-            );
+        if let Some(body) = stdin {
+            wasi.stdin(MemoryInputPipe::new(body));
+        }
+        if let Some(dir) = &self.limits.files {
+            wasi.preopened_dir(dir, "/", FsPerms::ReadOnly)
+                .map_err(|e| CallError::BadResponse(format!("granted folder: {e:#}")))?;
         }
         let state = CallState {
             wasi: wasi.build(),
@@ -233,11 +274,12 @@ impl WasmFunction {
             },
             limiter: MemoryLimiter {
                 memory_bytes: self.limits.memory_bytes as usize,
-                refused: Arc::clone(&refused),
+                refused: Arc::clone(refused),
             },
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
+        let deadline = started + self.limits.timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
@@ -246,24 +288,36 @@ impl WasmFunction {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
+        Ok(store)
+    }
 
-        let request = match build_request(&call) {
-            Ok(r) => r,
-            Err(e) => return report(Err(CallError::BadResponse(e)), None, queued),
-        };
+    /// How long to wait for the guest before giving up on it from the host side: the
+    /// timeout plus two epoch ticks (the epoch check stops a running guest; this catches
+    /// one blocked in the host, e.g. on an outbound call).
+    fn grace(&self) -> Duration {
+        self.limits.timeout + self.inner.tick * 2 + Duration::from_millis(20)
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call's pieces, handed over once
+    async fn run_proxy(
+        &self,
+        pre: ProxyPre<CallState>,
+        mut store: Store<CallState>,
+        call: &HttpCall,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        inst_tx: tokio::sync::oneshot::Sender<Duration>,
+        started: Instant,
+        refused: &AtomicBool,
+    ) -> Result<Reply, CallError> {
+        let timeout = self.limits.timeout;
+        let request = build_request(call).map_err(CallError::BadResponse)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let resources = (|| {
             let req = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
             let out = store.data_mut().http().new_response_outparam(tx)?;
             wasmtime::Result::<_>::Ok((req, out))
         })();
-        let (req, out) = match resources {
-            Ok(r) => r,
-            Err(e) => return report(Err(CallError::BadResponse(format!("{e:#}"))), None, queued),
-        };
-
-        let pre = self.pre.clone();
-        let (inst_tx, inst_rx) = tokio::sync::oneshot::channel();
+        let (req, out) = resources.map_err(|e| CallError::BadResponse(format!("{e:#}")))?;
         let mut task = tokio::spawn(async move {
             let _permit = permit;
             let proxy = pre.instantiate_async(&mut store).await?;
@@ -273,9 +327,7 @@ impl WasmFunction {
                 .call_handle(&mut store, req, out)
                 .await
         });
-
         let max_body = self.limits.max_response_bytes;
-        let grace = timeout + self.inner.tick * 2 + Duration::from_millis(20);
         let work = async {
             match rx.await {
                 Ok(Ok(resp)) => {
@@ -285,7 +337,7 @@ impl WasmFunction {
                         Err(e) => {
                             // The guest trapped mid-body, or the body is too large.
                             let guest = (&mut task).await;
-                            return Err(classify(guest, &refused, timeout)
+                            return Err(classify(guest, refused, timeout)
                                 .unwrap_or_else(|| CallError::BadResponse(format!("response body: {e}"))));
                         }
                     };
@@ -307,27 +359,93 @@ impl WasmFunction {
                 }
                 Ok(Err(code)) => {
                     let guest = (&mut task).await;
-                    Err(classify(guest, &refused, timeout).unwrap_or_else(|| {
+                    Err(classify(guest, refused, timeout).unwrap_or_else(|| {
                         CallError::BadResponse(format!("the function answered with an error: {code:?}"))
                     }))
                 }
                 Err(_) => {
                     let guest = (&mut task).await;
-                    Err(classify(guest, &refused, timeout)
+                    Err(classify(guest, refused, timeout)
                         .unwrap_or_else(|| CallError::BadResponse("the function returned without a response".into())))
                 }
             }
         };
-        let result = match tokio::time::timeout(grace, work).await {
+        match tokio::time::timeout(self.grace(), work).await {
             Ok(r) => r,
             Err(_) => {
-                // Blocked in the host (an outbound call, a stream) past its deadline.
                 task.abort();
                 Err(CallError::Timeout(timeout))
             }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call's pieces, handed over once
+    async fn run_command(
+        &self,
+        pre: CommandPre<CallState>,
+        mut store: Store<CallState>,
+        stdout: &Capture,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        inst_tx: tokio::sync::oneshot::Sender<Duration>,
+        started: Instant,
+        refused: &AtomicBool,
+    ) -> Result<Reply, CallError> {
+        let timeout = self.limits.timeout;
+        let mut task = tokio::spawn(async move {
+            let _permit = permit;
+            let command = pre.instantiate_async(&mut store).await?;
+            let _ = inst_tx.send(started.elapsed());
+            command.wasi_cli_run().call_run(&mut store).await
+        });
+        let outcome = match tokio::time::timeout(self.grace(), &mut task).await {
+            Ok(r) => r,
+            Err(_) => {
+                task.abort();
+                return Err(CallError::Timeout(timeout));
+            }
         };
-        let instantiate = inst_rx.await.ok();
-        report(result, instantiate, queued)
+        let code = match outcome {
+            Ok(Ok(Ok(()))) => 0,
+            Ok(Ok(Err(()))) => 1,
+            Ok(Err(e)) => match e.downcast_ref::<I32Exit>() {
+                Some(exit) => exit.0,
+                None => return Err(classify(Ok(Err(e)), refused, timeout).expect("an error")),
+            },
+            Err(join) => return Err(classify(Err(join), refused, timeout).expect("an error")),
+        };
+        if code != 0 {
+            return Err(CallError::Exit(code));
+        }
+        let (body, dropped) = stdout.take();
+        if dropped > 0 {
+            return Err(CallError::BadResponse(format!(
+                "response larger than {} bytes",
+                self.limits.max_response_bytes
+            )));
+        }
+        Ok(Reply {
+            status: 200,
+            headers: Vec::new(),
+            body,
+        })
+    }
+}
+
+/// The report of a call; a command's stdout was its response, not output to log.
+fn report(
+    result: Result<Reply, CallError>,
+    stdout: &Capture,
+    stderr: &Capture,
+    instantiate: Option<Duration>,
+    queued: Duration,
+    command: bool,
+) -> CallReport {
+    CallReport {
+        result,
+        stdout: if command { (Bytes::new(), 0) } else { stdout.take() },
+        stderr: stderr.take(),
+        instantiate,
+        queued,
     }
 }
 

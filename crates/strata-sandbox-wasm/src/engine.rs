@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::WasmError;
@@ -250,13 +251,20 @@ impl WasmEngine {
         })
     }
 
-    fn link(&self, component: &Component) -> Result<ProxyPre<CallState>, WasmError> {
+    fn link(&self, component: &Component) -> Result<Pre, WasmError> {
         let pre = self
             .inner
             .linker
             .instantiate_pre(component)
             .map_err(|e| WasmError::Link(format!("{e:#}")))?;
-        ProxyPre::new(pre).map_err(|e| WasmError::Link(format!("not a wasi:http/proxy component: {e:#}")))
+        match ProxyPre::new(pre.clone()) {
+            Ok(proxy) => Ok(Pre::Proxy(proxy)),
+            Err(proxy_err) => CommandPre::new(pre).map(Pre::Command).map_err(|_| {
+                WasmError::Link(format!(
+                    "exports neither wasi:http/incoming-handler nor wasi:cli/run: {proxy_err:#}"
+                ))
+            }),
+        }
     }
 
     fn compile_or_load(&self, wasm: &[u8]) -> Result<(Component, LoadInfo), WasmError> {
@@ -314,17 +322,33 @@ impl WasmEngine {
     }
 }
 
-/// Components pass through; anything else is refused with what it is.
+/// Components pass through; a core module (a `wasm32-wasip1` command) is wrapped into a
+/// `wasi:cli/command` component with the preview-1 adapter that matches this wasmtime.
 fn adapt(wasm: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, WasmError> {
+    use wasi_preview1_component_adapter_provider::{
+        WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+    };
     if is_component(wasm) {
         return Ok(std::borrow::Cow::Borrowed(wasm));
     }
-    if wasm.starts_with(b"\0asm") {
-        return Err(WasmError::Invalid(
-            "this is a core WebAssembly module, not a component; build for wasm32-wasip2".into(),
-        ));
+    if !wasm.starts_with(b"\0asm") {
+        return Err(WasmError::Invalid("not a WebAssembly file (no \\0asm header)".into()));
     }
-    Err(WasmError::Invalid("not a WebAssembly file (no \\0asm header)".into()))
+    let component = wit_component::ComponentEncoder::default()
+        .module(wasm)
+        .and_then(|e| {
+            e.adapter(
+                WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+            )
+        })
+        .and_then(|e| e.validate(true).encode())
+        .map_err(|e| {
+            WasmError::Invalid(format!(
+                "a core module that cannot be adapted to a component (is it a wasm32-wasip1 command?): {e:#}"
+            ))
+        })?;
+    Ok(std::borrow::Cow::Owned(component))
 }
 
 /// A component's preamble: magic, then version 0x0d and layer 1.
@@ -347,9 +371,18 @@ fn spawn_ticker(engine: &Engine, tick: Duration) {
         .expect("spawn epoch thread");
 }
 
+/// A linked component, by the world it exports.
+#[derive(Clone)]
+pub(crate) enum Pre {
+    /// `wasi:http/proxy`: the request and response as `wasi:http` resources.
+    Proxy(ProxyPre<CallState>),
+    /// `wasi:cli/command`: the body on stdin, the response body on stdout.
+    Command(CommandPre<CallState>),
+}
+
 /// A component ready to serve calls.
 pub struct WasmFunction {
-    pub(crate) pre: ProxyPre<CallState>,
+    pub(crate) pre: Pre,
     pub(crate) limits: Arc<Limits>,
     pub(crate) inner: Arc<Inner>,
     info: LoadInfo,
@@ -367,5 +400,10 @@ impl WasmFunction {
     /// How it was made ready.
     pub fn info(&self) -> &LoadInfo {
         &self.info
+    }
+
+    /// Whether it is a command module (body on stdin, response on stdout).
+    pub fn is_command(&self) -> bool {
+        matches!(self.pre, Pre::Command(_))
     }
 }

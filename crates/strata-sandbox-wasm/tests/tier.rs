@@ -8,8 +8,13 @@ use bytes::Bytes;
 use strata_sandbox_wasm::{AllowedHosts, ArtifactSource, CallError, EngineConfig, HttpCall, Limits, WasmEngine};
 
 fn guest(name: &str) -> PathBuf {
+    let target = if name == "upper" {
+        "wasm32-wasip1"
+    } else {
+        "wasm32-wasip2"
+    };
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../guests/target/wasm32-wasip2/release")
+        .join(format!("../../guests/target/{target}/release"))
         .join(format!("{name}.wasm"));
     assert!(
         p.exists(),
@@ -46,10 +51,16 @@ fn engine(dir: &std::path::Path) -> WasmEngine {
     WasmEngine::new(cfg).unwrap()
 }
 
+/// An engine on a cache shared by the tests that do not test the cache: unoptimised test
+/// builds of Cranelift take seconds per compile.
+fn shared() -> WasmEngine {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    engine(DIR.get_or_init(|| tempfile::tempdir().unwrap()).path())
+}
+
 #[tokio::test]
 async fn echo_keeps_method_headers_query_and_binary_body() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = engine(dir.path()).load(&guest("probe"), limits()).unwrap();
+    let f = shared().load(&guest("probe"), limits()).unwrap();
     let body: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"] {
         let r = f
@@ -74,8 +85,7 @@ async fn echo_keeps_method_headers_query_and_binary_body() {
 
 #[tokio::test]
 async fn every_call_gets_a_fresh_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = engine(dir.path()).load(&guest("probe"), limits()).unwrap();
+    let f = shared().load(&guest("probe"), limits()).unwrap();
     for _ in 0..5 {
         let reply = f.call(get("/counter")).await.result.unwrap();
         assert_eq!(&reply.body[..], b"1");
@@ -84,8 +94,7 @@ async fn every_call_gets_a_fresh_instance() {
 
 #[tokio::test]
 async fn a_spinning_guest_is_stopped_at_its_timeout_and_the_next_call_works() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = engine(dir.path()).load(&guest("probe"), limits()).unwrap();
+    let f = shared().load(&guest("probe"), limits()).unwrap();
     let t = Instant::now();
     let r = f.call(get("/loop")).await;
     let took = t.elapsed();
@@ -100,8 +109,7 @@ async fn a_spinning_guest_is_stopped_at_its_timeout_and_the_next_call_works() {
 
 #[tokio::test]
 async fn memory_is_capped() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = engine(dir.path()).load(&guest("probe"), limits()).unwrap();
+    let f = shared().load(&guest("probe"), limits()).unwrap();
     // Within the limit: fine.
     let ok = f.call(get("/grow?mb=16")).await.result.unwrap();
     assert_eq!(&ok.body[..], b"16 MiB");
@@ -122,8 +130,7 @@ async fn memory_is_capped() {
 
 #[tokio::test]
 async fn a_trap_is_reported_with_its_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = engine(dir.path()).load(&guest("probe"), limits()).unwrap();
+    let f = shared().load(&guest("probe"), limits()).unwrap();
     match f.call(get("/trap")).await.result {
         Err(CallError::Trap(m)) => assert!(m.contains("unreachable"), "{m}"),
         other => panic!("{other:?}"),
@@ -172,9 +179,8 @@ async fn outbound_http_only_to_allowed_hosts() {
             });
         }
     });
-    let dir = tempfile::tempdir().unwrap();
     let url = format!("/fetch?url=http://127.0.0.1:{port}/ping");
-    let denied = engine(dir.path()).load(&guest("probe"), limits()).unwrap();
+    let denied = shared().load(&guest("probe"), limits()).unwrap();
     let r = denied.call(get(&url)).await.result.unwrap();
     assert_eq!(r.status, 502);
     assert!(
@@ -184,7 +190,7 @@ async fn outbound_http_only_to_allowed_hosts() {
     );
     let mut l = limits();
     l.allowed_hosts = AllowedHosts::parse(&[format!("127.0.0.1:{port}")]).unwrap();
-    let allowed = engine(dir.path()).load(&guest("probe"), l).unwrap();
+    let allowed = shared().load(&guest("probe"), l).unwrap();
     let r = allowed.call(get(&url)).await.result.unwrap();
     assert_eq!((r.status, &r.body[..]), (200, &b"200 pong"[..]));
 }
@@ -228,23 +234,63 @@ async fn the_cache_is_used_and_bad_files_are_rebuilt() {
 }
 
 #[tokio::test]
-async fn core_modules_and_garbage_are_refused_with_a_reason() {
+async fn core_command_modules_are_adapted_body_on_stdin_response_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let info = e.prepare(&guest("upper")).unwrap();
+    assert!(matches!(info.source, ArtifactSource::Compiled { .. }));
+    let f = e.load(&guest("upper"), limits()).unwrap();
+    assert!(f.is_command());
+    let r = f
+        .call(HttpCall {
+            method: "PUT".into(),
+            body: Bytes::from_static(b"shout"),
+            ..get("/")
+        })
+        .await;
+    let reply = r.result.unwrap();
+    assert_eq!((reply.status, &reply.body[..]), (200, &b"PUT SHOUT"[..]));
+    assert_eq!(&r.stdout.0[..], b"", "a command's stdout is its response, not its log");
+    assert_eq!(&r.stderr.0[..], b"PUT 5 bytes\n");
+    let failed = f
+        .call(HttpCall {
+            body: Bytes::from_static(b"fail"),
+            ..get("/")
+        })
+        .await;
+    // WASI 0.2's exit carries success or failure, not the number: exit(3) arrives as 1.
+    assert_eq!(failed.result.unwrap_err(), CallError::Exit(1));
+    // The adapted component is cached too: a restart loads it without adapting or compiling.
+    assert_eq!(
+        engine(dir.path()).prepare(&guest("upper")).unwrap().source,
+        ArtifactSource::Cached
+    );
+}
+
+#[tokio::test]
+async fn garbage_and_modules_without_an_entry_point_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
     std::fs::write(dir.path().join("junk.wasm"), b"not wasm").unwrap();
     let err = e.prepare(&dir.path().join("junk.wasm")).unwrap_err().to_string();
     assert!(err.contains("not a WebAssembly file"), "{err}");
+    // A core module that is not a WASI command (a library with no imports or `_start`).
+    std::fs::write(dir.path().join("lib.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let err = e.prepare(&dir.path().join("lib.wasm")).unwrap_err().to_string();
+    assert!(
+        err.contains("neither wasi:http/incoming-handler nor wasi:cli/run") || err.contains("cannot be adapted"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_calls_are_all_answered() {
-    let dir = tempfile::tempdir().unwrap();
     // Unoptimised test builds of wasmtime are slow: the point here is that all are answered.
     let l = Limits {
         timeout: Duration::from_secs(30),
         ..limits()
     };
-    let f = std::sync::Arc::new(engine(dir.path()).load(&guest("hello"), l).unwrap());
+    let f = std::sync::Arc::new(shared().load(&guest("hello"), l).unwrap());
     let mut set = tokio::task::JoinSet::new();
     for i in 0..1000 {
         let f = std::sync::Arc::clone(&f);

@@ -5,6 +5,7 @@
 //! it, and it depends on no other Strata crate.
 #![forbid(unsafe_code)]
 
+pub mod cgi;
 mod error_code;
 pub mod hosts;
 mod manifest;

@@ -139,6 +139,7 @@ impl Loaded {
                     CallError::OutOfMemory(_) => InvokeError::Oom,
                     CallError::Trap(m) => InvokeError::Crash(format!("trap: {}", m.lines().next().unwrap_or(""))),
                     CallError::BadResponse(m) => InvokeError::Crash(m),
+                    CallError::Exit(code) => InvokeError::Function(format!("exited with status {code}")),
                 }))
             }
         };

@@ -166,13 +166,14 @@ fn invoke(ctrl: &UnixStream, program: &str, args: &[String], msg: &Value, body: 
     cmd.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("Http_Method", text("method", "GET"))
-        .env("Http_Path", text("path", "/"))
-        .env("Http_Query", text("query", ""));
-    for (name, value) in header_env(msg) {
-        cmd.env(name, value);
-    }
+        .stderr(Stdio::piped());
+    let env = strata_types::cgi::request_env(
+        &text("method", "GET"),
+        &text("path", "/"),
+        &text("query", ""),
+        &request_headers(msg),
+    );
+    cmd.envs(env);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -252,46 +253,21 @@ fn forward_stderr(ctrl: &UnixStream, id: &Value, stderr: Option<ChildStderr>) ->
     (all, result)
 }
 
-/// The `Http_<Header_Name>` variables of the request headers: `content-type`
-/// becomes `Http_Content_Type`; repeated headers are joined with ", ".
-fn header_env(msg: &Value) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
+/// The request headers of an invoke frame; malformed pairs are skipped.
+fn request_headers(msg: &Value) -> Vec<(String, String)> {
     let pairs = msg
         .get("headers")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    for pair in pairs {
-        let (Some(name), Some(value)) = (pair.get(0).and_then(Value::as_str), pair.get(1).and_then(Value::as_str))
-        else {
-            continue;
-        };
-        let var = format!("Http_{}", canonical_header(name));
-        match out.iter_mut().find(|(n, _)| *n == var) {
-            Some((_, v)) => {
-                v.push_str(", ");
-                v.push_str(value);
-            }
-            None => out.push((var, value.to_owned())),
-        }
-    }
-    out
-}
-
-/// `x-request-id` -> `X_Request_Id`.
-fn canonical_header(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for (i, part) in name.split('-').enumerate() {
-        if i > 0 {
-            out.push('_');
-        }
-        let mut chars = part.chars();
-        if let Some(first) = chars.next() {
-            out.extend(first.to_uppercase());
-            out.extend(chars.flat_map(char::to_lowercase));
-        }
-    }
-    out
+    pairs
+        .iter()
+        .filter_map(|pair| {
+            let name = pair.get(0)?.as_str()?;
+            let value = pair.get(1)?.as_str()?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -299,21 +275,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn header_names() {
-        assert_eq!(canonical_header("content-type"), "Content_Type");
-        assert_eq!(canonical_header("X-REQUEST-ID"), "X_Request_Id");
-        assert_eq!(canonical_header("accept"), "Accept");
-    }
-
-    #[test]
-    fn header_variables() {
-        let msg = json!({"headers": [["x-a", "1"], ["content-type", "text/plain"], ["x-a", "2"], ["bad"]]});
+    fn malformed_header_pairs_are_skipped() {
+        let msg = json!({"headers": [["x-a", "1"], ["bad"], ["x-b", 2], ["x-a", "2"]]});
         assert_eq!(
-            header_env(&msg),
-            vec![
-                ("Http_X_A".to_owned(), "1, 2".to_owned()),
-                ("Http_Content_Type".to_owned(), "text/plain".to_owned()),
-            ]
+            request_headers(&msg),
+            vec![("x-a".to_owned(), "1".to_owned()), ("x-a".to_owned(), "2".to_owned())]
         );
     }
 

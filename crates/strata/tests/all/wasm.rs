@@ -338,3 +338,29 @@ async fn bad_wasm_packages_fail_the_deploy_and_keep_the_active_version() {
     let r = c.get(format!("{}/counter", d.fn_url("probe"))).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "1");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wasip1_command_modules_are_adapted() {
+    let d = Daemon::start();
+    let f = function_dir(&[(
+        "strata.toml",
+        "name = \"upper\"\nruntime = \"wasm\"\nhandler = \"upper.wasm\"\n",
+    )]);
+    let module = repo().join("guests/target/wasm32-wasip1/release/upper.wasm");
+    assert!(
+        module.exists(),
+        "{} is missing: run `cargo xtask examples` first",
+        module.display()
+    );
+    std::fs::copy(module, f.path().join("upper.wasm")).unwrap();
+    d.deploy(f.path());
+    let c = d.client();
+    let r = c.post(d.fn_url("upper")).body("quiet please").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let call = r.headers()["x-call-id"].to_str().unwrap().to_owned();
+    assert_eq!(r.text().await.unwrap(), "POST QUIET PLEASE");
+    let lines = wait_for_log(&d, "upper", &call, "POST 12 bytes").await;
+    assert_eq!(lines[0].0, "stderr");
+    let r = c.post(d.fn_url("upper")).body("fail").send().await.unwrap();
+    assert_eq!(code_of(r).await, (500, "function_error".into()));
+}
