@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 /// The heading of the section of `docs/benchmarks.md` this benchmark owns.
 const HEADING: &str = "## End to end (cargo xtask bench)";
 /// Keep-alive clients of the throughput runs.
-const CLIENTS: usize = 32;
+pub(crate) const CLIENTS: usize = 32;
 /// Request body of every invocation.
 const BODY: &[u8] = b"world";
 
@@ -585,7 +585,7 @@ impl Client {
 }
 
 /// The floor: a bare HTTP/1.1 keep-alive server answering every request with 200 "ok".
-fn bare_server() -> anyhow::Result<SocketAddr> {
+pub(crate) fn bare_server() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     std::thread::Builder::new().name("bare-accept".into()).spawn(move || {
@@ -616,14 +616,14 @@ fn histogram() -> anyhow::Result<Histogram<u64>> {
 }
 
 /// Latencies (ns), the gateway's own time per call (ns), and failed calls.
-struct Sample {
-    lat: Histogram<u64>,
+pub(crate) struct Sample {
+    pub(crate) lat: Histogram<u64>,
     platform: Histogram<u64>,
-    errors: Errors,
+    pub(crate) errors: Errors,
 }
 
 impl Sample {
-    fn new() -> anyhow::Result<Sample> {
+    pub(crate) fn new() -> anyhow::Result<Sample> {
         Ok(Sample {
             lat: histogram()?,
             platform: histogram()?,
@@ -631,7 +631,7 @@ impl Sample {
         })
     }
 
-    fn add(&mut self, other: &Sample) -> anyhow::Result<()> {
+    pub(crate) fn add(&mut self, other: &Sample) -> anyhow::Result<()> {
         self.lat.add(&other.lat).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         self.platform
             .add(&other.platform)
@@ -678,7 +678,7 @@ impl Sample {
         }
     }
 
-    fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         Stats::of(&self.lat)
     }
 
@@ -691,20 +691,20 @@ impl Sample {
 }
 
 #[derive(Debug, Default, Clone)]
-struct Errors {
-    count: u64,
-    first: Option<String>,
+pub(crate) struct Errors {
+    pub(crate) count: u64,
+    pub(crate) first: Option<String>,
 }
 
 /// Percentiles in microseconds.
 #[derive(Debug, Clone, Copy)]
-struct Stats {
-    n: u64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-    mean: f64,
+pub(crate) struct Stats {
+    pub(crate) n: u64,
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
+    pub(crate) mean: f64,
 }
 
 impl Stats {
@@ -720,14 +720,14 @@ impl Stats {
         }
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({"n": self.n, "p50_us": self.p50, "p90_us": self.p90, "p99_us": self.p99, "max_us": self.max, "mean_us": self.mean})
     }
 }
 
 /// `warmup` unrecorded calls, then `n` recorded ones, one after another on one connection,
 /// each after a pause of `gap`.
-fn sequential(addr: SocketAddr, path: &str, warmup: u64, n: u64, gap: Duration) -> anyhow::Result<Sample> {
+pub(crate) fn sequential(addr: SocketAddr, path: &str, warmup: u64, n: u64, gap: Duration) -> anyhow::Result<Sample> {
     let req = request("POST", path, BODY);
     let mut client = Client::new(addr);
     let mut sample = Sample::new()?;
@@ -1104,16 +1104,16 @@ impl CpuWindow {
 // ---------------------------------------------------------------------------------------------
 // wrk, the cross-check.
 
-struct Wrk {
-    rate: f64,
-    p50_us: f64,
-    p90_us: f64,
-    p99_us: f64,
-    errors: String,
+pub(crate) struct Wrk {
+    pub(crate) rate: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p90_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) errors: String,
 }
 
 impl Wrk {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({
             "requests_per_sec": self.rate, "p50_us": self.p50_us, "p90_us": self.p90_us, "p99_us": self.p99_us,
             "errors": self.errors,
@@ -1121,7 +1121,7 @@ impl Wrk {
     }
 }
 
-fn wrk(url: &str, tmp: &Path, secs: u64) -> anyhow::Result<Option<Wrk>> {
+pub(crate) fn wrk(url: &str, tmp: &Path, secs: u64) -> anyhow::Result<Option<Wrk>> {
     let Some(bin) = ["/usr/bin/wrk", "/usr/local/bin/wrk"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -1379,7 +1379,7 @@ impl Table {
 }
 
 /// "812 µs", "3.41 ms", "41.2 ms", "1.52 s".
-fn dur(us: f64) -> String {
+pub(crate) fn dur(us: f64) -> String {
     match us {
         u if u.is_nan() => "n/a".into(),
         u if u.abs() < 1000.0 => format!("{u:.0} µs"),

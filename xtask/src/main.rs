@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_async;
+mod bench_wasm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +18,7 @@ fn repo() -> PathBuf {
         .expect("xtask lives in the repo")
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("xtask: {cmd:?}");
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
@@ -92,7 +93,85 @@ fn build_wasm_guests() -> anyhow::Result<()> {
         .args(["build", "--release", "--target", "wasm32-wasip2", "-j2"]))?;
     let out = guests.join("target/wasm32-wasip2/release");
     std::fs::copy(out.join("hello.wasm"), repo().join("examples/hello-wasm/hello.wasm"))?;
+    build_python_component()
+}
+
+/// `examples/hello-wasm-python`: componentize-py (PyPI) makes a wasi:http component from
+/// `app.py`, with the WASI HTTP WIT files of the wasmtime-wasi-http crate we build against.
+/// Skipped when the component is newer than its source.
+fn build_python_component() -> anyhow::Result<()> {
+    let dir = repo().join("examples/hello-wasm-python");
+    let (src, out) = (dir.join("app.py"), dir.join("hello.wasm"));
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(s), Some(o)) = (modified(&src), modified(&out))
+        && o > s
+    {
+        return Ok(());
+    }
+    let tool = componentize_py()?;
+    let wit = wasi_http_wit()?;
+    let scratch = tempfile::tempdir()?;
+    run(Command::new(&tool)
+        .current_dir(&dir)
+        // Bytecode caches stay out of the package.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .arg("-d")
+        .arg(&wit)
+        .args(["-w", "wasi:http/proxy@0.2.12", "componentize", "app", "-o"])
+        .arg(scratch.path().join("hello.wasm")))?;
+    std::fs::copy(scratch.path().join("hello.wasm"), &out)?;
     Ok(())
+}
+
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+/// The componentize-py command, installed with pip when missing.
+fn componentize_py() -> anyhow::Result<PathBuf> {
+    let found = |name: &str| {
+        std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    };
+    if let Some(p) = found("componentize-py") {
+        return Ok(p);
+    }
+    let pip = |extra: &[&str]| {
+        Command::new("python3")
+            .args(["-m", "pip", "install", "-q"])
+            .args(extra)
+            .arg(COMPONENTIZE_PY)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !pip(&[]) && !pip(&["--break-system-packages"]) {
+        // Debian's python3 comes without pip.
+        run(Command::new("apt-get").args(["install", "-y", "-qq", "python3-pip"]))?;
+        if !pip(&["--break-system-packages"]) {
+            bail!("could not install {COMPONENTIZE_PY} with pip");
+        }
+    }
+    found("componentize-py")
+        .or_else(|| Some(PathBuf::from("/usr/local/bin/componentize-py")).filter(|p| p.is_file()))
+        .context("componentize-py installed but not on PATH")
+}
+
+/// The `wit/` folder of the wasmtime-wasi-http crate in the cargo registry.
+fn wasi_http_wit() -> anyhow::Result<PathBuf> {
+    let meta = Command::new("cargo")
+        .current_dir(repo())
+        .args(["metadata", "--format-version", "1"])
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&meta.stdout).context("cargo metadata")?;
+    let manifest = v["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "wasmtime-wasi-http")
+        .and_then(|p| p["manifest_path"].as_str())
+        .context("wasmtime-wasi-http is not in the dependency graph")?;
+    Ok(Path::new(manifest).with_file_name("wit"))
 }
 
 fn test() -> anyhow::Result<()> {
@@ -138,6 +217,11 @@ fn main() -> anyhow::Result<()> {
             ensure_packages(false)?;
             bench_async::run(&repo(), &args[1..])
         }
+        Some("bench-wasm") => {
+            ensure_packages(true)?;
+            build_examples()?;
+            bench_wasm::run(&repo(), &args[1..])
+        }
         Some("bench") => {
             ensure_packages(true)?;
             build_examples()?;
@@ -145,7 +229,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test | demo | bench [--quick] | bench-async [--quick] | examples | deps [--bench]>"
+                "usage: cargo xtask <test | demo | bench [--quick] | bench-async [--quick] | bench-wasm [--quick] | examples | deps [--bench]>"
             );
             std::process::exit(2)
         }

@@ -29,6 +29,9 @@ pub struct EngineConfig {
     pub max_memory_bytes: u64,
     /// The epoch tick: the granularity of timeouts and of a spinning guest's yields.
     pub epoch_tick: Duration,
+    /// Instances from the pooling allocator (the default); off allocates each instance's
+    /// memories and tables with mmap, for comparison in benchmarks.
+    pub pooling: bool,
 }
 
 impl EngineConfig {
@@ -39,6 +42,7 @@ impl EngineConfig {
             max_instances: 1000,
             max_memory_bytes: 1 << 30,
             epoch_tick: Duration::from_millis(5),
+            pooling: true,
         }
     }
 }
@@ -168,7 +172,11 @@ impl WasmEngine {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .memory_init_cow(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            .allocation_strategy(if cfg.pooling {
+                InstanceAllocationStrategy::Pooling(pool)
+            } else {
+                InstanceAllocationStrategy::OnDemand
+            });
         let engine = Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
 
         let mut h = ShaHasher(Sha256::new());

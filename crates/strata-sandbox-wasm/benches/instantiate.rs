@@ -1,0 +1,140 @@
+//! Instantiate + call of the hello component, inside the process (no HTTP): what a wasm call
+//! costs the daemon. Criterion measures the mean; every iteration also goes into a
+//! histogram, so the run reports p50 and p99 as well, and writes them to
+//! `target/bench/wasm-instantiate.json`.
+//!
+//! Side by side in the same run:
+//! - `pooled`: the tier as the daemon runs it (pooling allocator, copy-on-write images);
+//! - `on_demand`: the same engine without the pool (mmap per instance), the baseline the
+//!   pool is measured against.
+//!
+//! Needs the guests: `cargo xtask examples`, then `cargo bench -p strata-sandbox-wasm`.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use hdrhistogram::Histogram;
+use strata_sandbox_wasm::{AllowedHosts, EngineConfig, HttpCall, Limits, WasmEngine, WasmFunction};
+
+fn component() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guests/target/wasm32-wasip2/release/hello.wasm");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask examples` first",
+        p.display()
+    );
+    p
+}
+
+fn function(dir: &std::path::Path, pooling: bool) -> WasmFunction {
+    let mut cfg = EngineConfig::new(dir.join(if pooling { "pooled" } else { "on-demand" }));
+    cfg.pooling = pooling;
+    let engine = WasmEngine::new(cfg).expect("engine");
+    let limits = Limits {
+        memory_bytes: 64 << 20,
+        timeout: Duration::from_secs(10),
+        allowed_hosts: AllowedHosts::default(),
+        env: Vec::new(),
+        files: None,
+        max_output_bytes: 1 << 20,
+        max_response_bytes: 1 << 20,
+    };
+    engine.load(&component(), limits).expect("load")
+}
+
+struct Series {
+    name: &'static str,
+    total: Histogram<u64>,
+    instantiate: Histogram<u64>,
+}
+
+static SERIES: Mutex<Vec<Series>> = Mutex::new(Vec::new());
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let call = HttpCall {
+        method: "POST".into(),
+        path_with_query: "/".into(),
+        headers: vec![("content-type".into(), "text/plain".into())],
+        body: Bytes::from_static(b"bench"),
+    };
+    let mut group = c.benchmark_group("wasm");
+    group.measurement_time(Duration::from_secs(5));
+    for (name, pooling) in [("pooled", true), ("on_demand", false)] {
+        let f = function(dir.path(), pooling);
+        let mut total = Histogram::<u64>::new(3).expect("histogram");
+        let mut instantiate = Histogram::<u64>::new(3).expect("histogram");
+        group.bench_function(format!("instantiate_and_call/{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut sum = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let r = rt.block_on(f.call(call.clone()));
+                    let took = t.elapsed();
+                    assert!(r.result.is_ok(), "{:?}", r.result);
+                    sum += took;
+                    let _ = total.record(took.as_nanos() as u64);
+                    if let Some(i) = r.instantiate {
+                        let _ = instantiate.record(i.as_nanos() as u64);
+                    }
+                }
+                sum
+            })
+        });
+        SERIES.lock().expect("series").push(Series {
+            name,
+            total,
+            instantiate,
+        });
+    }
+    group.finish();
+    report();
+}
+
+fn report() {
+    let series = SERIES.lock().expect("series");
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let mut json = serde_json::Map::new();
+    println!("\nper call, every criterion iteration (µs):");
+    println!(
+        "{:<10} {:>8} {:>8} {:>8} {:>14} {:>14}",
+        "series", "n", "p50", "p99", "inst p50", "inst p99"
+    );
+    for s in series.iter() {
+        println!(
+            "{:<10} {:>8} {:>8.1} {:>8.1} {:>14.1} {:>14.1}",
+            s.name,
+            s.total.len(),
+            us(&s.total, 0.5),
+            us(&s.total, 0.99),
+            us(&s.instantiate, 0.5),
+            us(&s.instantiate, 0.99)
+        );
+        json.insert(
+            s.name.into(),
+            serde_json::json!({
+                "n": s.total.len(),
+                "p50_us": us(&s.total, 0.5),
+                "p99_us": us(&s.total, 0.99),
+                "instantiate_p50_us": us(&s.instantiate, 0.5),
+                "instantiate_p99_us": us(&s.instantiate, 0.99),
+            }),
+        );
+    }
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(
+        out.join("wasm-instantiate.json"),
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,423 @@
+//! `cargo xtask bench-wasm [--quick] [--no-build]`: the WebAssembly tier's benchmark.
+//!
+//! Same run, same component (`guests/hello`, the `hello-wasm` example):
+//! - instantiate + call inside the process: the criterion bench of `strata-sandbox-wasm`
+//!   (pooled, and the on-demand allocator as its baseline);
+//! - one client, sequential calls: a bare loopback HTTP server (the floor), Strata's gateway,
+//!   and `wasmtime serve` (wasmtime-cli 48) — interleaved in rounds so drift hits all three;
+//! - 32 keep-alive clients (wrk -t2 -c32): the same three, in rounds.
+//!
+//! Prints, writes `target/bench/wasm.json` and the "WebAssembly tier" section of
+//! `docs/benchmarks.md`.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::bench::{
+    Daemon, Machine, Sample, Stats, Wrk, bare_server, dur, replace_section_under, sequential, utc_now, wrk,
+};
+
+const HEADING: &str = "## WebAssembly tier (cargo xtask bench-wasm)";
+const INSTANTIATE_MAX_US: f64 = 20.0;
+const OVERHEAD_MAX_US: f64 = 40.0;
+const THROUGHPUT_MIN: f64 = 40_000.0;
+const VS_WASMTIME_MIN: f64 = 1.2;
+
+struct Config {
+    quick: bool,
+    build: bool,
+    rounds: usize,
+    per_round: u64,
+    warmup: u64,
+    load_secs: u64,
+    load_rounds: usize,
+}
+
+pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
+    let (mut quick, mut build) = (false, true);
+    for a in args {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--no-build" => build = false,
+            other => bail!("unknown argument {other:?} (usage: cargo xtask bench-wasm [--quick] [--no-build])"),
+        }
+    }
+    let cfg = Config {
+        quick,
+        build,
+        rounds: 5,
+        per_round: if quick { 200 } else { 1000 },
+        warmup: 200,
+        load_secs: if quick { 3 } else { 10 },
+        load_rounds: if quick { 1 } else { 3 },
+    };
+    if cfg.build {
+        crate::run(
+            Command::new("cargo")
+                .current_dir(repo)
+                .args(["build", "--release", "-p", "strata", "-j2"]),
+        )?;
+    }
+    let wasmtime = wasmtime_cli(repo)?;
+    let component = repo.join("examples/hello-wasm/hello.wasm");
+    let bin = repo.join("target/release/strata");
+    let (date, machine) = (utc_now(), Machine::probe()?);
+
+    eprintln!("bench-wasm: instantiate + call (criterion)");
+    let mut cargo = Command::new("cargo");
+    cargo
+        .current_dir(repo)
+        .args(["bench", "-j2", "-p", "strata-sandbox-wasm", "--bench", "instantiate"]);
+    if cfg.quick {
+        cargo.args(["--", "--warm-up-time", "1", "--measurement-time", "2"]);
+    }
+    crate::run(&mut cargo)?;
+    let criterion: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("target/bench/wasm-instantiate.json"))
+            .context("the instantiate bench wrote no results")?,
+    )?;
+
+    let tmp = tempfile::tempdir()?;
+    let mut daemon = Daemon::start(&bin, tmp.path())?;
+    let measured = measure(&cfg, &bin, &daemon, &wasmtime, &component, tmp.path());
+    daemon.stop()?;
+    let m = measured?;
+    let report = render(&cfg, &date, &machine, &criterion, &m, &wasmtime_version(&wasmtime));
+    println!("{report}");
+    let dir = repo.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("wasm.json"),
+        serde_json::to_string_pretty(&m.json(&criterion))? + "\n",
+    )?;
+    let doc_path = repo.join("docs/benchmarks.md");
+    let doc = std::fs::read_to_string(&doc_path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    std::fs::write(&doc_path, replace_section_under(&doc, HEADING, &report))?;
+    eprintln!("bench-wasm: wrote target/bench/wasm.json and {}", doc_path.display());
+    Ok(())
+}
+
+/// `wasmtime` 48 from PATH or `target/bench-tools`, installed there with cargo when missing.
+fn wasmtime_cli(repo: &Path) -> anyhow::Result<PathBuf> {
+    let local = repo.join("target/bench-tools/bin/wasmtime");
+    let candidates = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("wasmtime"))
+        .chain([PathBuf::from("/opt/wasmtime48/bin/wasmtime"), local.clone()]);
+    for c in candidates {
+        if c.is_file() && wasmtime_version(&c).starts_with("wasmtime 48.") {
+            return Ok(c);
+        }
+    }
+    eprintln!("bench-wasm: installing wasmtime-cli 48 into target/bench-tools (slow: it compiles wasmtime)");
+    crate::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "wasmtime-cli",
+                "--version",
+                "~48",
+                "--locked",
+                "-j2",
+                "--root",
+            ])
+            .arg(repo.join("target/bench-tools")),
+    )?;
+    Ok(local)
+}
+
+fn wasmtime_version(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+struct WasmtimeServe {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl WasmtimeServe {
+    fn start(bin: &Path, component: &Path) -> anyhow::Result<WasmtimeServe> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        // Its defaults, plus stdout for the guest's println (Strata captures it too).
+        let child = Command::new(bin)
+            .args(["serve", "-Scli=y", "--addr", &addr.to_string()])
+            .arg(component)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting wasmtime serve")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("wasmtime serve did not listen on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(WasmtimeServe { child, addr })
+    }
+}
+
+impl Drop for WasmtimeServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The three servers, by name, with the path each serves the component at.
+const TARGETS: [&str; 3] = ["bare loopback server", "strata gateway", "wasmtime serve"];
+
+struct Measured {
+    latency: Vec<Sample>,
+    load: Vec<Vec<Option<Wrk>>>,
+}
+
+impl Measured {
+    fn json(&self, criterion: &Value) -> Value {
+        let mut targets = serde_json::Map::new();
+        for (i, name) in TARGETS.iter().enumerate() {
+            let rounds: Vec<Value> = self.load[i]
+                .iter()
+                .map(|w| w.as_ref().map_or(Value::Null, Wrk::json))
+                .collect();
+            targets.insert(
+                (*name).into(),
+                json!({"latency": self.latency[i].stats().json(), "errors": self.latency[i].errors.count, "wrk_rounds": rounds}),
+            );
+        }
+        json!({"instantiate_and_call": criterion, "targets": targets})
+    }
+
+    /// Median over rounds of a wrk figure.
+    fn wrk_median(&self, i: usize, f: impl Fn(&Wrk) -> f64) -> f64 {
+        let mut v: Vec<f64> = self.load[i].iter().flatten().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    }
+}
+
+fn measure(
+    cfg: &Config,
+    bin: &Path,
+    daemon: &Daemon,
+    wasmtime: &Path,
+    component: &Path,
+    tmp: &Path,
+) -> anyhow::Result<Measured> {
+    let dir = tmp.join("hello-wasm");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(component, dir.join("hello.wasm"))?;
+    std::fs::write(
+        dir.join("strata.toml"),
+        "name = \"hello-wasm\"\nruntime = \"wasm\"\nhandler = \"hello.wasm\"\n",
+    )?;
+    let out = Command::new(bin)
+        .arg("deploy")
+        .arg(&dir)
+        .env("STRATA_GATEWAY", &daemon.url)
+        .output()?;
+    if !out.status.success() {
+        bail!("deploy failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let serve = WasmtimeServe::start(wasmtime, component)?;
+    let bare = bare_server()?;
+    let addrs = [(bare, "/"), (daemon.addr, "/function/hello-wasm"), (serve.addr, "/")];
+
+    eprintln!(
+        "bench-wasm: sequential latency, {} rounds of {}",
+        cfg.rounds, cfg.per_round
+    );
+    let mut latency: Vec<Sample> = (0..3).map(|_| Sample::new()).collect::<anyhow::Result<_>>()?;
+    for _ in 0..cfg.rounds {
+        for (i, (addr, path)) in addrs.iter().enumerate() {
+            let s = sequential(*addr, path, cfg.warmup, cfg.per_round, Duration::ZERO)?;
+            latency[i].add(&s)?;
+        }
+    }
+    eprintln!(
+        "bench-wasm: throughput, wrk -t2 -c32, {} rounds of {} s",
+        cfg.load_rounds, cfg.load_secs
+    );
+    let mut load: Vec<Vec<Option<Wrk>>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..cfg.load_rounds {
+        for (i, (addr, path)) in addrs.iter().enumerate() {
+            load[i].push(wrk(&format!("http://{addr}{path}"), tmp, cfg.load_secs)?);
+        }
+    }
+    drop(serve);
+    Ok(Measured { latency, load })
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Measured, wasmtime: &str) -> String {
+    let mut s = String::new();
+    let push = |s: &mut String, line: &str| {
+        s.push_str(line);
+        s.push('\n');
+    };
+    push(&mut s, HEADING);
+    push(&mut s, "");
+    push(
+        &mut s,
+        &format!(
+            "{date}; {} × {}, kernel {}, load {} ({:.1} cores busy before the run){}. Component: \
+             `guests/hello` (Rust, wasm32-wasip2), POST `world`. Compared with {wasmtime} (`wasmtime serve -Scli=y`, \
+             its defaults) and a bare loopback HTTP server, in the same run.",
+            machine.nproc,
+            machine.cpu,
+            machine.kernel,
+            machine.load,
+            machine.busy,
+            if cfg.quick { ", **--quick**" } else { "" }
+        ),
+    );
+    push(&mut s, "");
+    push(
+        &mut s,
+        "Instantiate + call inside the daemon's process (criterion, `cargo bench -p strata-sandbox-wasm --bench instantiate`; every iteration in a histogram):",
+    );
+    push(&mut s, "");
+    push(
+        &mut s,
+        "| allocator | calls | p50 | p99 | of which instantiate p50 | p99 |",
+    );
+    push(&mut s, "|---|---|---|---|---|---|");
+    for k in ["pooled", "on_demand"] {
+        let c = &criterion[k];
+        let f = |key: &str| format!("{:.1} µs", c[key].as_f64().unwrap_or(f64::NAN));
+        push(
+            &mut s,
+            &format!(
+                "| {k} | {} | {} | {} | {} | {} |",
+                c["n"],
+                f("p50_us"),
+                f("p99_us"),
+                f("instantiate_p50_us"),
+                f("instantiate_p99_us")
+            ),
+        );
+    }
+    push(&mut s, "");
+    push(
+        &mut s,
+        &format!(
+            "One client, sequential, {} rounds × {} calls, interleaved:",
+            cfg.rounds, cfg.per_round
+        ),
+    );
+    push(&mut s, "");
+    push(&mut s, "| server | calls | p50 | p90 | p99 | max | errors |");
+    push(&mut s, "|---|---|---|---|---|---|---|");
+    let st: Vec<Stats> = m.latency.iter().map(Sample::stats).collect();
+    for (i, name) in TARGETS.iter().enumerate() {
+        push(
+            &mut s,
+            &format!(
+                "| {name} | {} | {} | {} | {} | {} | {} |",
+                st[i].n,
+                dur(st[i].p50),
+                dur(st[i].p90),
+                dur(st[i].p99),
+                dur(st[i].max),
+                m.latency[i].errors.count
+            ),
+        );
+    }
+    push(&mut s, "");
+    push(
+        &mut s,
+        &format!(
+            "32 keep-alive clients (`wrk -t2 -c32 -d{}s`), median of {} rounds:",
+            cfg.load_secs, cfg.load_rounds
+        ),
+    );
+    push(&mut s, "");
+    push(
+        &mut s,
+        "| server | requests/s | p50 | p90 | p99 | errors (last round) |",
+    );
+    push(&mut s, "|---|---|---|---|---|---|");
+    for (i, name) in TARGETS.iter().enumerate() {
+        let errors = m.load[i]
+            .last()
+            .and_then(|w| w.as_ref())
+            .map_or("n/a".into(), |w| w.errors.clone());
+        push(
+            &mut s,
+            &format!(
+                "| {name} | {:.0} | {} | {} | {} | {errors} |",
+                m.wrk_median(i, |w| w.rate),
+                dur(m.wrk_median(i, |w| w.p50_us)),
+                dur(m.wrk_median(i, |w| w.p90_us)),
+                dur(m.wrk_median(i, |w| w.p99_us)),
+            ),
+        );
+    }
+    let inst = criterion["pooled"]["p50_us"].as_f64().unwrap_or(f64::NAN);
+    let overhead = st[1].p50 - st[0].p50;
+    let rate = m.wrk_median(1, |w| w.rate);
+    let ratio = rate / m.wrk_median(2, |w| w.rate);
+    let (p99, p99_wt) = (m.wrk_median(1, |w| w.p99_us), m.wrk_median(2, |w| w.p99_us));
+    push(&mut s, "");
+    push(&mut s, "| target | result | verdict |");
+    push(&mut s, "|---|---|---|");
+    push(
+        &mut s,
+        &format!(
+            "| instantiate + call p50 ≤ {INSTANTIATE_MAX_US} µs | {inst:.1} µs | {} |",
+            verdict(inst <= INSTANTIATE_MAX_US)
+        ),
+    );
+    push(
+        &mut s,
+        &format!(
+            "| gateway overhead over the bare round trip, p50 ≤ {OVERHEAD_MAX_US} µs | {overhead:.0} µs ({} − {}) | {} |",
+            dur(st[1].p50),
+            dur(st[0].p50),
+            verdict(overhead <= OVERHEAD_MAX_US)
+        ),
+    );
+    push(
+        &mut s,
+        &format!(
+            "| ≥ {THROUGHPUT_MIN:.0} requests/s, 32 clients | {rate:.0} | {} |",
+            verdict(rate >= THROUGHPUT_MIN)
+        ),
+    );
+    push(
+        &mut s,
+        &format!(
+            "| ≥ {VS_WASMTIME_MIN}× wasmtime serve's throughput | {ratio:.2}× | {} |",
+            verdict(ratio >= VS_WASMTIME_MIN)
+        ),
+    );
+    push(
+        &mut s,
+        &format!(
+            "| p99 under load no worse than wasmtime serve's | {} vs {} | {} |",
+            dur(p99),
+            dur(p99_wt),
+            verdict(p99 <= p99_wt)
+        ),
+    );
+    push(&mut s, "");
+    push(
+        &mut s,
+        "Reproduce: `cargo xtask bench-wasm` (`--quick` for a short run). wrk is not a Strata client: the 32 connections and the server share the machine's 2 cores, so the rates are what one box does end to end.",
+    );
+    s
+}
