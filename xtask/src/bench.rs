@@ -493,8 +493,10 @@ impl Wire {
         };
         let head = String::from_utf8_lossy(&self.buf[..head_len - 4]).into_owned();
         let mut msg = Message { head, body: Vec::new() };
-        if msg.header("transfer-encoding").is_some() {
-            bail!("chunked messages are not supported: {}", msg.head);
+        if msg.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            self.buf.drain(..head_len);
+            msg.body = self.read_chunked()?;
+            return Ok(Some(msg));
         }
         let len: usize = msg
             .header("content-length")
@@ -508,6 +510,36 @@ impl Wire {
         msg.body = self.buf[head_len..head_len + len].to_vec();
         self.buf.drain(..head_len + len);
         Ok(Some(msg))
+    }
+
+    /// A chunked body (as `wasmtime serve` sends), the head already consumed; no trailers.
+    fn read_chunked(&mut self) -> anyhow::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                if !self.fill()? {
+                    bail!("connection closed in a chunk header");
+                }
+            };
+            let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .with_context(|| format!("bad chunk size {size_text:?}"))?;
+            // The chunk, then CRLF (for the last, empty chunk: the final CRLF).
+            let need = line_end + 2 + size + 2;
+            while self.buf.len() < need {
+                if !self.fill()? {
+                    bail!("connection closed in a chunk");
+                }
+            }
+            body.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+            self.buf.drain(..need);
+            if size == 0 {
+                return Ok(body);
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -165,8 +165,15 @@ impl WasmEngine {
             .max_core_instance_size(4 << 20)
             .max_component_instance_size(4 << 20)
             .max_memory_size(cfg.max_memory_bytes as usize)
-            .linear_memory_keep_resident(64 << 10)
-            .table_keep_resident(64 << 10);
+            // Reset a slot by rewriting only the pages the call dirtied (found with the
+            // PAGEMAP_SCAN ioctl, Linux 6.7+), keeping them resident: no madvise, no TLB
+            // shootdown, and no page faults when the next call touches them. Without the
+            // ioctl, the first bytes are reset with memset and the rest with madvise.
+            .pagemap_scan(Enabled::Auto)
+            .linear_memory_keep_resident(8 << 20)
+            .table_keep_resident(1 << 20)
+            // Slots that do need madvise are released in batches: fewer syscalls and IPIs.
+            .decommit_batch_size(16);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
