@@ -493,7 +493,10 @@ impl Wire {
         };
         let head = String::from_utf8_lossy(&self.buf[..head_len - 4]).into_owned();
         let mut msg = Message { head, body: Vec::new() };
-        if msg.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        if msg
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
             self.buf.drain(..head_len);
             msg.body = self.read_chunked()?;
             return Ok(Some(msg));

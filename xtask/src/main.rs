@@ -93,7 +93,11 @@ fn build_wasm_guests() -> anyhow::Result<()> {
         .args(["build", "--release", "--target", "wasm32-wasip2", "-j2"]))?;
     let out = guests.join("target/wasm32-wasip2/release");
     std::fs::copy(out.join("hello.wasm"), repo().join("examples/hello-wasm/hello.wasm"))?;
-    build_python_component()
+    // An example only (no test needs it): a PyPI outage must not fail the build.
+    if let Err(e) = build_python_component() {
+        eprintln!("xtask: warning: examples/hello-wasm-python not built: {e:#}");
+    }
+    Ok(())
 }
 
 /// `examples/hello-wasm-python`: componentize-py (PyPI) makes a wasi:http component from

@@ -8,8 +8,8 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use strata_store::FunctionMeta;
-use strata_types::ErrorCode;
 use strata_types::units::{format_duration_ms, format_rfc3339_ms, format_size};
+use strata_types::{ErrorCode, Runtime};
 
 use crate::invoke::read_body;
 use crate::{ApiError, AppState};
@@ -68,7 +68,7 @@ pub(crate) async fn describe(State(s): State<AppState>, Path(name): Path<String>
     let m = s.store.function(&name)?;
     let spec = s.store.spec(&name, &m.active)?;
     let stats = s.orch.function_stats(&name).unwrap_or_default();
-    Ok(Json(json!({
+    let mut v = json!({
         "name": spec.name,
         "runtime": spec.runtime.as_str(),
         "handler": spec.handler,
@@ -97,8 +97,36 @@ pub(crate) async fn describe(State(s): State<AppState>, Path(name): Path<String>
             "inflight": inflight,
             "idle_ms": idle.as_millis() as u64,
         })).collect::<Vec<_>>(),
-    }))
-    .into_response())
+    });
+    // Show only what applies to the function's tier.
+    if let Some(obj) = v.as_object_mut() {
+        if spec.runtime != Runtime::Exec {
+            obj.remove("mode");
+        }
+        if spec.runtime == Runtime::Wasm {
+            for k in [
+                "concurrency",
+                "min_instances",
+                "max_instances",
+                "keep_alive",
+                "network",
+                "cpu",
+            ] {
+                obj.remove(k);
+            }
+            let hosts = if spec.allowed_outbound_hosts.is_empty() {
+                "none".to_owned()
+            } else {
+                spec.allowed_outbound_hosts.join(", ")
+            };
+            obj.insert("allowed_outbound_hosts".into(), hosts.into());
+            obj.insert(
+                "files".into(),
+                spec.files.clone().unwrap_or_else(|| "none".into()).into(),
+            );
+        }
+    }
+    Ok(Json(v).into_response())
 }
 
 fn versions_json(m: &FunctionMeta) -> Vec<Value> {

@@ -2,7 +2,7 @@
 //! the response, the output and what went wrong.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -77,6 +77,11 @@ pub struct CallReport {
     pub instantiate: Option<Duration>,
     /// Waiting for a free instance slot.
     pub queued: Duration,
+    /// CPU time of the thread(s) while they ran this call's instance (instantiation, guest
+    /// code and the host functions it called).
+    pub cpu: Duration,
+    /// The largest linear memory the instance had, bytes.
+    pub memory_peak_bytes: u64,
 }
 
 /// The data of one call's store.
@@ -146,10 +151,12 @@ impl WasiHttpHooks for Outbound {
     }
 }
 
-/// Caps linear memory and tables; remembers whether it refused a growth.
+/// Caps linear memory and tables; remembers whether it refused a growth, and the largest
+/// memory it allowed.
 struct MemoryLimiter {
     memory_bytes: usize,
     refused: Arc<AtomicBool>,
+    meter: Arc<Meter>,
 }
 
 const MAX_TABLE_ELEMENTS: usize = 200_000;
@@ -163,6 +170,7 @@ impl ResourceLimiter for MemoryLimiter {
             self.refused.store(true, Ordering::Relaxed);
             return Ok(false);
         }
+        self.meter.peak.fetch_max(desired as u64, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -206,14 +214,15 @@ impl WasmFunction {
         let queued = queued_at.elapsed();
         let started = Instant::now();
         let refused = Arc::new(AtomicBool::new(false));
+        let meter = Arc::new(Meter::default());
         let (inst_tx, inst_rx) = tokio::sync::oneshot::channel();
         let result = match &self.pre {
             Pre::Proxy(pre) => {
-                let store = self.store(None, &stdout, &stderr, &[], started, &refused);
+                let store = self.store(None, &stdout, &stderr, &[], started, &refused, &meter);
                 match store {
                     Ok(store) => {
-                        self.run_proxy(pre.clone(), store, &call, permit, inst_tx, started, &refused)
-                            .await
+                        let run = (pre.clone(), store, permit, inst_tx, Arc::clone(&meter));
+                        self.run_proxy(run, &call, started, &refused).await
                     }
                     Err(e) => Err(e),
                 }
@@ -224,22 +233,27 @@ impl WasmFunction {
                     .split_once('?')
                     .unwrap_or((call.path_with_query.as_str(), ""));
                 let env = strata_types::cgi::request_env(&call.method, path, query, &call.headers);
-                let store = self.store(Some(call.body.clone()), &stdout, &stderr, &env, started, &refused);
+                let body = Some(call.body.clone());
+                let store = self.store(body, &stdout, &stderr, &env, started, &refused, &meter);
                 match store {
                     Ok(store) => {
-                        self.run_command(pre.clone(), store, &stdout, permit, inst_tx, started, &refused)
-                            .await
+                        let run = (pre.clone(), store, permit, inst_tx, Arc::clone(&meter));
+                        self.run_command(run, &stdout, started, &refused).await
                     }
                     Err(e) => Err(e),
                 }
             }
         };
         let instantiate = inst_rx.await.ok();
-        report(result, &stdout, &stderr, instantiate, queued, command)
+        let mut r = report(result, &stdout, &stderr, instantiate, queued, command);
+        r.cpu = Duration::from_nanos(meter.cpu_ns.load(Ordering::Relaxed));
+        r.memory_peak_bytes = meter.peak.load(Ordering::Relaxed);
+        r
     }
 
     /// A store for one call: WASI with captured output, no sockets, the granted folder, the
     /// memory limiter, and the deadline.
+    #[allow(clippy::too_many_arguments)] // one call's pieces, handed over once
     fn store(
         &self,
         stdin: Option<Bytes>,
@@ -248,6 +262,7 @@ impl WasmFunction {
         extra_env: &[(String, String)],
         started: Instant,
         refused: &Arc<AtomicBool>,
+        meter: &Arc<Meter>,
     ) -> Result<Store<CallState>, CallError> {
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone())
@@ -275,6 +290,7 @@ impl WasmFunction {
             limiter: MemoryLimiter {
                 memory_bytes: self.limits.memory_bytes as usize,
                 refused: Arc::clone(refused),
+                meter: Arc::clone(meter),
             },
         };
         let mut store = Store::new(&self.inner.engine, state);
@@ -298,14 +314,10 @@ impl WasmFunction {
         self.limits.timeout + self.inner.tick * 2 + Duration::from_millis(20)
     }
 
-    #[allow(clippy::too_many_arguments)] // one call's pieces, handed over once
     async fn run_proxy(
         &self,
-        pre: ProxyPre<CallState>,
-        mut store: Store<CallState>,
+        (pre, mut store, permit, inst_tx, meter): Run<ProxyPre<CallState>>,
         call: &HttpCall,
-        permit: tokio::sync::OwnedSemaphorePermit,
-        inst_tx: tokio::sync::oneshot::Sender<Duration>,
         started: Instant,
         refused: &AtomicBool,
     ) -> Result<Reply, CallError> {
@@ -318,7 +330,7 @@ impl WasmFunction {
             wasmtime::Result::<_>::Ok((req, out))
         })();
         let (req, out) = resources.map_err(|e| CallError::BadResponse(format!("{e:#}")))?;
-        let mut task = tokio::spawn(async move {
+        let mut task = tokio::spawn(CpuTimed::new(meter, async move {
             let _permit = permit;
             let proxy = pre.instantiate_async(&mut store).await?;
             let _ = inst_tx.send(started.elapsed());
@@ -326,7 +338,7 @@ impl WasmFunction {
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await
-        });
+        }));
         let max_body = self.limits.max_response_bytes;
         let work = async {
             match rx.await {
@@ -379,24 +391,20 @@ impl WasmFunction {
         }
     }
 
-    #[allow(clippy::too_many_arguments)] // one call's pieces, handed over once
     async fn run_command(
         &self,
-        pre: CommandPre<CallState>,
-        mut store: Store<CallState>,
+        (pre, mut store, permit, inst_tx, meter): Run<CommandPre<CallState>>,
         stdout: &Capture,
-        permit: tokio::sync::OwnedSemaphorePermit,
-        inst_tx: tokio::sync::oneshot::Sender<Duration>,
         started: Instant,
         refused: &AtomicBool,
     ) -> Result<Reply, CallError> {
         let timeout = self.limits.timeout;
-        let mut task = tokio::spawn(async move {
+        let mut task = tokio::spawn(CpuTimed::new(meter, async move {
             let _permit = permit;
             let command = pre.instantiate_async(&mut store).await?;
             let _ = inst_tx.send(started.elapsed());
             command.wasi_cli_run().call_run(&mut store).await
-        });
+        }));
         let outcome = match tokio::time::timeout(self.grace(), &mut task).await {
             Ok(r) => r,
             Err(_) => {
@@ -446,7 +454,64 @@ fn report(
         stderr: stderr.take(),
         instantiate,
         queued,
+        cpu: Duration::ZERO,
+        memory_peak_bytes: 0,
     }
+}
+
+/// What a call's instance used: CPU while it ran, its largest memory.
+#[derive(Debug, Default)]
+struct Meter {
+    cpu_ns: AtomicU64,
+    peak: AtomicU64,
+}
+
+/// The pieces a call runs with: linked component, store, pool slot, where to report the
+/// instantiation time, the meter.
+type Run<P> = (
+    P,
+    Store<CallState>,
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::oneshot::Sender<Duration>,
+    Arc<Meter>,
+);
+
+/// A future whose polls are timed in thread CPU time: the guest runs inside `poll` (wasmtime
+/// runs it on a fiber polled by this task), so the sum is the call's CPU time, whichever
+/// worker thread polled it.
+struct CpuTimed<F> {
+    inner: std::pin::Pin<Box<F>>,
+    meter: Arc<Meter>,
+}
+
+impl<F> CpuTimed<F> {
+    fn new(meter: Arc<Meter>, inner: F) -> Self {
+        CpuTimed {
+            inner: Box::pin(inner),
+            meter,
+        }
+    }
+}
+
+impl<F: Future> Future for CpuTimed<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let before = thread_cpu_ns();
+        let out = self.inner.as_mut().poll(cx);
+        let spent = thread_cpu_ns().saturating_sub(before);
+        self.meter.cpu_ns.fetch_add(spent, Ordering::Relaxed);
+        out
+    }
+}
+
+/// CPU time of the calling thread, nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the `timespec` we pass; CLOCK_THREAD_CPUTIME_ID is always
+    // valid for the calling thread.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Map the guest task's failure, if any, to a call error.

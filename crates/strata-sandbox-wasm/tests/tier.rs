@@ -111,7 +111,10 @@ async fn a_spinning_guest_is_stopped_at_its_timeout_and_the_next_call_works() {
 async fn memory_is_capped() {
     let f = shared().load(&guest("probe"), limits()).unwrap();
     // Within the limit: fine.
-    let ok = f.call(get("/grow?mb=16")).await.result.unwrap();
+    let r = f.call(get("/grow?mb=16")).await;
+    assert!(r.memory_peak_bytes >= 16 << 20, "peak {} bytes", r.memory_peak_bytes);
+    assert!(r.cpu > Duration::ZERO, "touching 16 MiB takes CPU time");
+    let ok = r.result.unwrap();
     assert_eq!(&ok.body[..], b"16 MiB");
     // Growth past it fails inside the guest, which handles it.
     let partial = f.call(get("/grow?mb=200")).await.result.unwrap();

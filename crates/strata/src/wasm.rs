@@ -162,8 +162,8 @@ impl Loaded {
         DirectOutcome {
             result,
             cold,
-            cpu_ms: 0.0,
-            memory_peak_bytes: 0,
+            cpu_ms: report.cpu.as_secs_f64() * 1000.0,
+            memory_peak_bytes: report.memory_peak_bytes,
         }
     }
 }

@@ -245,6 +245,8 @@ async fn first_cold(d: &Daemon, name: &str) -> serde_json::Value {
         if r.status() == 200 {
             let rec = body_json(r).await;
             assert_eq!(rec["cold"], true, "the first call after loading is cold: {rec}");
+            assert!(rec["memory_peak_bytes"].as_u64().unwrap() > 0, "{rec}");
+            assert!(rec["cpu_ms"].as_f64().unwrap() > 0.0, "{rec}");
             return rec["cold_start"].clone();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
