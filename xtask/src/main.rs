@@ -74,23 +74,36 @@ fn build_examples() -> anyhow::Result<()> {
     build_wasm_guests()
 }
 
-/// The WebAssembly guests in `guests/` (their own workspace), built for wasm32-wasip2; the
-/// hello example is copied into `examples/hello-wasm`.
+/// The WebAssembly guests in `guests/` (their own workspace), built for wasm32-wasip2 (and
+/// `upper` for wasip1); the hello example is copied into `examples/hello-wasm`.
 fn build_wasm_guests() -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()?;
-    if !String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|l| l.trim() == "wasm32-wasip2")
-    {
-        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    let installed = String::from_utf8_lossy(&installed.stdout).into_owned();
+    for target in ["wasm32-wasip2", "wasm32-wasip1"] {
+        if !installed.lines().any(|l| l.trim() == target) {
+            run(Command::new("rustup").args(["target", "add", target]))?;
+        }
     }
     let guests = repo().join("guests");
-    run(Command::new("cargo")
-        .current_dir(&guests)
-        .env_remove("CARGO_TARGET_DIR")
-        .args(["build", "--release", "--target", "wasm32-wasip2", "-j2"]))?;
+    // Components (wasi:http) for wasip2; `upper` is a plain wasip1 command module.
+    let build = |target: &str, packages: &[&str]| {
+        let mut cargo = Command::new("cargo");
+        cargo.current_dir(&guests).env_remove("CARGO_TARGET_DIR").args([
+            "build",
+            "--release",
+            "-j2",
+            "--target",
+            target,
+        ]);
+        for p in packages {
+            cargo.args(["-p", p]);
+        }
+        run(&mut cargo)
+    };
+    build("wasm32-wasip2", &["hello", "probe"])?;
+    build("wasm32-wasip1", &["upper"])?;
     let out = guests.join("target/wasm32-wasip2/release");
     std::fs::copy(out.join("hello.wasm"), repo().join("examples/hello-wasm/hello.wasm"))?;
     // An example only (no test needs it): a PyPI outage must not fail the build.
