@@ -384,8 +384,7 @@ fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<San
         SeccompMode::Errno => &inner.filters_errno,
         SeccompMode::Kill => &inner.filters_kill,
     };
-    let deny = fprog(&filters.denylist);
-    let prefix = fprog(&filters.prefix);
+    let filter = fprog(&filters.program);
     let stamps = Stamps::default();
     let mut pipe = [0 as RawFd; 2];
     // SAFETY: pipe2 fills the two-element array.
@@ -408,7 +407,7 @@ fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<San
         uid: spec.uid,
         gid: spec.gid,
         cap_last: inner.cap_last,
-        filters: [&deny, &prefix],
+        filter: &filter,
         fds: &fd_pairs,
         err_pipe: err_w.as_raw_fd(),
         stamps: &stamps,

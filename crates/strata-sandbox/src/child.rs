@@ -96,7 +96,7 @@ pub struct ChildArgs<'a> {
     pub uid: u32,
     pub gid: u32,
     pub cap_last: u32,
-    pub filters: [&'a libc::sock_fprog; 2],
+    pub filter: &'a libc::sock_fprog,
     /// (source fd in the parent's table, target fd number).
     pub fds: &'a [(RawFd, RawFd)],
     pub err_pipe: RawFd,
@@ -236,14 +236,12 @@ fn run(a: &ChildArgs<'_>) -> Result<Never, (u32, io::Error)> {
         check(libc::syscall(libc::SYS_capset, &mut header, data.as_ptr())).map_err(at(CAPS))?;
 
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as _).map_err(at(NO_NEW_PRIVS))?;
-        for f in a.filters {
-            check(libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                f as *const libc::sock_fprog,
-            ) as _)
-            .map_err(at(SECCOMP))?;
-        }
+        check(libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            a.filter as *const libc::sock_fprog,
+        ) as _)
+        .map_err(at(SECCOMP))?;
 
         a.stamps.exec.store(now_ns(), Ordering::Relaxed);
         libc::execve(a.program.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
