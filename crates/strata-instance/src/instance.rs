@@ -248,6 +248,7 @@ impl Instance {
             Network::None => NetworkMode::None,
             Network::Host => NetworkMode::Host,
         };
+        sb.netns_key = Some(format!("{}@{}", spec.name, launch.version));
         sb.hostname = spec.name.clone();
         sb.fds = vec![
             FdMapping {

@@ -20,6 +20,9 @@
 //! - `SPAWN_BENCH_N`: rounds (default 1000); `SPAWN_BENCH_WARMUP`: warm-up rounds (default 50).
 //! - `SPAWN_BENCH_NETNS_POOL`: `BackendConfig::netns_pool` (default: the backend's default).
 //! - `SPAWN_BENCH_NETWORK=host`: spawn with `NetworkMode::Host` (diagnostics only).
+//! - `SPAWN_BENCH_NETNS_REUSE=0`: spawn without a `netns_key`, so every sandbox takes a fresh
+//!   namespace from the pool. By default the sandboxes share one key, as the instances of
+//!   one function version do in the platform, and reuse the namespaces of exited ones.
 //! - `SPAWN_BENCH_NETNS_SCHED=idle|other`: put the backend's `strata-netns` refill thread
 //!   under `SCHED_IDLE` or back under `SCHED_OTHER` (diagnostics only: an A/B of the refill
 //!   thread's priority).
@@ -362,6 +365,7 @@ struct Ctx<'a> {
     code_dir: &'a Path,
     bin: &'a Path,
     network: NetworkMode,
+    netns_key: Option<String>,
     crun: Option<(&'a Path, &'a Path)>,
     ids: u64,
 }
@@ -372,6 +376,7 @@ fn once(ctx: &mut Ctx<'_>, kind: Kind, rec: Option<&mut Recorder>) -> Result<()>
             let mut spec = SandboxSpec::new("/code/true-static", vec![]);
             spec.code = Some(ctx.code_dir.to_path_buf());
             spec.network = ctx.network;
+            spec.netns_key = ctx.netns_key.clone();
             let pool_empty = ctx.backend.netns_ready() == 0;
             let t0 = Instant::now();
             let mut sb = ctx.backend.spawn(spec).context("sandbox spawn")?;
@@ -491,6 +496,10 @@ fn main() -> Result<()> {
         Ok("host") => NetworkMode::Host,
         _ => NetworkMode::None,
     };
+    let netns_key = match std::env::var("SPAWN_BENCH_NETNS_REUSE").as_deref() {
+        Ok("0") => None,
+        _ => Some("bench@v1".to_owned()),
+    };
 
     // Before any thread exists: the mount-namespace move must cover the whole process. The
     // cgroup2 mount is detached only once the backend has started (see below).
@@ -579,7 +588,7 @@ fn main() -> Result<()> {
         }
     );
     println!(
-        "sandbox: network {network:?}, netns pool {netns_pool}{}; binary {}",
+        "sandbox: network {network:?}, netns pool {netns_pool}, netns reuse key {netns_key:?}{}; binary {}",
         if let Some(p) = &netns_sched {
             format!(" (refill thread set to SCHED_{})", p.to_uppercase())
         } else {
@@ -606,6 +615,7 @@ fn main() -> Result<()> {
         code_dir: bin_dir.path(),
         bin: &bin,
         network,
+        netns_key: netns_key.clone(),
         crun: crun.as_deref().zip(bundle.as_deref()),
         ids: 0,
     };
@@ -760,6 +770,7 @@ fn main() -> Result<()> {
         "sandbox": {
             "network": format!("{network:?}"),
             "netns_pool": netns_pool,
+            "netns_key": netns_key,
             "netns_refill_sched_override": netns_sched,
             "netns_pool_empty_before_spawn": rec.pool_empty,
             "netns_phase_over_200us": rec.netns_slow,

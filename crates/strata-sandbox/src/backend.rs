@@ -69,7 +69,7 @@ pub(crate) struct Inner {
     pub(crate) hierarchy: Hierarchy,
     pub(crate) fs: Arc<dyn CgroupFs>,
     layout: HostLayout,
-    netns: NetnsPool,
+    pub(crate) netns: NetnsPool,
     pub(crate) cgroups: Arc<crate::cgpool::CgroupPool>,
     filters_errno: Filters,
     filters_kill: Filters,
@@ -354,7 +354,12 @@ fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<San
     let procs_raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
 
     let t_ns = Instant::now();
+    let reused = match (&spec.network, &spec.netns_key) {
+        (NetworkMode::None, Some(key)) => inner.netns.take_used(key),
+        _ => None,
+    };
     let netns = match spec.network {
+        NetworkMode::None if reused.is_some() => reused,
         NetworkMode::None => match inner.netns.take() {
             Ok((fd, _)) => Some(fd),
             Err(source) => {
@@ -450,11 +455,16 @@ fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<San
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop(err_w);
     drop(procs);
-    drop(netns);
+    // Kept only to be given back at teardown, when the sandbox has a key.
+    let kept_netns = match (netns, &spec.netns_key) {
+        (Some(fd), Some(key)) => Some((key.clone(), fd)),
+        _ => None,
+    };
     let mut msg = [0u8; 8];
     // SAFETY: reading into a stack buffer from our own pipe.
     let n = unsafe { libc::read(err_r.as_raw_fd(), msg.as_mut_ptr().cast(), msg.len()) };
     let mut sandbox = Sandbox::new(Arc::clone(inner), pid, pidfd, cgroup);
+    sandbox.netns = kept_netns;
     if n == 8 {
         let step = u32::from_ne_bytes(msg[..4].try_into().expect("4 bytes"));
         let errno = i32::from_ne_bytes(msg[4..].try_into().expect("4 bytes"));

@@ -3,8 +3,11 @@
 //! Creating a network namespace costs about a millisecond here with tails past 10 ms, too
 //! much for the spawn path; sharing one namespace would let sandboxes reach each other over
 //! loopback. So a background thread keeps a few fresh ones ready and each sandbox takes its
-//! own; the namespace dies with the sandbox.
+//! own. A sandbox spawned with a key gives its namespace back when it has exited, and the
+//! next sandbox with the same key takes it instead of a fresh one (see
+//! `SandboxSpec::netns_key`).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -22,7 +25,22 @@ struct Shared {
     ready: Mutex<Vec<OwnedFd>>,
     wake: Condvar,
     target: usize,
+    /// Namespaces of exited sandboxes, by key.
+    used: Mutex<Recycled>,
 }
+
+/// Given-back namespaces, bounded per key and in total (the oldest key's go first).
+#[derive(Debug, Default)]
+struct Recycled {
+    by_key: HashMap<String, Vec<OwnedFd>>,
+    order: Vec<String>,
+    total: usize,
+}
+
+/// Namespaces kept per key: about the instances one function runs at once.
+const RECYCLED_PER_KEY: usize = 8;
+/// Namespaces kept in all (each is a few pages of kernel memory).
+const RECYCLED_TOTAL: usize = 256;
 
 impl NetnsPool {
     /// Start a pool that keeps `target` namespaces ready.
@@ -31,6 +49,7 @@ impl NetnsPool {
             ready: Mutex::new(Vec::new()),
             wake: Condvar::new(),
             target,
+            used: Mutex::new(Recycled::default()),
         });
         if target > 0 {
             // Fail early if this host cannot create network namespaces at all.
@@ -55,6 +74,42 @@ impl NetnsPool {
             Some(fd) => Ok((fd, true)),
             None => create().map(|fd| (fd, false)),
         }
+    }
+
+    /// A namespace given back under `key`, if there is one.
+    pub fn take_used(&self, key: &str) -> Option<OwnedFd> {
+        let mut used = self.inner.used.lock().expect("netns pool lock");
+        let fd = used.by_key.get_mut(key)?.pop()?;
+        used.total -= 1;
+        Some(fd)
+    }
+
+    /// Keep the namespace of an exited sandbox for the next one with `key`. Only call this
+    /// once no process is left in it.
+    pub fn give_back(&self, key: &str, fd: OwnedFd) {
+        let mut used = self.inner.used.lock().expect("netns pool lock");
+        let used = &mut *used;
+        if !used.by_key.contains_key(key) {
+            used.order.push(key.to_owned());
+        }
+        let list = used.by_key.entry(key.to_owned()).or_default();
+        if list.len() >= RECYCLED_PER_KEY {
+            return;
+        }
+        list.push(fd);
+        used.total += 1;
+        // Over the total: drop the namespaces of the least recently added keys.
+        while used.total > RECYCLED_TOTAL && !used.order.is_empty() {
+            let oldest = used.order.remove(0);
+            if let Some(fds) = used.by_key.remove(&oldest) {
+                used.total -= fds.len();
+            }
+        }
+    }
+
+    /// Namespaces kept for reuse, in all.
+    pub fn recycled(&self) -> usize {
+        self.inner.used.lock().expect("netns pool lock").total
     }
 
     /// Wake the refill thread (after a spawn took a namespace).

@@ -19,6 +19,8 @@ pub struct Sandbox {
     /// Control files kept open for [`Sandbox::live_usage`]: opening a cgroup file walks its
     /// path every time, which costs more than reading it.
     live: std::sync::OnceLock<Option<LiveFiles>>,
+    /// The network namespace and its reuse key, given back to the pool at teardown.
+    pub(crate) netns: Option<(String, OwnedFd)>,
 }
 
 struct LiveFiles {
@@ -52,6 +54,7 @@ impl Sandbox {
             exit: None,
             timings: SpawnTimings::default(),
             live: std::sync::OnceLock::new(),
+            netns: None,
         }
     }
 
@@ -215,6 +218,11 @@ impl Sandbox {
         // The pid namespace's init has been reaped, which the kernel allows only once every
         // other process in it is gone; the background remover still sweeps before rmdir.
         self.inner.cgroups.bury(self.cgroup.clone());
+        // No process is left in the namespace (see above): the next sandbox with the same key
+        // may have it.
+        if let Some((key, fd)) = self.netns.take() {
+            self.inner.netns.give_back(&key, fd);
+        }
         usage
     }
 }

@@ -24,6 +24,12 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// Network access.
     pub network: NetworkMode,
+    /// With `NetworkMode::None`: sandboxes with the same key may reuse each other's network
+    /// namespace once they have exited (every process in it gone), which saves making and
+    /// destroying one per sandbox. Only kernel state outlives a sandbox there (connections
+    /// closed in TIME_WAIT, interface counters), so give one key per function version, never
+    /// one shared across tenants. `None`: a fresh namespace every time.
+    pub netns_key: Option<String>,
     /// File descriptors handed to the process: `target` is the fd number it sees.
     /// Targets 0, 1 and 2 that are not given are connected to `/dev/null`.
     pub fds: Vec<FdMapping>,
@@ -66,6 +72,7 @@ impl SandboxSpec {
             mounts: Vec::new(),
             limits: Limits::default(),
             network: NetworkMode::None,
+            netns_key: None,
             fds: Vec::new(),
             seccomp: SeccompMode::Errno,
             uid: DEFAULT_UID,

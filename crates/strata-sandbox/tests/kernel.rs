@@ -418,3 +418,36 @@ fn timings_and_usage_are_recorded() {
     assert_eq!(exit.kind, ExitKind::Exited(0));
     assert!(exit.usage.cpu_usec > 0);
 }
+
+/// The inode of the sandbox's network namespace, and whether anything answers on `port`.
+fn netns_of(key: Option<&str>, port: u16) -> (String, String) {
+    let mut spec = python(&format!(
+        "import os, socket\ns = socket.socket()\ntry:\n    s.connect(('127.0.0.1', {port})); r = 'connected'\nexcept OSError as e:\n    r = type(e).__name__\nprint(os.readlink('/proc/self/ns/net'), r)"
+    ));
+    spec.netns_key = key.map(str::to_owned);
+    let (exit, out, err) = run(spec);
+    assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
+    let (ns, r) = out.trim().split_once(' ').expect("two words");
+    (ns.to_owned(), r.to_owned())
+}
+
+#[test]
+fn network_namespaces_are_reused_only_under_the_same_key() {
+    // A sandbox listens on a port and exits: its namespace goes back under its key.
+    let mut listener = python(
+        "import socket\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', 47123)); s.listen()\nimport os; print(os.readlink('/proc/self/ns/net'))",
+    );
+    listener.netns_key = Some("fn-a@v1".into());
+    let (exit, out, err) = run(listener);
+    assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
+    let first = out.trim().to_owned();
+    // The next sandbox with that key gets that namespace, with nothing left listening in it.
+    let (again, connect) = netns_of(Some("fn-a@v1"), 47123);
+    assert_eq!(again, first, "same key: the namespace is reused");
+    assert_eq!(connect, "ConnectionRefusedError");
+    // Another key, or none, never gets it.
+    let (other, _) = netns_of(Some("fn-b@v1"), 47123);
+    assert_ne!(other, first);
+    let (fresh, _) = netns_of(None, 47123);
+    assert_ne!(fresh, first);
+}
