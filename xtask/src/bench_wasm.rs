@@ -105,10 +105,8 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
 /// `wasmtime` 48 from PATH or `target/bench-tools`, installed there with cargo when missing.
 fn wasmtime_cli(repo: &Path) -> anyhow::Result<PathBuf> {
     let local = repo.join("target/bench-tools/bin/wasmtime");
-    let candidates = std::env::var_os("PATH")
+    let candidates = crate::on_path("wasmtime")
         .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("wasmtime"))
         .chain([PathBuf::from("/opt/wasmtime48/bin/wasmtime"), local.clone()]);
     for c in candidates {
         if c.is_file() && wasmtime_version(&c).starts_with("wasmtime 48.") {

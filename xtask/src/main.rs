@@ -143,14 +143,20 @@ fn build_python_component() -> anyhow::Result<()> {
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
 /// The componentize-py command, installed with pip when missing.
+/// Every file called `name` in the directories of `PATH`, in order.
+pub(crate) fn on_path(name: &str) -> Vec<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn componentize_py() -> anyhow::Result<PathBuf> {
-    let found = |name: &str| {
-        std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    };
+    let found = |name: &str| on_path(name).into_iter().next();
     if let Some(p) = found("componentize-py") {
         return Ok(p);
     }

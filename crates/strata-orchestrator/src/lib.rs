@@ -103,21 +103,29 @@ pub struct Outcome {
 enum Serving {
     /// Process instances, reused across calls.
     Pool(Arc<Pool>),
-    /// A tier that makes an instance per call (wasm).
-    Direct(Arc<dyn DirectFunction>),
+    /// A tier that makes an instance per call (wasm), and the version it serves.
+    Direct(Arc<dyn DirectFunction>, Arc<str>),
 }
 
 struct Entry {
     spec: Arc<FunctionSpec>,
-    version: String,
     serving: Serving,
+}
+
+impl Serving {
+    fn stats(&self) -> PoolStats {
+        match self {
+            Serving::Pool(p) => p.stats(),
+            Serving::Direct(d, _) => d.stats(),
+        }
+    }
 }
 
 impl Entry {
     fn pool(&self) -> Option<&Arc<Pool>> {
         match &self.serving {
             Serving::Pool(p) => Some(p),
-            Serving::Direct(_) => None,
+            Serving::Direct(..) => None,
         }
     }
 }
@@ -167,10 +175,10 @@ impl Orchestrator {
                 .as_ref()
                 .ok_or_else(|| Error::Init("this daemon has no wasm tier".into()))?;
             let logs = self.ctx.log_sink(&spec.name);
-            Serving::Direct(
-                tier.load(Arc::clone(&spec), version, &code_dir, logs)
-                    .map_err(Error::Init)?,
-            )
+            let function = tier
+                .load(Arc::clone(&spec), version, &code_dir, logs)
+                .map_err(Error::Init)?;
+            Serving::Direct(function, version.into())
         } else {
             let launch = LaunchSpec {
                 code_dir,
@@ -181,7 +189,6 @@ impl Orchestrator {
         };
         let entry = Entry {
             spec: Arc::clone(&spec),
-            version: version.to_owned(),
             serving,
         };
         let old = self
@@ -238,17 +245,7 @@ impl Orchestrator {
 
     /// Stats of one function.
     pub fn function_stats(&self, name: &str) -> Option<PoolStats> {
-        let serving = self
-            .functions
-            .lock()
-            .expect("functions lock")
-            .get(name)?
-            .serving
-            .clone();
-        Some(match serving {
-            Serving::Pool(p) => p.stats(),
-            Serving::Direct(d) => d.stats(),
-        })
+        Some(self.serving(name)?.stats())
     }
 
     /// Stats of every function.
@@ -260,15 +257,7 @@ impl Orchestrator {
             .iter()
             .map(|(k, e)| (k.clone(), e.serving.clone()))
             .collect();
-        all.into_iter()
-            .map(|(k, s)| {
-                let stats = match s {
-                    Serving::Pool(p) => p.stats(),
-                    Serving::Direct(d) => d.stats(),
-                };
-                (k, stats)
-            })
-            .collect()
+        all.into_iter().map(|(k, s)| (k, s.stats())).collect()
     }
 
     /// Keep-alive and min-instance upkeep, once a second, forever.
@@ -305,36 +294,41 @@ impl Orchestrator {
                 cold: None,
             };
         }
-        if let Some((function, version)) = self.direct(name) {
-            let out = function.call(req).await;
-            self.record(
-                name,
-                &call_id,
-                Some(version.clone()),
-                started_ms,
-                started,
-                out.cold,
-                &out.result,
-                (out.cpu_ms, out.memory_peak_bytes),
-                None,
-            );
-            return Outcome {
-                result: out.result,
-                version: Some(version),
-                cold: out.cold,
-            };
-        }
         // A redeploy can swap the pool between lookup and acquire: retry on the new one.
         let mut lease = None;
         let mut last_err = Error::NotFound(name.to_owned());
         let mut pool = None;
         for _ in 0..3 {
-            let Some(p) = self.pool(name) else {
-                return Outcome {
-                    result: Err(Error::NotFound(name.to_owned())),
-                    version: None,
-                    cold: None,
-                };
+            let p = match self.serving(name) {
+                Some(Serving::Pool(p)) => p,
+                Some(Serving::Direct(function, version)) => {
+                    let out = function.call(req).await;
+                    let (cold, usage) = (out.cold, (out.cpu_ms, out.memory_peak_bytes));
+                    let version = Some(version.to_string());
+                    self.record(
+                        name,
+                        &call_id,
+                        version.clone(),
+                        started_ms,
+                        started,
+                        cold,
+                        &out.result,
+                        usage,
+                        None,
+                    );
+                    return Outcome {
+                        result: out.result,
+                        version,
+                        cold,
+                    };
+                }
+                None => {
+                    return Outcome {
+                        result: Err(Error::NotFound(name.to_owned())),
+                        version: None,
+                        cold: None,
+                    };
+                }
             };
             let wait = Duration::from_millis(p.launch.spec.timeout_ms).max(Duration::from_secs(30));
             match p.acquire(wait).await {
@@ -392,14 +386,10 @@ impl Orchestrator {
         Outcome { result, version, cold }
     }
 
-    /// The direct-tier function behind `name`, if it is one.
-    fn direct(&self, name: &str) -> Option<(Arc<dyn DirectFunction>, String)> {
+    /// How `name` is served: one lookup, for the hot path.
+    fn serving(&self, name: &str) -> Option<Serving> {
         let functions = self.functions.lock().expect("functions lock");
-        let e = functions.get(name)?;
-        match &e.serving {
-            Serving::Direct(d) => Some((Arc::clone(d), e.version.clone())),
-            Serving::Pool(_) => None,
-        }
+        functions.get(name).map(|e| e.serving.clone())
     }
 
     #[allow(clippy::too_many_arguments)] // one record's fields, gathered in one place

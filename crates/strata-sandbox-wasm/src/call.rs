@@ -155,7 +155,6 @@ impl WasiHttpHooks for Outbound {
 /// memory it allowed.
 struct MemoryLimiter {
     memory_bytes: usize,
-    refused: Arc<AtomicBool>,
     meter: Arc<Meter>,
 }
 
@@ -167,7 +166,7 @@ impl ResourceLimiter for MemoryLimiter {
         // components one or two memories, so the per-memory cap is the function's limit.
         let _ = current;
         if desired > self.memory_bytes {
-            self.refused.store(true, Ordering::Relaxed);
+            self.meter.refused.store(true, Ordering::Relaxed);
             return Ok(false);
         }
         self.meter.peak.fetch_max(desired as u64, Ordering::Relaxed);
@@ -176,7 +175,7 @@ impl ResourceLimiter for MemoryLimiter {
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > MAX_TABLE_ELEMENTS {
-            self.refused.store(true, Ordering::Relaxed);
+            self.meter.refused.store(true, Ordering::Relaxed);
             return Ok(false);
         }
         Ok(true)
@@ -213,16 +212,15 @@ impl WasmFunction {
         };
         let queued = queued_at.elapsed();
         let started = Instant::now();
-        let refused = Arc::new(AtomicBool::new(false));
         let meter = Arc::new(Meter::default());
         let (inst_tx, inst_rx) = tokio::sync::oneshot::channel();
         let result = match &self.pre {
             Pre::Proxy(pre) => {
-                let store = self.store(None, &stdout, &stderr, &[], started, &refused, &meter);
+                let store = self.store(None, &stdout, &stderr, &[], started, &meter);
                 match store {
                     Ok(store) => {
                         let run = (pre.clone(), store, permit, inst_tx, Arc::clone(&meter));
-                        self.run_proxy(run, &call, started, &refused).await
+                        self.run_proxy(run, &call, started, &meter.refused).await
                     }
                     Err(e) => Err(e),
                 }
@@ -234,11 +232,11 @@ impl WasmFunction {
                     .unwrap_or((call.path_with_query.as_str(), ""));
                 let env = strata_types::cgi::request_env(&call.method, path, query, &call.headers);
                 let body = Some(call.body.clone());
-                let store = self.store(body, &stdout, &stderr, &env, started, &refused, &meter);
+                let store = self.store(body, &stdout, &stderr, &env, started, &meter);
                 match store {
                     Ok(store) => {
                         let run = (pre.clone(), store, permit, inst_tx, Arc::clone(&meter));
-                        self.run_command(run, &stdout, started, &refused).await
+                        self.run_command(run, &stdout, started, &meter.refused).await
                     }
                     Err(e) => Err(e),
                 }
@@ -253,7 +251,6 @@ impl WasmFunction {
 
     /// A store for one call: WASI with captured output, no sockets, the granted folder, the
     /// memory limiter, and the deadline.
-    #[allow(clippy::too_many_arguments)] // one call's pieces, handed over once
     fn store(
         &self,
         stdin: Option<Bytes>,
@@ -261,7 +258,6 @@ impl WasmFunction {
         stderr: &Capture,
         extra_env: &[(String, String)],
         started: Instant,
-        refused: &Arc<AtomicBool>,
         meter: &Arc<Meter>,
     ) -> Result<Store<CallState>, CallError> {
         let mut wasi = WasiCtx::builder();
@@ -289,7 +285,6 @@ impl WasmFunction {
             },
             limiter: MemoryLimiter {
                 memory_bytes: self.limits.memory_bytes as usize,
-                refused: Arc::clone(refused),
                 meter: Arc::clone(meter),
             },
         };
@@ -459,11 +454,13 @@ fn report(
     }
 }
 
-/// What a call's instance used: CPU while it ran, its largest memory.
+/// What a call's instance used: CPU while it ran, its largest memory, and whether the
+/// limiter refused it memory.
 #[derive(Debug, Default)]
 struct Meter {
     cpu_ns: AtomicU64,
     peak: AtomicU64,
+    refused: AtomicBool,
 }
 
 /// The pieces a call runs with: linked component, store, pool slot, where to report the

@@ -362,10 +362,7 @@ fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<San
     let procs_raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
 
     let t_ns = Instant::now();
-    let reused = match (&spec.network, &spec.netns_key) {
-        (NetworkMode::None, Some(key)) => inner.netns.take_used(key),
-        _ => None,
-    };
+    let reused = spec.netns_key.as_deref().and_then(|key| inner.netns.take_used(key));
     let netns = match spec.network {
         NetworkMode::None if reused.is_some() => reused,
         NetworkMode::None => match inner.netns.take() {

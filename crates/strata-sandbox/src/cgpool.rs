@@ -25,10 +25,13 @@ pub(crate) struct CgroupPool {
     graveyard: Mutex<mpsc::Sender<Cgroup>>,
 }
 
-fn idle_priority() {
+/// Move the calling thread to `SCHED_IDLE` (background upkeep of the pools).
+pub(crate) fn idle_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler on the calling thread (0) with a valid parameter struct.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "pool thread stays at normal priority");
+    }
 }
 
 impl CgroupPool {

@@ -79,7 +79,13 @@ impl NetnsPool {
     /// A namespace given back under `key`, if there is one.
     pub fn take_used(&self, key: &str) -> Option<OwnedFd> {
         let mut used = self.inner.used.lock().expect("netns pool lock");
-        let fd = used.by_key.get_mut(key)?.pop()?;
+        let list = used.by_key.get_mut(key)?;
+        let fd = list.pop()?;
+        if list.is_empty() {
+            // Forget the key, so keys of versions no longer deployed do not pile up.
+            used.by_key.remove(key);
+            used.order.retain(|k| k != key);
+        }
         used.total -= 1;
         Some(fd)
     }
@@ -127,11 +133,7 @@ fn refill(pool: std::sync::Weak<Shared>) {
     // Refill in idle time only: making a namespace costs about a millisecond of CPU, which on
     // a small machine would otherwise be taken from the sandboxes being started. Should the
     // pool run dry under sustained load, `take` makes one inline.
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler on the calling thread (0) with a valid parameter struct.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "netns refill thread stays at normal priority");
-    }
+    crate::cgpool::idle_priority();
     loop {
         let Some(shared) = pool.upgrade() else { return };
         let need = {

@@ -300,8 +300,14 @@ mod tests {
 
     /// Run a classic BPF program over a `seccomp_data` (only what seccomp programs use).
     fn run(prog: &[libc::sock_filter], data: &[u8; 64]) -> u32 {
-        let (mut acc, mut pc) = (0u32, 0usize);
+        trace(prog, data).0
+    }
+
+    /// The result and the number of instructions executed.
+    fn trace(prog: &[libc::sock_filter], data: &[u8; 64]) -> (u32, usize) {
+        let (mut acc, mut pc, mut steps) = (0u32, 0usize, 0usize);
         loop {
+            steps += 1;
             let i = prog[pc];
             let class = (i.code & 0x07) as u32;
             match class {
@@ -330,7 +336,7 @@ mod tests {
                     };
                     pc += 1 + if taken { i.jt } else { i.jf } as usize;
                 }
-                c if c == libc::BPF_RET => return i.k,
+                c if c == libc::BPF_RET => return (i.k, steps),
                 other => panic!("class {other:#x}"),
             }
         }
@@ -431,36 +437,7 @@ mod tests {
         let prog = compile(SeccompMode::Errno).unwrap().program;
         assert!(prog.len() < 150, "{} instructions", prog.len());
         // Every denied call, and an allowed one, is decided within a dozen instructions.
-        let steps = |nr: u32| {
-            let d = data(ARCH_X86_64, nr, 0);
-            let mut n = 0;
-            let traced: Vec<libc::sock_filter> = prog.clone();
-            let (mut acc, mut pc) = (0u32, 0usize);
-            loop {
-                n += 1;
-                let i = traced[pc];
-                match (i.code & 0x07) as u32 {
-                    c if c == libc::BPF_LD => {
-                        acc = u32::from_ne_bytes(d[i.k as usize..i.k as usize + 4].try_into().unwrap());
-                        pc += 1;
-                    }
-                    c if c == libc::BPF_JMP => {
-                        let op = (i.code & 0xf0) as u32;
-                        if op == libc::BPF_JA {
-                            pc += 1 + i.k as usize;
-                            continue;
-                        }
-                        let taken = match op {
-                            o if o == libc::BPF_JEQ => acc == i.k,
-                            o if o == libc::BPF_JGE => acc >= i.k,
-                            _ => acc & i.k != 0,
-                        };
-                        pc += 1 + if taken { i.jt } else { i.jf } as usize;
-                    }
-                    _ => return n,
-                }
-            }
-        };
+        let steps = |nr: u32| trace(&prog, &data(ARCH_X86_64, nr, 0)).1;
         for (name, nr) in DENIED {
             assert!(steps(*nr as u32) <= 14, "{name}: {} steps", steps(*nr as u32));
         }

@@ -107,23 +107,28 @@ impl Loaded {
 
     async fn serve(&self, req: Request) -> DirectOutcome {
         self.inflight.fetch_add(1, Ordering::Relaxed);
-        let path_with_query = if req.query.is_empty() {
-            req.path.clone()
-        } else {
-            format!("{}?{}", req.path, req.query)
+        let Request {
+            id,
+            method,
+            mut path,
+            query,
+            headers,
+            body,
+        } = req;
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(&query);
+        }
+        let call = HttpCall {
+            method,
+            path_with_query: path,
+            headers,
+            body,
         };
-        let report = self
-            .function
-            .call(HttpCall {
-                method: req.method.clone(),
-                path_with_query,
-                headers: req.headers.clone(),
-                body: req.body.clone(),
-            })
-            .await;
+        let report = self.function.call(call).await;
         self.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.log(&req.id, LogStream::Stdout, &report.stdout, "stdout");
-        self.log(&req.id, LogStream::Stderr, &report.stderr, "stderr");
+        self.log(&id, LogStream::Stdout, &report.stdout, "stdout");
+        self.log(&id, LogStream::Stderr, &report.stderr, "stderr");
         let result = match report.result {
             Ok(reply) => Ok(Response {
                 status: reply.status,
@@ -132,7 +137,7 @@ impl Loaded {
             }),
             Err(e) => {
                 for line in e.to_string().lines() {
-                    (self.logs)(Some(&req.id), LogStream::System, line.to_owned());
+                    (self.logs)(Some(&id), LogStream::System, line.to_owned());
                 }
                 Err(Error::Invoke(match e {
                     CallError::Timeout(d) => InvokeError::Timeout(d),
