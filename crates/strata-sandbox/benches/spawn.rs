@@ -23,6 +23,8 @@
 //! - `SPAWN_BENCH_NETNS_REUSE=0`: spawn without a `netns_key`, so every sandbox takes a fresh
 //!   namespace from the pool. By default the sandboxes share one key, as the instances of
 //!   one function version do in the platform, and reuse the namespaces of exited ones.
+//! - `SPAWN_BENCH_TEMPLATE=0`: `BackendConfig::root_template` off, so every sandbox assembles
+//!   its whole root instead of starting from a copy of the root template.
 //! - `SPAWN_BENCH_NETNS_SCHED=idle|other`: put the backend's `strata-netns` refill thread
 //!   under `SCHED_IDLE` or back under `SCHED_OTHER` (diagnostics only: an A/B of the refill
 //!   thread's priority).
@@ -531,7 +533,11 @@ fn main() -> Result<()> {
     if let Ok(v) = std::env::var("SPAWN_BENCH_NETNS_POOL") {
         config.netns_pool = v.trim().parse().context("SPAWN_BENCH_NETNS_POOL")?;
     }
+    if std::env::var("SPAWN_BENCH_TEMPLATE").as_deref() == Ok("0") {
+        config.root_template = false;
+    }
     let netns_pool = config.netns_pool;
+    let root_template = config.root_template;
     let backend = Backend::new(config).context("sandbox backend")?;
     // Let the pool fill before the warm-up.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -588,7 +594,7 @@ fn main() -> Result<()> {
         }
     );
     println!(
-        "sandbox: network {network:?}, netns pool {netns_pool}, netns reuse key {netns_key:?}{}; binary {}",
+        "sandbox: network {network:?}, netns pool {netns_pool}, netns reuse key {netns_key:?}, root template {root_template}{}; binary {}",
         if let Some(p) = &netns_sched {
             format!(" (refill thread set to SCHED_{})", p.to_uppercase())
         } else {
@@ -771,6 +777,7 @@ fn main() -> Result<()> {
             "network": format!("{network:?}"),
             "netns_pool": netns_pool,
             "netns_key": netns_key,
+            "root_template": root_template,
             "netns_refill_sched_override": netns_sched,
             "netns_pool_empty_before_spawn": rec.pool_empty,
             "netns_phase_over_200us": rec.netns_slow,

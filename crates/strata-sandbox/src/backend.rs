@@ -33,6 +33,10 @@ pub struct BackendConfig {
     /// slow-reader mode, so joining a cgroup takes microseconds, at the price of slightly
     /// dearer fork and exit for every process on the host. A host-wide setting.
     pub favor_dynmods: bool,
+    /// Build the part of the root every sandbox shares (runtime dirs, /etc, /dev) once, in
+    /// the spawner thread's own mount namespace, so each sandbox only makes its own few
+    /// mounts. Off: every sandbox assembles its whole root (about 25 mount-related calls).
+    pub root_template: bool,
 }
 
 impl Default for BackendConfig {
@@ -47,6 +51,7 @@ impl Default for BackendConfig {
             cgroup_pool: 4,
             // On: a sandbox start is otherwise dominated by the cgroup join (see the field).
             favor_dynmods: true,
+            root_template: true,
         }
     }
 }
@@ -76,6 +81,8 @@ pub(crate) struct Inner {
     cap_last: u32,
     devnull: OwnedFd,
     jobs: mpsc::Sender<Job>,
+    /// With a root template: the directories it has (see [`plan::on_template`]).
+    template: Option<Vec<PathBuf>>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -215,16 +222,27 @@ impl Backend {
             .map_err(io("open /dev/null"))?
             .into();
         let (jobs, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let template_layout = config.root_template.then(|| layout.clone());
         // Sandboxes get PR_SET_PDEATHSIG, which fires when the *thread* that cloned them
         // exits; so every clone happens on this one thread, which lives as long as the process.
         std::thread::Builder::new()
             .name("strata-spawner".into())
             .spawn(move || {
+                let template = template_layout.and_then(|layout| match private_template(&layout) {
+                    Ok(made) => Some(made),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no root template; sandboxes build their whole root");
+                        None
+                    }
+                });
+                let _ = ready_tx.send(template);
                 while let Ok(job) = rx.recv() {
                     job();
                 }
             })
             .map_err(io("start spawner thread"))?;
+        let template = ready_rx.recv().map_err(|_| SandboxError::SpawnerGone)?;
         let tag = format!("{}-{}", std::process::id(), BACKEND_SEQ.fetch_add(1, Ordering::Relaxed));
         let cgroups =
             crate::cgpool::CgroupPool::new(hierarchy.clone(), Arc::clone(&fs), tag.clone(), config.cgroup_pool)
@@ -241,6 +259,7 @@ impl Backend {
                 cap_last: cap_last(),
                 devnull,
                 jobs,
+                template,
             }),
         })
     }
@@ -273,6 +292,35 @@ impl Backend {
 }
 
 static BACKEND_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Move the calling thread (the spawner) into a mount namespace of its own and build the root
+/// template there, at `layout.root_dir`. Returns the directories the template has.
+///
+/// The namespace starts as a copy of the host's, turned into slaves: mounts the host makes
+/// later still appear in it (a code folder on a newly mounted volume), and nothing done in it
+/// reaches the host, so the template is invisible outside the daemon and goes away with the
+/// process, however it ends. Each sandbox's `CLONE_NEWNS` copies this namespace, template
+/// included, so the sandbox starts with its root already assembled.
+fn private_template(layout: &HostLayout) -> std::io::Result<Vec<PathBuf>> {
+    use crate::kernel::{Kernel, LinuxKernel};
+    // SAFETY: unshare(CLONE_NEWNS) (which implies CLONE_FS) only changes this thread's
+    // filesystem context and mount namespace; no memory is involved.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let k = LinuxKernel;
+    k.mount(None, c"/", None, libc::MS_REC | libc::MS_SLAVE, None)?;
+    let (steps, made) = plan::template(layout).map_err(|e| std::io::Error::other(e.to_string()))?;
+    for step in &steps {
+        if let Err(e) = crate::kernel::apply(&k, step) {
+            if let Ok(root) = CString::new(layout.root_dir.as_os_str().as_bytes()) {
+                let _ = k.umount2(&root, libc::MNT_DETACH);
+            }
+            return Err(std::io::Error::new(e.kind(), format!("{}: {e}", step.name())));
+        }
+    }
+    Ok(made)
+}
 
 /// Remove groups whose daemon (the pid in their name) is no longer running.
 fn sweep_dead(h: &Hierarchy, fs: &dyn CgroupFs) -> usize {
@@ -321,7 +369,24 @@ fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<San
             "at most 13 descriptors, with targets below 64".into(),
         ));
     }
-    let plan = plan::build(&spec, &inner.layout)?;
+    let plan = match &inner.template {
+        Some(made) => {
+            let (mount_points, plan) = plan::on_template(&spec, &inner.layout, made)?;
+            for step in &mount_points {
+                match crate::kernel::apply(&crate::kernel::LinuxKernel, step) {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                        return Err(SandboxError::Sys {
+                            op: "mount point in the root template",
+                            source: e,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            plan
+        }
+        None => plan::build(&spec, &inner.layout)?,
+    };
     let program = cstring(spec.program.as_os_str().as_bytes(), "program")?;
     let args: Vec<CString> = spec
         .args

@@ -4,9 +4,16 @@
 //! In the spirit of SOCK, a sandbox is only a root filesystem, communication channels and
 //! isolation boundaries; nothing of an image-based container runtime. [`Backend::spawn`]
 //! clones straight into new pid, mount, ipc and uts namespaces, joins a fresh cgroup and
-//! cgroup namespace, enters a pooled network namespace, assembles a read-only root from bind
-//! mounts, pivots into it, drops every privilege and execs. The child shares the parent's
-//! memory until exec (`CLONE_VM | CLONE_VFORK`), so starting a sandbox copies no page tables.
+//! cgroup namespace, enters a pooled network namespace, finishes a read-only root, pivots into
+//! it, drops every privilege and execs. The child shares the parent's memory until exec
+//! (`CLONE_VM | CLONE_VFORK`), so starting a sandbox copies no page tables.
+//!
+//! The part of the root every sandbox shares (the tmpfs of mount points, the read-only binds of
+//! the runtime directories and /etc, the device nodes) is a *root template*, built once in the
+//! spawner thread's own mount namespace. A sandbox's new mount namespace is a copy of that
+//! one, so it starts with the template and only adds its own mounts: its code, /tmp, /proc.
+//! The template's tmpfs is shared by all sandboxes but holds only empty mount points and
+//! device nodes, and each sandbox sees it read-only.
 //!
 //! # Threat model
 //! The adversary is the function's code: arbitrary native code running as the sandbox's
@@ -44,8 +51,9 @@
 //! # Knobs
 //! [`SandboxSpec`] per sandbox: program, args, env (nothing inherited), cwd, code folder, extra
 //! read-only mounts, [`Limits`], [`NetworkMode`], descriptors to pass, [`SeccompMode`], uid,
-//! gid, hostname. [`BackendConfig`] per host: the run directory and the network-namespace pool
-//! size.
+//! gid, hostname. [`BackendConfig`] per host: the run directory, the network-namespace and
+//! cgroup pool sizes, `favordynmods`, and the root template (on by default; off, every sandbox
+//! assembles its whole root).
 //!
 //! The kernel sits behind narrow seams so the orchestration is unit-tested without root: the
 //! mount plan is data ([`plan::build`]) carried out through [`kernel::Kernel`], and cgroup

@@ -170,24 +170,23 @@ fn mkdir_all(root: &Path, inside: &Path, made: &mut Vec<PathBuf>, steps: &mut Ve
     Ok(())
 }
 
-/// Build the filesystem plan of a sandbox.
-pub fn build(spec: &SandboxSpec, host: &HostLayout) -> Result<Vec<Step>> {
+/// The skeleton of every root: a tiny tmpfs that only holds mount points (remounted read-only
+/// at the end), the host's runtime directories bound read-only, the minimal /etc, the five
+/// device nodes, and empty mount points for the code, /tmp and /proc.
+///
+/// It holds nothing of any one sandbox, which is what lets [`template`] build it once and
+/// every sandbox start from a copy.
+fn skeleton(host: &HostLayout, made: &mut Vec<PathBuf>) -> Result<Vec<Step>> {
     let root = host.root_dir.as_path();
-    let mut steps = vec![
-        Step::MakePrivate,
-        // The root itself: a tiny tmpfs that only holds mount points; remounted read-only
-        // at the end.
-        Step::Tmpfs {
-            target: cstr(root)?,
-            flags: libc::MS_NOSUID,
-            options: c"size=1m,mode=0755".to_owned(),
-        },
-    ];
-    let mut made: Vec<PathBuf> = Vec::new();
+    let mut steps = vec![Step::Tmpfs {
+        target: cstr(root)?,
+        flags: libc::MS_NOSUID,
+        options: c"size=1m,mode=0755".to_owned(),
+    }];
     for entry in &host.base {
         match entry {
             HostEntry::Dir(d) => {
-                mkdir_all(root, d, &mut made, &mut steps)?;
+                mkdir_all(root, d, made, &mut steps)?;
                 steps.push(Step::BindReadOnly {
                     source: cstr(d)?,
                     target: cstr(&under(root, d)?)?,
@@ -200,7 +199,7 @@ pub fn build(spec: &SandboxSpec, host: &HostLayout) -> Result<Vec<Step>> {
         }
     }
     // /etc: the prepared minimal one, plus selected host entries on top.
-    mkdir_all(root, Path::new("/etc"), &mut made, &mut steps)?;
+    mkdir_all(root, Path::new("/etc"), made, &mut steps)?;
     steps.push(Step::BindReadOnly {
         source: cstr(&host.etc_dir)?,
         target: cstr(&under(root, Path::new("/etc"))?)?,
@@ -212,36 +211,7 @@ pub fn build(spec: &SandboxSpec, host: &HostLayout) -> Result<Vec<Step>> {
             target: cstr(&under(root, extra)?)?,
         });
     }
-    if let Some(code) = &spec.code {
-        mkdir_all(root, Path::new(CODE_DIR), &mut made, &mut steps)?;
-        steps.push(Step::BindReadOnly {
-            source: cstr(code)?,
-            target: cstr(&under(root, Path::new(CODE_DIR))?)?,
-        });
-    }
-    for m in &spec.mounts {
-        let target = under(root, &m.target)?;
-        if m.source.is_dir() {
-            mkdir_all(root, &m.target, &mut made, &mut steps)?;
-        } else {
-            if let Some(parent) = m.target.parent() {
-                mkdir_all(root, parent, &mut made, &mut steps)?;
-            }
-            steps.push(Step::Touch { path: cstr(&target)? });
-        }
-        steps.push(Step::BindReadOnly {
-            source: cstr(&m.source)?,
-            target: cstr(&target)?,
-        });
-    }
-    mkdir_all(root, Path::new("/tmp"), &mut made, &mut steps)?;
-    steps.push(Step::Tmpfs {
-        target: cstr(&under(root, Path::new("/tmp"))?)?,
-        flags: libc::MS_NOSUID | libc::MS_NODEV,
-        options: CString::new(format!("size={},mode=1777", spec.limits.tmp_bytes))
-            .expect("a formatted number has no NUL byte"),
-    });
-    mkdir_all(root, Path::new("/dev"), &mut made, &mut steps)?;
+    mkdir_all(root, Path::new("/dev"), made, &mut steps)?;
     for (name, major, minor) in [
         ("null", 1, 3),
         ("zero", 1, 5),
@@ -266,13 +236,98 @@ pub fn build(spec: &SandboxSpec, host: &HostLayout) -> Result<Vec<Step>> {
             link: cstr(&root.join("dev").join(link))?,
         });
     }
-    mkdir_all(root, Path::new("/proc"), &mut made, &mut steps)?;
+    for dir in [CODE_DIR, "/tmp", "/proc"] {
+        mkdir_all(root, Path::new(dir), made, &mut steps)?;
+    }
+    Ok(steps)
+}
+
+/// Mount points of the spec's extra bind mounts that the skeleton does not have.
+fn mount_points(spec: &SandboxSpec, host: &HostLayout, made: &mut Vec<PathBuf>) -> Result<Vec<Step>> {
+    let root = host.root_dir.as_path();
+    let mut steps = Vec::new();
+    for m in &spec.mounts {
+        if m.source.is_dir() {
+            mkdir_all(root, &m.target, made, &mut steps)?;
+        } else {
+            if let Some(parent) = m.target.parent() {
+                mkdir_all(root, parent, made, &mut steps)?;
+            }
+            steps.push(Step::Touch {
+                path: cstr(&under(root, &m.target)?)?,
+            });
+        }
+    }
+    Ok(steps)
+}
+
+/// What is this sandbox's own, done in its mount namespace on top of a skeleton: the code and
+/// extra binds, its own /tmp and /proc, the pivot and the read-only remount of the root.
+fn own_mounts(spec: &SandboxSpec, host: &HostLayout) -> Result<Vec<Step>> {
+    let root = host.root_dir.as_path();
+    let mut steps = Vec::new();
+    if let Some(code) = &spec.code {
+        steps.push(Step::BindReadOnly {
+            source: cstr(code)?,
+            target: cstr(&under(root, Path::new(CODE_DIR))?)?,
+        });
+    }
+    for m in &spec.mounts {
+        steps.push(Step::BindReadOnly {
+            source: cstr(&m.source)?,
+            target: cstr(&under(root, &m.target)?)?,
+        });
+    }
+    steps.push(Step::Tmpfs {
+        target: cstr(&under(root, Path::new("/tmp"))?)?,
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        options: CString::new(format!("size={},mode=1777", spec.limits.tmp_bytes))
+            .expect("a formatted number has no NUL byte"),
+    });
     steps.push(Step::Proc {
         target: cstr(&root.join("proc"))?,
     });
     steps.push(Step::PivotRoot { new_root: cstr(root)? });
     steps.push(Step::RootReadOnly);
     Ok(steps)
+}
+
+/// Build the whole filesystem plan of a sandbox, from scratch: every mount of the root is
+/// made in the child's own mount namespace.
+pub fn build(spec: &SandboxSpec, host: &HostLayout) -> Result<Vec<Step>> {
+    let mut made = Vec::new();
+    let mut steps = vec![Step::MakePrivate];
+    steps.extend(skeleton(host, &mut made)?);
+    steps.extend(mount_points(spec, host, &mut made)?);
+    steps.extend(own_mounts(spec, host)?);
+    Ok(steps)
+}
+
+/// The root template: the skeleton, built once at `host.root_dir` in the spawner's private
+/// mount namespace. Returns the steps and the directories they create.
+pub fn template(host: &HostLayout) -> Result<(Vec<Step>, Vec<PathBuf>)> {
+    let mut made = Vec::new();
+    let steps = skeleton(host, &mut made)?;
+    Ok((steps, made))
+}
+
+/// A sandbox's plan on top of the root template. `made` is what [`template`] returned.
+///
+/// Returns the steps the spawner runs in the template before the clone (mount points for the
+/// spec's extra binds; creating one that exists is not an error) and the child's steps. The
+/// child gets a copy of the template's mounts with its new mount namespace, so it only makes
+/// its own mounts: for a sandbox with code and no extra binds that is 5 mount calls, against
+/// about 25 calls from scratch.
+///
+/// No `MakePrivate`: the spawner's namespace holds only slave copies of the host's mounts
+/// (events never flow from them to the host) and the template's private mounts.
+pub fn on_template(spec: &SandboxSpec, host: &HostLayout, made: &[PathBuf]) -> Result<(Vec<Step>, Vec<Step>)> {
+    let prepare = if spec.mounts.is_empty() {
+        Vec::new()
+    } else {
+        mount_points(spec, host, &mut made.to_vec())?
+    };
+    Ok((prepare, own_mounts(spec, host)?))
 }
 
 #[cfg(test)]
@@ -337,6 +392,66 @@ mod tests {
         assert_eq!(steps[n - 1], Step::RootReadOnly);
         let proc_at = steps.iter().position(|s| matches!(s, Step::Proc { .. })).unwrap();
         assert!(proc_at < n - 2, "proc is mounted before the pivot");
+    }
+
+    #[test]
+    fn on_the_template_a_sandbox_makes_only_its_own_mounts() {
+        let (template_steps, made) = template(&layout()).unwrap();
+        let mut spec = SandboxSpec::new("/usr/bin/true", vec![]);
+        spec.code = Some(PathBuf::from("/srv/fn/code"));
+        spec.limits.tmp_bytes = 1 << 20;
+        let (prepare, child) = on_template(&spec, &layout(), &made).unwrap();
+        assert!(
+            prepare.is_empty(),
+            "code, /tmp and /proc have mount points in the template"
+        );
+        let names: Vec<&str> = child.iter().map(Step::name).collect();
+        assert_eq!(names, ["bind-ro", "tmpfs", "proc", "pivot-root", "root-ro"]);
+        assert_eq!(
+            child[0],
+            Step::BindReadOnly {
+                source: c"/srv/fn/code".to_owned(),
+                target: c"/run/strata/root/code".to_owned()
+            }
+        );
+        // The template is the scratch plan minus what is the sandbox's own.
+        let scratch = build(&spec, &layout()).unwrap();
+        assert_eq!(scratch[0], Step::MakePrivate);
+        let mut joined = vec![Step::MakePrivate];
+        joined.extend(template_steps.iter().cloned());
+        joined.extend(child.iter().cloned());
+        assert_eq!(scratch, joined);
+        assert!(
+            !template_steps
+                .iter()
+                .any(|st| matches!(st, Step::Proc { .. } | Step::PivotRoot { .. }))
+        );
+    }
+
+    #[test]
+    fn extra_mount_points_are_made_in_the_template_before_the_clone() {
+        let (_, made) = template(&layout()).unwrap();
+        let mut spec = SandboxSpec::new("/usr/bin/true", vec![]);
+        spec.mounts.push(BindMount {
+            source: "/nonexistent/file.py".into(),
+            target: "/strata/bootstrap.py".into(),
+        });
+        let (prepare, child) = on_template(&spec, &layout(), &made).unwrap();
+        assert_eq!(
+            prepare,
+            vec![
+                Step::Mkdir {
+                    path: c"/run/strata/root/strata".to_owned()
+                },
+                Step::Touch {
+                    path: c"/run/strata/root/strata/bootstrap.py".to_owned()
+                },
+            ]
+        );
+        assert!(child.contains(&Step::BindReadOnly {
+            source: c"/nonexistent/file.py".to_owned(),
+            target: c"/run/strata/root/strata/bootstrap.py".to_owned()
+        }));
     }
 
     #[test]

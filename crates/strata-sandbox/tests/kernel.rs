@@ -322,6 +322,30 @@ fn strata_cgroups(tag_pid: u32) -> Vec<String> {
 }
 
 #[test]
+fn the_root_template_stays_out_of_the_host_mount_namespace() {
+    let _ = backend();
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host.lines().any(|l| l.split(' ').nth(4) == Some("/run/strata/root")),
+        "the template is mounted only in the spawner's namespace:\n{host}"
+    );
+    // …and sandboxes start from it: their root is the template's tmpfs, read-only, with the
+    // runtime directories and /etc below it, and their own /tmp and /proc.
+    let mut spec = python("for l in open('/proc/self/mountinfo'):\n f = l.split()\n print(f[4], f[5].split(',')[0])");
+    spec.uid = 61_002;
+    spec.gid = 61_002;
+    let (exit, out, err) = run(spec);
+    assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
+    let mounts: std::collections::BTreeMap<&str, &str> = out.lines().filter_map(|l| l.split_once(' ')).collect();
+    assert_eq!(mounts.get("/"), Some(&"ro"), "{out}");
+    assert_eq!(mounts.get("/usr"), Some(&"ro"), "{out}");
+    assert_eq!(mounts.get("/etc"), Some(&"ro"), "{out}");
+    assert_eq!(mounts.get("/tmp"), Some(&"rw"), "{out}");
+    assert!(mounts.contains_key("/proc"), "{out}");
+    assert!(!out.contains("strata"), "no host path shows: {out}");
+}
+
+#[test]
 fn two_hundred_spawn_kill_cycles_leave_nothing_behind() {
     const UID: u32 = 61_001;
     let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
