@@ -797,7 +797,8 @@ def _load_handler(spec):
     return fn
 
 
-def main():
+def main(runtime_dir=None):
+    """Serve as an instance. runtime_dir: where strata.py is (default: this file's folder)."""
     global Response
     try:
         posix.fstat(CTRL_FD)
@@ -805,7 +806,7 @@ def main():
         sys.stderr.write("strata bootstrap: fd 3 (the control channel) is not open\n")
         sys.exit(2)
 
-    runtime_dir = _dirname(_abspath(__file__))
+    runtime_dir = runtime_dir or _dirname(_abspath(__file__))
     code_dir = _abspath(_env("STRATA_CODE_DIR") or "/code")
     spec = _env("STRATA_HANDLER") or "main:handle"
     try:

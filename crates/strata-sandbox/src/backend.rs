@@ -276,18 +276,11 @@ impl Backend {
 
     /// Start a sandbox. Blocks until the process has exec'd (or failed to).
     pub fn spawn(&self, spec: SandboxSpec) -> Result<Sandbox> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let inner = Arc::clone(&self.inner);
-        self.inner
-            .jobs
-            .send(Box::new(move || {
-                let result = spawn_on_this_thread(&inner, spec);
-                let _ = tx.send(result);
-                inner.netns.refill();
-                inner.cgroups.refill();
-            }))
-            .map_err(|_| SandboxError::SpawnerGone)?;
-        rx.recv().map_err(|_| SandboxError::SpawnerGone)?
+        self.inner.on_spawner(move |inner| spawn_on_this_thread(inner, spec))
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 }
 
@@ -353,7 +346,29 @@ thread_local! {
     static CHILD_STACK: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 256 << 10]);
 }
 
-fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<Sandbox> {
+/// What the parent prepares for a sandbox, whichever way it then starts.
+pub(crate) struct Prepared {
+    pub(crate) t0: Instant,
+    /// The child's filesystem steps.
+    pub(crate) plan: Vec<plan::Step>,
+    pub(crate) cgroup: crate::cgroup::Cgroup,
+    /// Open `cgroup.procs` files of the group (one per v1 hierarchy).
+    pub(crate) procs: Vec<OwnedFd>,
+    /// The network namespace to enter (`None`: the host's).
+    pub(crate) netns: Option<OwnedFd>,
+    pub(crate) cgroup_time: Duration,
+    pub(crate) netns_time: Duration,
+}
+
+impl Prepared {
+    /// Give back what was taken when the start fails.
+    pub(crate) fn abandon(self, inner: &Inner) {
+        let _ = self.cgroup.remove(inner.fs.as_ref());
+    }
+}
+
+/// Check a spec, plan its root, take a cgroup and a network namespace.
+pub(crate) fn prepare(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Prepared> {
     let t0 = Instant::now();
     if spec.uid == 0 || spec.gid == 0 {
         return Err(SandboxError::InvalidSpec("sandboxes never run as uid or gid 0".into()));
@@ -371,7 +386,7 @@ fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<San
     }
     let plan = match &inner.template {
         Some(made) => {
-            let (mount_points, plan) = plan::on_template(&spec, &inner.layout, made)?;
+            let (mount_points, plan) = plan::on_template(spec, &inner.layout, made)?;
             for step in &mount_points {
                 match crate::kernel::apply(&crate::kernel::LinuxKernel, step) {
                     Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
@@ -385,25 +400,8 @@ fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<San
             }
             plan
         }
-        None => plan::build(&spec, &inner.layout)?,
+        None => plan::build(spec, &inner.layout)?,
     };
-    let program = cstring(spec.program.as_os_str().as_bytes(), "program")?;
-    let args: Vec<CString> = spec
-        .args
-        .iter()
-        .map(|a| cstring(a, "argument"))
-        .collect::<Result<_>>()?;
-    let env: Vec<CString> = spec
-        .env
-        .iter()
-        .map(|(k, v)| cstring(format!("{k}={v}"), "environment"))
-        .collect::<Result<_>>()?;
-    let mut argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const c_char> = env.iter().map(|a| a.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    let hostname = cstring(&spec.hostname, "hostname")?;
-    let cwd = cstring(spec.cwd.as_os_str().as_bytes(), "cwd")?;
 
     let t_cg = Instant::now();
     let cgroup = inner.cgroups.take(&spec.limits)?;
@@ -424,7 +422,6 @@ fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<San
         }
     };
     let cgroup_time = t_cg.elapsed();
-    let procs_raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
 
     let t_ns = Instant::now();
     let reused = spec.netns_key.as_deref().and_then(|key| inner.netns.take_used(key));
@@ -442,7 +439,90 @@ fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<San
         },
         NetworkMode::Host => None,
     };
-    let netns_time = t_ns.elapsed();
+    Ok(Prepared {
+        t0,
+        plan,
+        cgroup,
+        procs,
+        netns,
+        cgroup_time,
+        netns_time: t_ns.elapsed(),
+    })
+}
+
+/// The rlimits every sandbox gets.
+pub(crate) fn rlimits(spec: &SandboxSpec) -> [(libc::__rlimit_resource_t, u64); 3] {
+    [
+        (libc::RLIMIT_NOFILE, spec.limits.nofile),
+        (libc::RLIMIT_CORE, 0),
+        (libc::RLIMIT_FSIZE, spec.limits.fsize_bytes),
+    ]
+}
+
+impl Inner {
+    /// The seccomp program of a mode.
+    pub(crate) fn filter(&self, mode: SeccompMode) -> &Filters {
+        match mode {
+            SeccompMode::Errno => &self.filters_errno,
+            SeccompMode::Kill => &self.filters_kill,
+        }
+    }
+
+    pub(crate) fn cap_last(&self) -> u32 {
+        self.cap_last
+    }
+
+    pub(crate) fn devnull(&self) -> RawFd {
+        self.devnull.as_raw_fd()
+    }
+
+    /// Run a job on the spawner thread and wait for its result.
+    pub(crate) fn on_spawner<T: Send + 'static>(
+        self: &Arc<Self>,
+        job: impl FnOnce(&Arc<Inner>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let inner = Arc::clone(self);
+        self.jobs
+            .send(Box::new(move || {
+                let result = job(&inner);
+                let _ = tx.send(result);
+                inner.netns.refill();
+                inner.cgroups.refill();
+            }))
+            .map_err(|_| SandboxError::SpawnerGone)?;
+        rx.recv().map_err(|_| SandboxError::SpawnerGone)?
+    }
+}
+
+fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<Sandbox> {
+    let Prepared {
+        t0,
+        plan,
+        cgroup,
+        procs,
+        netns,
+        cgroup_time,
+        netns_time,
+    } = prepare(inner, &spec)?;
+    let procs_raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
+    let program = cstring(spec.program.as_os_str().as_bytes(), "program")?;
+    let args: Vec<CString> = spec
+        .args
+        .iter()
+        .map(|a| cstring(a, "argument"))
+        .collect::<Result<_>>()?;
+    let env: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstring(format!("{k}={v}"), "environment"))
+        .collect::<Result<_>>()?;
+    let mut argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const c_char> = env.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let hostname = cstring(&spec.hostname, "hostname")?;
+    let cwd = cstring(spec.cwd.as_os_str().as_bytes(), "cwd")?;
 
     let mut fd_pairs: Vec<(RawFd, RawFd)> = spec.fds.iter().map(|m| (m.fd.as_raw_fd(), m.target)).collect();
     for std_fd in 0..3 {
@@ -450,16 +530,8 @@ fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<San
             fd_pairs.push((inner.devnull.as_raw_fd(), std_fd));
         }
     }
-    let rlimits = [
-        (libc::RLIMIT_NOFILE, spec.limits.nofile),
-        (libc::RLIMIT_CORE, 0),
-        (libc::RLIMIT_FSIZE, spec.limits.fsize_bytes),
-    ];
-    let filters = match spec.seccomp {
-        SeccompMode::Errno => &inner.filters_errno,
-        SeccompMode::Kill => &inner.filters_kill,
-    };
-    let filter = fprog(&filters.program);
+    let rlimits = rlimits(&spec);
+    let filter = fprog(&inner.filter(spec.seccomp).program);
     let stamps = Stamps::default();
     let mut pipe = [0 as RawFd; 2];
     // SAFETY: pipe2 fills the two-element array.

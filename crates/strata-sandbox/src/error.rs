@@ -36,6 +36,9 @@ pub enum SandboxError {
         /// The kernel's answer.
         source: io::Error,
     },
+    /// A runtime template failed or answered nonsense.
+    #[error("runtime template: {0}")]
+    Template(String),
     /// The spawner thread is gone.
     #[error("sandbox spawner thread has stopped")]
     SpawnerGone,

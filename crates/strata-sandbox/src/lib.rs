@@ -71,6 +71,7 @@ pub mod plan;
 mod sandbox;
 pub mod seccomp;
 mod spec;
+mod template;
 
 pub use backend::{Backend, BackendConfig};
 pub use error::{Result, SandboxError};
@@ -79,3 +80,4 @@ pub use spec::{
     BindMount, CODE_DIR, DEFAULT_UID, Exit, ExitKind, FdMapping, Limits, NetworkMode, SandboxSpec, SeccompMode,
     SpawnTimings, Usage,
 };
+pub use template::Template;

@@ -7,12 +7,12 @@ use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strata_sandbox::{
-    Backend, BackendConfig, Exit, ExitKind, FdMapping, Limits, NetworkMode, SandboxSpec, SeccompMode,
+    Backend, BackendConfig, Exit, ExitKind, FdMapping, Limits, NetworkMode, SandboxSpec, SeccompMode, Template,
 };
 
 fn backend() -> &'static Backend {
@@ -29,12 +29,80 @@ fn pipe() -> (std::fs::File, OwnedFd) {
 }
 
 /// Run a spec to completion, returning its exit and its stdout and stderr.
-fn run(mut spec: SandboxSpec) -> (Exit, String, String) {
+fn run(spec: SandboxSpec) -> (Exit, String, String) {
+    run_via(Via::Scratch, spec)
+}
+
+/// How a test starts its sandboxes: the isolation and resource tests run both ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// `Backend::spawn`: clone and exec.
+    Scratch,
+    /// `Backend::spawn_from_template`: forked from the Python runtime template.
+    Template,
+}
+
+/// The Python runtime template of the repository (runtimes/python/zygote.py).
+fn template() -> &'static Arc<Template> {
+    static T: OnceLock<Arc<Template>> = OnceLock::new();
+    T.get_or_init(|| {
+        let zygote = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../runtimes/python/zygote.py");
+        Arc::new(
+            backend()
+                .start_template(
+                    "python",
+                    Path::new("/usr/bin/python3"),
+                    &["-I".into(), "-S".into(), zygote.display().to_string()],
+                    &[],
+                    Duration::from_secs(30),
+                )
+                .expect("python runtime template"),
+        )
+    })
+}
+
+fn spawn_via(via: Via, spec: SandboxSpec) -> strata_sandbox::Result<strata_sandbox::Sandbox> {
+    match via {
+        Via::Scratch => backend().spawn(spec),
+        Via::Template => backend().spawn_from_template(template(), spec),
+    }
+}
+
+/// Both a scratch and a templated test of one check.
+macro_rules! both_ways {
+    ($($check:ident),* $(,)?) => {
+        $(
+            mod $check {
+                #[test]
+                fn scratch() {
+                    super::$check(super::Via::Scratch)
+                }
+                #[test]
+                fn template() {
+                    super::$check(super::Via::Template)
+                }
+            }
+        )*
+    };
+}
+
+both_ways!(
+    isolation_seen_from_inside,
+    host_network_is_an_explicit_opt_in,
+    seccomp_kill_mode_kills_the_process,
+    sandboxes_cannot_see_each_other,
+    memory_hog_is_reported_as_oom,
+    fork_bomb_hits_the_pids_wall_and_the_host_stays_responsive,
+    cpu_quota_of_half_a_core_gives_about_half_a_core,
+    tmp_beyond_its_size_is_enospc,
+);
+
+fn run_via(via: Via, mut spec: SandboxSpec) -> (Exit, String, String) {
     let (mut out_r, out_w) = pipe();
     let (mut err_r, err_w) = pipe();
     spec.fds.push(FdMapping { fd: out_w, target: 1 });
     spec.fds.push(FdMapping { fd: err_w, target: 2 });
-    let mut sb = backend().spawn(spec).expect("spawn");
+    let mut sb = spawn_via(via, spec).expect("spawn");
     let errs = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = err_r.read_to_string(&mut s);
@@ -105,7 +173,7 @@ except OSError as e:
 print(json.dumps(out))
 "#;
 
-fn probe(network: NetworkMode) -> Value {
+fn probe(via: Via, network: NetworkMode) -> Value {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let code = code_dir(&[("main.py", "print('hi')\n")]);
@@ -121,14 +189,13 @@ fn probe(network: NetworkMode) -> Value {
     );
     spec.code = Some(code.path().to_path_buf());
     spec.network = network;
-    let (exit, out, err) = run(spec);
+    let (exit, out, err) = run_via(via, spec);
     assert_eq!(exit.kind, ExitKind::Exited(0), "probe failed: {err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("probe output {out:?}: {e}; stderr {err}"))
 }
 
-#[test]
-fn isolation_seen_from_inside() {
-    let p = probe(NetworkMode::None);
+fn isolation_seen_from_inside(via: Via) {
+    let p = probe(via, NetworkMode::None);
     assert_eq!(p["pid"], 1, "{p}");
     assert_eq!(p["procs"], serde_json::json!([1]), "only itself in /proc");
     assert_ne!(p["uid"], 0);
@@ -161,54 +228,49 @@ fn isolation_seen_from_inside() {
     assert_eq!(p["connect"], "ECONNREFUSED", "the host's listener is not reachable");
 }
 
-#[test]
-fn host_network_is_an_explicit_opt_in() {
-    let p = probe(NetworkMode::Host);
+fn host_network_is_an_explicit_opt_in(via: Via) {
+    let p = probe(via, NetworkMode::Host);
     assert_eq!(p["connect"], "ok");
 }
 
-#[test]
-fn seccomp_kill_mode_kills_the_process() {
+fn seccomp_kill_mode_kills_the_process(via: Via) {
     let mut spec = python("import ctypes; ctypes.CDLL(None).syscall(165, 0, 0, 0, 0, 0); print('survived')");
     spec.seccomp = SeccompMode::Kill;
-    let (exit, out, _) = run(spec);
+    let (exit, out, _) = run_via(via, spec);
     assert_eq!(exit.kind, ExitKind::Signaled(libc::SIGSYS));
     assert_eq!(out, "");
 }
 
-#[test]
-fn sandboxes_cannot_see_each_other() {
+fn sandboxes_cannot_see_each_other(via: Via) {
     let a_code = code_dir(&[("secret.txt", "a's secret")]);
     let mut a = python("open('/tmp/a-was-here','w').write('x'); import time; time.sleep(30)");
     a.code = Some(a_code.path().to_path_buf());
-    let mut a = backend().spawn(a).unwrap();
+    let mut a = spawn_via(via, a).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let script = format!(
         "import os, json; print(json.dumps([os.path.exists('/tmp/a-was-here'), os.path.exists({:?}), sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), os.listdir('/code') if os.path.exists('/code') else []]))",
         a_code.path().join("secret.txt").display().to_string()
     );
-    let (exit, out, err) = run(python(&script));
+    let (exit, out, err) = run_via(via, python(&script));
     assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
     let seen: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(seen, serde_json::json!([false, false, [1], []]));
     a.terminate().unwrap();
 }
 
-#[test]
-fn memory_hog_is_reported_as_oom() {
+fn memory_hog_is_reported_as_oom(via: Via) {
     let mut spec = python("x = []\nwhile True: x.append(bytearray(1 << 20))");
     spec.limits = Limits {
         memory_bytes: 48 << 20,
         ..Limits::default()
     };
-    let (exit, _, _) = run(spec);
+    let (exit, _, _) = run_via(via, spec);
     assert_eq!(exit.kind, ExitKind::Oom, "{exit:?}");
     assert!(exit.usage.oom_kills >= 1);
     assert!(exit.usage.memory_peak_bytes >= 40 << 20, "{exit:?}");
 }
 
-#[test]
-fn fork_bomb_hits_the_pids_wall_and_the_host_stays_responsive() {
+fn fork_bomb_hits_the_pids_wall_and_the_host_stays_responsive(via: Via) {
     let bomb = "import os, time\nn = 0\nwhile True:\n  try:\n    if os.fork() == 0:\n      time.sleep(30); os._exit(0)\n    n += 1\n  except OSError as e:\n    print(n, e.errno, flush=True); break\ntime.sleep(30)";
     let mut spec = python(bomb);
     spec.limits = Limits {
@@ -217,7 +279,7 @@ fn fork_bomb_hits_the_pids_wall_and_the_host_stays_responsive() {
     };
     let (mut out_r, out_w) = pipe();
     spec.fds.push(FdMapping { fd: out_w, target: 1 });
-    let mut sb = backend().spawn(spec).unwrap();
+    let mut sb = spawn_via(via, spec).unwrap();
     let mut line = [0u8; 64];
     let n = out_r.read(&mut line).unwrap();
     let line = String::from_utf8_lossy(&line[..n]).trim().to_owned();
@@ -237,15 +299,14 @@ fn fork_bomb_hits_the_pids_wall_and_the_host_stays_responsive() {
     sb.terminate().unwrap();
 }
 
-#[test]
-fn cpu_quota_of_half_a_core_gives_about_half_a_core() {
+fn cpu_quota_of_half_a_core_gives_about_half_a_core(via: Via) {
     let mut spec = python("import time\nend = time.monotonic() + 2\nwhile time.monotonic() < end: pass");
     spec.limits = Limits {
         cpu_millis: Some(500),
         ..Limits::default()
     };
     let t = Instant::now();
-    let (exit, _, _) = run(spec);
+    let (exit, _, _) = run_via(via, spec);
     let wall = t.elapsed().as_secs_f64();
     assert_eq!(exit.kind, ExitKind::Exited(0));
     let share = exit.usage.cpu_usec as f64 / 1e6 / wall;
@@ -256,8 +317,7 @@ fn cpu_quota_of_half_a_core_gives_about_half_a_core() {
     );
 }
 
-#[test]
-fn tmp_beyond_its_size_is_enospc() {
+fn tmp_beyond_its_size_is_enospc(via: Via) {
     let mut spec = python(
         "import errno\ntry:\n  open('/tmp/big','wb').write(b'x' * (4 << 20))\n  print('fit')\nexcept OSError as e:\n  print(errno.errorcode[e.errno])",
     );
@@ -265,7 +325,7 @@ fn tmp_beyond_its_size_is_enospc() {
         tmp_bytes: 1 << 20,
         ..Limits::default()
     };
-    let (exit, out, err) = run(spec);
+    let (exit, out, err) = run_via(via, spec);
     assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
     assert_eq!(out.trim(), "ENOSPC");
 }
@@ -285,6 +345,9 @@ fn setup_failure_names_the_step_and_leaves_nothing() {
     assert!(backend().spawn(spec).unwrap_err().to_string().contains("uid"));
 }
 
+/// Live (not zombie) processes of a uid. A sandbox whose daemon was killed is re-parented to
+/// the nearest child subreaper, which is this test process once a template has started; it
+/// dies at once but stays a zombie here, since nothing in this process waits for it.
 fn processes_of_uid(uid: u32) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -298,7 +361,10 @@ fn processes_of_uid(uid: u32) -> Vec<i32> {
             .lines()
             .find(|l| l.starts_with("Uid:"))
             .and_then(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if real == Some(uid) {
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("Z (zombie)"));
+        if real == Some(uid) && !zombie {
             out.push(pid);
         }
     }
@@ -332,8 +398,8 @@ fn the_root_template_stays_out_of_the_host_mount_namespace() {
     // …and sandboxes start from it: their root is the template's tmpfs, read-only, with the
     // runtime directories and /etc below it, and their own /tmp and /proc.
     let mut spec = python("for l in open('/proc/self/mountinfo'):\n f = l.split()\n print(f[4], f[5].split(',')[0])");
-    spec.uid = 61_002;
-    spec.gid = 61_002;
+    spec.uid = 61_005;
+    spec.gid = 61_005;
     let (exit, out, err) = run(spec);
     assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
     let mounts: std::collections::BTreeMap<&str, &str> = out.lines().filter_map(|l| l.split_once(' ')).collect();
@@ -474,4 +540,111 @@ fn network_namespaces_are_reused_only_under_the_same_key() {
     assert_ne!(other, first);
     let (fresh, _) = netns_of(None, 47123);
     assert_ne!(fresh, first);
+}
+
+#[test]
+fn templated_instances_share_no_state_with_each_other() {
+    // A changes the state it inherited from the template (a preloaded module, the main
+    // module's globals, sys.modules, /tmp) and stays alive; B, forked after, sees none of it.
+    let mut a = python(
+        "import json, sys, time\njson.leak = 'a'\nsecret = 'a'\nsys.modules['leak_a'] = json\nopen('/tmp/a', 'w').write('a')\nprint('set', flush=True)\ntime.sleep(30)",
+    );
+    let (mut a_out, a_w) = pipe();
+    a.fds.push(FdMapping { fd: a_w, target: 1 });
+    let mut a = spawn_via(Via::Template, a).unwrap();
+    let mut buf = [0u8; 16];
+    let n = a_out.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"set\n");
+    let (exit, out, err) = run_via(
+        Via::Template,
+        python(
+            "import json, os, sys\nprint(json.dumps([hasattr(json, 'leak'), 'secret' in globals(), 'leak_a' in sys.modules, os.path.exists('/tmp/a'), 'urllib.parse' in sys.modules]))",
+        ),
+    );
+    assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
+    let seen: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        seen,
+        serde_json::json!([false, false, false, false, true]),
+        "nothing of A is visible; the template's preloaded modules are"
+    );
+    a.terminate().unwrap();
+}
+
+#[test]
+fn a_templated_setup_failure_names_the_step_and_leaves_nothing() {
+    let mut spec = python("print('never')");
+    spec.cwd = "/does-not-exist".into();
+    spec.uid = 61_003;
+    spec.gid = 61_003;
+    let err = spawn_via(Via::Template, spec).unwrap_err();
+    assert!(err.to_string().contains("chdir"), "{err}");
+    assert_eq!(processes_of_uid(61_003), Vec::<i32>::new());
+    assert!(template().is_alive(), "the template survives a failed sandbox");
+    let (exit, out, _) = run_via(Via::Template, python("print('after')"));
+    assert_eq!(exit.kind, ExitKind::Exited(0));
+    assert_eq!(out, "after\n");
+}
+
+/// Zombies whose parent is `pid` and whose uid is `uid`.
+fn zombies_of(pid: u32, uid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let uid_matches = field("Uid:").split_whitespace().next() == Some(&uid.to_string());
+        if field("PPid:") == pid.to_string() && field("State:").starts_with('Z') && uid_matches {
+            out.push(format!("{} {}", e.file_name().to_string_lossy(), field("Name:")));
+        }
+    }
+    out
+}
+
+#[test]
+fn templated_spawn_kill_cycles_leave_nothing_behind() {
+    const UID: u32 = 61_004;
+    let _ = template();
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    for i in 0..60 {
+        let script = match i % 3 {
+            0 => "pass",
+            1 => "import os, time\nif os.fork() == 0:\n  time.sleep(30)\ntime.sleep(30)",
+            _ => {
+                "import os, time\nfor _ in range(3):\n  if os.fork() == 0:\n    os.setsid(); time.sleep(30)\ntime.sleep(30)"
+            }
+        };
+        let mut spec = python(script);
+        spec.uid = UID;
+        spec.gid = UID;
+        let mut sb = spawn_via(Via::Template, spec).unwrap();
+        if i % 2 == 1 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if i % 3 == 0 {
+            sb.wait().unwrap();
+        } else {
+            sb.terminate().unwrap();
+        }
+    }
+    assert_eq!(processes_of_uid(UID), Vec::<i32>::new(), "no sandbox process survives");
+    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    assert_eq!(mounts_before, mounts_after, "no mount leaks into the host namespace");
+    assert_eq!(
+        zombies_of(std::process::id(), UID),
+        Vec::<String>::new(),
+        "every sandbox is reaped"
+    );
+    assert_eq!(
+        zombies_of(template().pid(), 0),
+        Vec::<String>::new(),
+        "the template reaps its helpers"
+    );
 }

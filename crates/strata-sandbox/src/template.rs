@@ -1,0 +1,443 @@
+//! Runtime templates ("zygotes", after SOCK): a language runtime started once with its
+//! bootstrap and common libraries loaded, from which sandboxes are forked instead of exec'd.
+//!
+//! A template is a trusted process of the platform: the runtime and the platform's own code,
+//! never a function's. It runs as root, in the spawner thread's mount namespace (so it sees
+//! the root template of [`crate::plan::template`]), with a `SOCK_SEQPACKET` socket at fd 3.
+//! For each sandbox the backend prepares exactly what [`Backend::spawn`] prepares (root plan,
+//! cgroup, network namespace, seccomp program, descriptors) and sends it over the socket,
+//! the descriptors as `SCM_RIGHTS`. The template then:
+//!
+//! 1. forks an intermediate process, which unshares a pid namespace and forks the sandbox's
+//!    first process (pid 1 inside), reports its pid and exits. The daemon is a child
+//!    subreaper, so the sandbox is re-parented to the daemon: [`Sandbox`] waits for it and
+//!    reaps it exactly like a cloned one;
+//! 2. once the intermediate is reaped (so the re-parenting is done), tells the sandbox to go
+//!    on. The sandbox then does what [`crate::child`] does before exec, in the same order:
+//!    new mount, ipc and uts namespaces; joins its cgroup and roots a cgroup namespace
+//!    there; enters the network namespace; carries out the plan's steps; sets the hostname
+//!    and working directory; puts the passed descriptors in place and closes every other;
+//!    rlimits; empties the bounding and ambient capability sets, drops to the uid/gid, sets
+//!    the parent-death signal, clears the capabilities, sets `no_new_privs` and installs the
+//!    same seccomp program. Then, instead of exec, it replaces its environment and runs the
+//!    requested program inside the already-loaded runtime;
+//! 3. the sandbox reports "ok" (with the time its mounts and privilege drop took) or the step
+//!    that failed and its errno; the template answers the backend with the pid or the error.
+//!
+//! Request (one datagram): a JSON object with `steps` (the plan, see [`wire_step`]), `argv`,
+//! `env`, `cwd`, `hostname`, `uid`, `gid`, `rlimits`, `cap_last`, `seccomp` (the program as
+//! hex, 8 bytes per instruction), `targets` (the descriptor number each passed descriptor gets),
+//! `cgroups` (how many of the passed descriptors are `cgroup.procs` files, sent first), `netns`
+//! (whether one network namespace descriptor follows them). Answer: `{"pid": N, "fork_us": …,
+//! "mounts_us": …, "privileges_us": …}` or `{"error": "step: message", "errno": N}`. The
+//! template announces itself with `{"ready": true}` once loaded.
+//!
+//! What a templated sandbox shares with its siblings, beyond what every sandbox shares: the
+//! template's memory image (copy-on-write; only the runtime and platform code, no function's
+//! code or data) — including the runtime's per-process secrets, such as Python's string hash
+//! seed, so hash-flooding resistance across instances is weaker than with fresh processes.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::backend::{Backend, Inner, prepare, rlimits};
+use crate::error::{Result, SandboxError};
+use crate::plan::Step;
+use crate::sandbox::Sandbox;
+use crate::spec::{SandboxSpec, SpawnTimings};
+
+/// A running runtime template. Dropping it stops the process.
+pub struct Template {
+    name: String,
+    sock: Mutex<OwnedFd>,
+    child: Mutex<Child>,
+}
+
+impl std::fmt::Debug for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Template").field("name", &self.name).finish()
+    }
+}
+
+impl Drop for Template {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.child.lock() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Template {
+    /// The name it was started with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the template process is still running.
+    pub fn is_alive(&self) -> bool {
+        self.child
+            .lock()
+            .map(|mut c| matches!(c.try_wait(), Ok(None)))
+            .unwrap_or(false)
+    }
+
+    /// The template process's pid (host view).
+    pub fn pid(&self) -> u32 {
+        self.child.lock().map(|c| c.id()).unwrap_or(0)
+    }
+}
+
+fn template_err(msg: impl Into<String>) -> SandboxError {
+    SandboxError::Template(msg.into())
+}
+
+/// A plan step as the template reads it.
+fn wire_step(step: &Step) -> Result<serde_json::Value> {
+    use serde_json::json;
+    let s = |c: &std::ffi::CStr| -> Result<String> {
+        c.to_str()
+            .map(str::to_owned)
+            .map_err(|_| SandboxError::InvalidSpec(format!("path {c:?} is not UTF-8")))
+    };
+    Ok(match step {
+        Step::MakePrivate => json!(["private"]),
+        Step::Tmpfs { target, flags, options } => json!(["tmpfs", s(target)?, flags, s(options)?]),
+        Step::Mkdir { path } => json!(["mkdir", s(path)?]),
+        Step::Touch { path } => json!(["touch", s(path)?]),
+        Step::Symlink { target, link } => json!(["symlink", s(target)?, s(link)?]),
+        Step::BindReadOnly { source, target } => json!(["bind", s(source)?, s(target)?]),
+        Step::CharDevice { path, major, minor } => json!(["mknod", s(path)?, major, minor]),
+        Step::Proc { target } => json!(["proc", s(target)?]),
+        Step::PivotRoot { new_root } => json!(["pivot", s(new_root)?]),
+        Step::RootReadOnly => json!(["rootro"]),
+    })
+}
+
+/// Send one datagram with descriptors.
+fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    let fd_bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut control = vec![0u8; space.max(1)];
+    // SAFETY: msghdr is plain data; every pointer set below points into live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer is CMSG_SPACE(fd_bytes) long, so the first header and
+        // its data fit; CMSG_* only compute addresses inside it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), fd_bytes);
+        }
+    }
+    // SAFETY: msg points to live buffers for the duration of the call.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receive one datagram (the template's answers are small JSON objects).
+fn recv(sock: RawFd) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        // SAFETY: reading into a buffer we own.
+        let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n > 0 {
+            buf.truncate(n as usize);
+            return Ok(buf);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+impl Backend {
+    /// Start a runtime template: `program args…` as root, with environment `env` only, in the
+    /// spawner's mount namespace, fd 3 its end of the control socket. Returns once it has
+    /// announced itself ready (or failed to within `startup`).
+    ///
+    /// Makes the daemon process a child subreaper (see the module docs).
+    pub fn start_template(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        startup: Duration,
+    ) -> Result<Template> {
+        let program = program.to_path_buf();
+        let args = args.to_vec();
+        let env = env.to_vec();
+        let name = name.to_owned();
+        self.inner().on_spawner(move |_| {
+            // SAFETY: prctl with integer arguments only.
+            if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+                return Err(SandboxError::sys("prctl(PR_SET_CHILD_SUBREAPER)"));
+            }
+            let mut fds = [0; 2];
+            // SAFETY: socketpair fills the two-element array.
+            if unsafe {
+                libc::socketpair(
+                    libc::AF_UNIX,
+                    libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                    0,
+                    fds.as_mut_ptr(),
+                )
+            } < 0
+            {
+                return Err(SandboxError::sys("socketpair"));
+            }
+            // SAFETY: both descriptors were just created and are owned from here on.
+            let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            let theirs_raw = theirs.as_raw_fd();
+            let mut cmd = std::process::Command::new(&program);
+            cmd.args(&args).env_clear().envs(env).stdin(std::process::Stdio::null());
+            // SAFETY: the closure only makes async-signal-safe system calls (dup2, prctl).
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(move || {
+                    if libc::dup2(theirs_raw, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // Die with the spawner thread, like the sandboxes.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().map_err(|source| SandboxError::Sys {
+                op: "start runtime template",
+                source,
+            })?;
+            drop(theirs);
+            let tv = libc::timeval {
+                tv_sec: startup.as_secs() as _,
+                tv_usec: startup.subsec_micros() as _,
+            };
+            // SAFETY: setsockopt with a valid timeval.
+            unsafe {
+                libc::setsockopt(
+                    ours.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as u32,
+                );
+            }
+            let template = Template {
+                name: name.clone(),
+                sock: Mutex::new(ours),
+                child: Mutex::new(child),
+            };
+            let hello = recv(template.sock.lock().expect("sock lock").as_raw_fd())
+                .map_err(|e| template_err(format!("template {name} did not start: {e}")))?;
+            let v: serde_json::Value = serde_json::from_slice(&hello)
+                .map_err(|e| template_err(format!("template {name}: bad greeting: {e}")))?;
+            if v["ready"] != true {
+                return Err(template_err(format!("template {name} failed to start: {v}")));
+            }
+            Ok(template)
+        })
+    }
+
+    /// Start a sandbox from a runtime template: the same isolation, limits and accounting as
+    /// [`Backend::spawn`], but the process is a fork of the template's instead of an exec of
+    /// `spec.program`, which the template interprets (see the runtime's template script).
+    pub fn spawn_from_template(&self, template: &Arc<Template>, spec: SandboxSpec) -> Result<Sandbox> {
+        let template = Arc::clone(template);
+        self.inner()
+            .on_spawner(move |inner| spawn_templated(inner, &template, spec))
+    }
+}
+
+fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpec) -> Result<Sandbox> {
+    let prepared = prepare(inner, &spec)?;
+    let request = (|| -> Result<Vec<u8>> {
+        let steps = prepared.plan.iter().map(wire_step).collect::<Result<Vec<_>>>()?;
+        let program: Vec<u8> = inner
+            .filter(spec.seccomp)
+            .program
+            .iter()
+            .flat_map(|i| {
+                let mut b = [0u8; 8];
+                b[..2].copy_from_slice(&i.code.to_ne_bytes());
+                b[2] = i.jt;
+                b[3] = i.jf;
+                b[4..].copy_from_slice(&i.k.to_ne_bytes());
+                b
+            })
+            .collect();
+        let mut targets: Vec<RawFd> = spec.fds.iter().map(|m| m.target).collect();
+        for std_fd in 0..3 {
+            if !targets.contains(&std_fd) {
+                targets.push(std_fd);
+            }
+        }
+        let utf8 = |what: &str, s: &std::ffi::OsStr| -> Result<String> {
+            s.to_str()
+                .map(str::to_owned)
+                .ok_or_else(|| SandboxError::InvalidSpec(format!("{what} is not UTF-8")))
+        };
+        let mut argv = vec![utf8("program", spec.program.as_os_str())?];
+        argv.extend(spec.args.iter().skip(1).cloned());
+        let req = serde_json::json!({
+            "steps": steps,
+            "argv": argv,
+            "env": spec.env,
+            "cwd": utf8("cwd", spec.cwd.as_os_str())?,
+            "hostname": spec.hostname,
+            "uid": spec.uid,
+            "gid": spec.gid,
+            "rlimits": rlimits(&spec),
+            "cap_last": inner.cap_last(),
+            "seccomp": hex_encode(&program),
+            "targets": targets,
+            "cgroups": prepared.procs.len(),
+            "netns": prepared.netns.is_some(),
+        });
+        Ok(serde_json::to_vec(&req).expect("JSON of plain values"))
+    })();
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => {
+            prepared.abandon(inner);
+            return Err(e);
+        }
+    };
+    let mut fds: Vec<RawFd> = prepared.procs.iter().map(AsRawFd::as_raw_fd).collect();
+    fds.extend(prepared.netns.as_ref().map(AsRawFd::as_raw_fd));
+    fds.extend(spec.fds.iter().map(|m| m.fd.as_raw_fd()));
+    for std_fd in 0..3 {
+        if !spec.fds.iter().any(|m| m.target == std_fd) {
+            fds.push(inner.devnull());
+        }
+    }
+    let answer = {
+        let sock = template.sock.lock().expect("template socket lock");
+        send_with_fds(sock.as_raw_fd(), &request, &fds).and_then(|()| recv(sock.as_raw_fd()))
+    };
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            prepared.abandon(inner);
+            return Err(template_err(format!("template {}: {e}", template.name)));
+        }
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&answer) {
+        Ok(v) => v,
+        Err(e) => {
+            prepared.abandon(inner);
+            return Err(template_err(format!("template {}: bad answer: {e}", template.name)));
+        }
+    };
+    let Some(pid) = v["pid"].as_i64().map(|p| p as i32) else {
+        prepared.abandon(inner);
+        if let Some(failed) = v["pid_failed"].as_i64() {
+            // The sandbox's process exited after its failed setup; it is our child (see the
+            // module docs): reap it.
+            // SAFETY: waitpid on a pid with a null status pointer.
+            unsafe { libc::waitpid(failed as i32, std::ptr::null_mut(), 0) };
+        }
+        let message = v["error"].as_str().unwrap_or("no pid in the answer").to_owned();
+        let (step, _) = message.split_once(':').unwrap_or((&message, ""));
+        return match v["errno"].as_i64() {
+            Some(errno) if errno > 0 => Err(SandboxError::Setup {
+                step: step.to_owned(),
+                source: std::io::Error::from_raw_os_error(errno as i32),
+            }),
+            _ => Err(template_err(format!("template {}: {message}", template.name))),
+        };
+    };
+    // SAFETY: pidfd_open with a pid and no flags.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        let e = SandboxError::sys("pidfd_open");
+        // SAFETY: kill of the pid the template just started for us.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        prepared.abandon(inner);
+        return Err(e);
+    }
+    // SAFETY: pidfd_open returned a new descriptor we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let micros = |k: &str| Duration::from_micros(v[k].as_u64().unwrap_or(0));
+    let crate::backend::Prepared {
+        t0,
+        cgroup,
+        netns,
+        cgroup_time,
+        netns_time,
+        ..
+    } = prepared;
+    let mut sandbox = Sandbox::new(Arc::clone(inner), pid, pidfd, cgroup);
+    sandbox.netns = match (netns, &spec.netns_key) {
+        (Some(fd), Some(key)) => Some((key.clone(), fd)),
+        _ => None,
+    };
+    spec.fds.clear();
+    let total = t0.elapsed();
+    let (fork, mounts, privileges) = (micros("fork_us"), micros("mounts_us"), micros("privileges_us"));
+    sandbox.timings = SpawnTimings {
+        cgroup: cgroup_time,
+        netns: netns_time,
+        namespaces: fork,
+        mounts,
+        privileges,
+        exec: Duration::ZERO,
+        total,
+    };
+    Ok(sandbox)
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for &x in b {
+        s.push(HEX[(x >> 4) as usize] as char);
+        s.push(HEX[(x & 15) as usize] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_go_over_the_wire_as_tagged_lists() {
+        let st = Step::BindReadOnly {
+            source: c"/a".to_owned(),
+            target: c"/r/code".to_owned(),
+        };
+        assert_eq!(wire_step(&st).unwrap(), serde_json::json!(["bind", "/a", "/r/code"]));
+        let st = Step::Tmpfs {
+            target: c"/r/tmp".to_owned(),
+            flags: libc::MS_NOSUID,
+            options: c"size=1".to_owned(),
+        };
+        assert_eq!(
+            wire_step(&st).unwrap(),
+            serde_json::json!(["tmpfs", "/r/tmp", libc::MS_NOSUID, "size=1"])
+        );
+        assert_eq!(hex_encode(&[0, 0xab, 0x10]), "00ab10");
+    }
+}

@@ -1,0 +1,445 @@
+"""Strata Python runtime template (a zygote, after SOCK).
+
+Started by the platform as root with ``python3 -I -S zygote.py``, fd 3 a SOCK_SEQPACKET
+socket to the sandbox backend (crates/strata-sandbox/src/template.rs documents the
+protocol). It loads the instance bootstrap and common standard-library modules once, then
+forks one sandbox per request. Each forked sandbox sets up the same isolation a sandbox
+started from scratch gets (the steps, their order and the seccomp program all come from the
+backend) and then runs its program inside this already-initialised interpreter:
+
+* ``python3 [-I] [-S] /strata/runtime/python/bootstrap.py``: the instance runtime;
+* ``python3 [-flags] -c CODE [args]``: CODE as ``__main__`` (what the isolation tests use);
+* ``python3 [-flags] FILE [args]``: FILE as ``__main__``.
+
+Only the platform's code and the standard library are ever loaded here, never a function's:
+the template runs as root. Linux x86_64 and aarch64.
+"""
+
+import ctypes
+import gc
+import os
+import posix
+import socket
+import sys
+import time
+
+# Common standard-library modules, imported once here instead of in every instance.
+import base64  # noqa: F401
+import collections  # noqa: F401
+import datetime  # noqa: F401
+import functools  # noqa: F401
+import hashlib  # noqa: F401
+import io  # noqa: F401
+import itertools  # noqa: F401
+import json  # noqa: F401
+import math  # noqa: F401
+import random
+import re  # noqa: F401
+import string  # noqa: F401
+import struct  # noqa: F401
+import traceback  # noqa: F401
+import typing  # noqa: F401
+import urllib.parse  # noqa: F401
+
+RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, RUNTIME_DIR)
+import bootstrap  # noqa: E402
+import strata  # noqa: E402,F401
+
+sys.path.remove(RUNTIME_DIR)
+
+CTRL_FD = 3
+IN_SANDBOX_RUNTIME = "/strata/runtime/python"
+
+_ARCH = os.uname().machine
+if _ARCH == "x86_64":
+    NR = {"pivot_root": 155, "capset": 126, "close_range": 436, "setgroups": 116, "setresuid": 117, "setresgid": 119}
+elif _ARCH == "aarch64":
+    NR = {"pivot_root": 41, "capset": 90, "close_range": 436, "setgroups": 159, "setresuid": 147, "setresgid": 149}
+else:
+    raise SystemExit("strata zygote: unsupported architecture %s" % _ARCH)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+RO_BIND = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_SECCOMP = 22
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SECCOMP_MODE_FILTER = 2
+
+# PyDLL: the GIL stays held across these calls (nothing here blocks for long).
+_libc = ctypes.PyDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint), ("permitted", ctypes.c_uint), ("inheritable", ctypes.c_uint)]
+
+
+class StepError(Exception):
+    def __init__(self, step, errno_):
+        super().__init__(step)
+        self.step = step
+        self.errno = errno_
+
+
+def _check(rc, step):
+    if rc < 0:
+        raise StepError(step, ctypes.get_errno())
+
+
+def _sc(name, *args):
+    return _libc.syscall(ctypes.c_long(NR[name]), *[ctypes.c_long(a) for a in args])
+
+
+def _b(s):
+    return s.encode()
+
+
+def _mount(src, target, fstype, flags, data, step):
+    _check(_libc.mount(src and _b(src), _b(target), fstype and _b(fstype), flags, data and _b(data)), step)
+
+
+def _apply(step):
+    """One plan step, as crates/strata-sandbox/src/kernel.rs `apply` does it."""
+    kind = step[0]
+    try:
+        if kind == "private":
+            _mount(None, "/", None, MS_REC | MS_PRIVATE, None, "make-private")
+        elif kind == "tmpfs":
+            _mount("tmpfs", step[1], "tmpfs", step[2], step[3], "tmpfs")
+        elif kind == "mkdir":
+            os.mkdir(step[1], 0o755)
+        elif kind == "touch":
+            os.close(os.open(step[1], os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+        elif kind == "symlink":
+            os.symlink(step[1], step[2])
+        elif kind == "bind":
+            _mount(step[1], step[2], None, MS_BIND | MS_REC, None, "bind-ro")
+            _mount(None, step[2], None, RO_BIND, None, "bind-ro")
+        elif kind == "mknod":
+            import stat
+
+            os.mknod(step[1], 0o666 | stat.S_IFCHR, os.makedev(step[2], step[3]))
+        elif kind == "proc":
+            _mount("proc", step[1], "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None, "proc")
+        elif kind == "pivot":
+            os.chdir(step[1])
+            _check(_pivot(), "pivot-root")
+            _check(_libc.umount2(b".", MNT_DETACH), "pivot-root")
+            os.chdir("/")
+        elif kind == "rootro":
+            _mount(None, "/", None, RO_BIND, None, "root-ro")
+        else:
+            raise StepError("unknown step %r" % (kind,), 22)
+    except OSError as e:
+        raise StepError(kind, e.errno) from None
+
+
+def _pivot():
+    dot = ctypes.c_char_p(b".")
+    return _libc.syscall(ctypes.c_long(NR["pivot_root"]), dot, dot)
+
+
+def _setup(req, fds, err_w):
+    """In the sandbox's first process: everything child.rs does before exec."""
+    t0 = time.perf_counter()
+    ncg = req["cgroups"]
+    cgroup_fds = fds[:ncg]
+    rest = fds[ncg:]
+    netns_fd = None
+    if req["netns"]:
+        netns_fd, rest = rest[0], rest[1:]
+    targets = req["targets"]
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS), "namespaces")
+    for fd in cgroup_fds:
+        try:
+            os.write(fd, b"0")
+        except OSError as e:
+            raise StepError("cgroup", e.errno) from None
+    _check(_libc.unshare(CLONE_NEWCGROUP), "cgroup-ns")
+    if netns_fd is not None:
+        _check(_libc.setns(netns_fd, CLONE_NEWNET), "netns")
+    os.umask(0o022)
+    for step in req["steps"]:
+        _apply(step)
+    t_mounted = time.perf_counter()
+    host = _b(req["hostname"])
+    _check(_libc.sethostname(host, len(host)), "hostname")
+    try:
+        os.chdir(req["cwd"])
+    except OSError as e:
+        raise StepError("chdir", e.errno) from None
+
+    # Descriptors: copies above every target, then each in place; everything else closed
+    # but the report pipe (kept above 64 by the caller).
+    try:
+        moved = [_fcntl_dupfd(fd, 100) for fd in rest]
+        for src, target in zip(moved, targets):
+            os.dup2(src, target, inheritable=True)
+        keep = set(targets) | {err_w}
+        for fd in _open_fds():
+            if fd not in keep:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+    except OSError as e:
+        raise StepError("fds", e.errno) from None
+
+    import resource
+
+    for res, value in req["rlimits"]:
+        try:
+            resource.setrlimit(res, (value, value))
+        except (OSError, ValueError):
+            raise StepError("rlimit", 1) from None
+
+    # Capabilities and ids, in child.rs's order.
+    for cap in range(req["cap_last"] + 1):
+        _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "caps")
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "caps")
+    _check(_libc.syscall(ctypes.c_long(NR["setgroups"]), ctypes.c_long(0), ctypes.c_void_p(None)), "ids")
+    gid, uid = req["gid"], req["uid"]
+    _check(_sc("setresgid", gid, gid, gid), "ids")
+    _check(_sc("setresuid", uid, uid, uid), "ids")
+    _check(_libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "pdeathsig")
+    hdr = _CapHeader(0x20080522, 0)
+    data = (_CapData * 2)()
+    _check(_libc.syscall(ctypes.c_long(NR["capset"]), ctypes.byref(hdr), data), "caps")
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no-new-privs")
+    prog = bytes.fromhex(req["seccomp"])
+    n = len(prog) // 8
+    filters = (_SockFilter * n).from_buffer_copy(prog)
+    fprog = _SockFprog(n, ctypes.cast(filters, ctypes.POINTER(_SockFilter)))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "seccomp")
+    t_done = time.perf_counter()
+    return int((t_mounted - t0) * 1e6), int((t_done - t_mounted) * 1e6)
+
+
+def _fcntl_dupfd(fd, lowest):
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, lowest)
+
+
+def _open_fds():
+    try:
+        return [int(x) for x in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(0, 1024))
+
+
+def _environment(env):
+    """Replace the environment (C level, os.environ and posix.environ) with the spec's."""
+    os.environ.clear()
+    for k, v in env.items():
+        os.environ[k] = v
+    posix.environ.clear()
+    for k, v in env.items():
+        posix.environ[k.encode()] = v.encode()
+
+
+def _run(argv):
+    """Run the request's program inside this interpreter; never returns."""
+    args = argv[1:]
+    while args and args[0].startswith("-") and args[0] not in ("-c", "-m", "-"):
+        args = args[1:]
+    code = None
+    if args and args[0] == "-c" and len(args) > 1:
+        code, sys.argv = args[1], ["-c"] + args[2:]
+        filename = "<string>"
+    elif args:
+        path = args[0]
+        sys.argv = list(args)
+        if path == IN_SANDBOX_RUNTIME + "/bootstrap.py":
+            bootstrap.main(runtime_dir=IN_SANDBOX_RUNTIME)
+            bootstrap._die(0)
+        with open(path, "rb") as f:
+            code = f.read()
+        filename = path
+    else:
+        sys.stderr.write("strata zygote: nothing to run\n")
+        os._exit(2)
+    import types
+
+    # A fresh __main__: this template's own globals stay where its functions find them.
+    main = types.ModuleType("__main__")
+    if filename != "<string>":
+        main.__file__ = filename
+    sys.modules["__main__"] = main
+    status = 0
+    try:
+        exec(compile(code, filename, "exec"), main.__dict__)
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, int) and e.code is not None:
+            sys.stderr.write("%s\n" % e.code)
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except Exception:
+            pass
+    os._exit(status)
+
+
+def _sandbox(req, fds, go_r, err_w):
+    """The sandbox's first process (pid 1 of its namespace)."""
+    try:
+        # Wait until the template has reaped the intermediate process: only then is this
+        # process the daemon's child, and only then may it set its parent-death signal.
+        os.read(go_r, 1)
+        os.close(go_r)
+        mounts_us, priv_us = _setup(req, fds, err_w)
+    except StepError as e:
+        os.write(err_w, ("%s:%d" % (e.step, e.errno or 0)).encode())
+        os._exit(127)
+    except BaseException as e:  # a bug here must not leave a half-set-up sandbox running
+        os.write(err_w, ("setup:0:%s" % e).encode()[:4000])
+        os._exit(127)
+    if "random" in sys.modules:
+        random.seed()
+    _environment(dict(req["env"]))
+    os.write(err_w, ("ok %d %d" % (mounts_us, priv_us)).encode())
+    os.close(err_w)
+    _run(req["argv"])
+
+
+def _serve_one(sock, req, fds):
+    t0 = time.perf_counter()
+    pid_r, pid_w = os.pipe()
+    go_r, go_w = os.pipe()
+    err_r, err_w = os.pipe()
+    err_w_high = _fcntl_dupfd(err_w, 64)
+    os.close(err_w)
+    for s in (sys.stdout, sys.stderr):
+        s.flush()
+    mid = os.fork()
+    if mid == 0:
+        # The intermediate: the sandbox's first process is its child, in a new pid namespace.
+        try:
+            sock.detach()
+            os.close(pid_r)
+            os.close(err_r)
+            os.close(go_w)
+            _check(_libc.unshare(CLONE_NEWPID), "pid-ns")
+            pid = os.fork()
+            if pid == 0:
+                os.close(pid_w)
+                _sandbox(req, fds, go_r, err_w_high)
+            os.write(pid_w, str(pid).encode())
+        except BaseException as e:
+            try:
+                os.write(pid_w, ("error %s" % (e,)).encode())
+            except OSError:
+                pass
+        os._exit(0)
+    os.close(pid_w)
+    os.close(go_r)
+    os.close(err_w_high)
+    for fd in fds:
+        os.close(fd)
+    got = os.read(pid_r, 4096).decode()
+    os.close(pid_r)
+    os.waitpid(mid, 0)
+    t_forked = time.perf_counter()
+    if not got or got.startswith("error"):
+        os.close(go_w)
+        os.close(err_r)
+        return {"error": "pid-ns: %s" % (got or "the intermediate process died"), "errno": 0}
+    pid = int(got)
+    os.write(go_w, b"g")
+    os.close(go_w)
+    report = os.read(err_r, 4096).decode(errors="replace")
+    os.close(err_r)
+    if report.startswith("ok "):
+        _, mounts_us, priv_us = report.split()
+        return {
+            "pid": pid,
+            "fork_us": int((t_forked - t0) * 1e6),
+            "mounts_us": int(mounts_us),
+            "privileges_us": int(priv_us),
+        }
+    step, _, rest = report.partition(":")
+    errno_, _, detail = rest.partition(":")
+    try:
+        errno_ = int(errno_)
+    except ValueError:
+        errno_ = 0
+    # The failed sandbox has exited (127); the daemon reaps it as its child.
+    message = detail or (os.strerror(errno_) if errno_ else "died")
+    return {"error": "%s: %s" % (step or "setup", message), "errno": errno_, "pid_failed": pid}
+
+
+def main():
+    sock = socket.socket(fileno=CTRL_FD)
+    # Objects alive now stay out of the collector's way, so forked instances do not
+    # copy-on-write every page just by running a collection.
+    gc.collect()
+    gc.freeze()
+    sock.send(b'{"ready":true}')
+    fd_space = socket.CMSG_SPACE(64 * 4)
+    while True:
+        try:
+            data, anc, _flags, _addr = sock.recvmsg(1 << 20, fd_space)
+        except OSError:
+            return
+        if not data:
+            return
+        fds = []
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                n = len(payload) // 4
+                fds.extend(struct.unpack("%di" % n, payload[: n * 4]))
+        try:
+            req = json.loads(data)
+            answer = _serve_one(sock, req, fds)
+        except Exception as e:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            answer = {"error": "template: %s: %s" % (type(e).__name__, e), "errno": 0}
+        sock.send(json.dumps(answer).encode())
+
+
+if __name__ == "__main__":
+    main()
