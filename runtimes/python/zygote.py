@@ -16,12 +16,17 @@ the template runs as root. Linux x86_64 and aarch64.
 """
 
 import ctypes
+import fcntl
 import gc
 import os
 import posix
+import resource
 import socket
+import stat
 import sys
+import threading
 import time
+import types
 
 # Common standard-library modules, imported once here instead of in every instance.
 import base64  # noqa: F401
@@ -53,12 +58,15 @@ IN_SANDBOX_RUNTIME = "/strata/runtime/python"
 
 _ARCH = os.uname().machine
 if _ARCH == "x86_64":
-    NR = {"pivot_root": 155, "capset": 126, "close_range": 436, "setgroups": 116, "setresuid": 117, "setresgid": 119}
+    NR = {"pivot_root": 155, "capset": 126, "setgroups": 116, "setresuid": 117, "setresgid": 119, "clone": 56}
 elif _ARCH == "aarch64":
-    NR = {"pivot_root": 41, "capset": 90, "close_range": 436, "setgroups": 159, "setresuid": 147, "setresgid": 149}
+    NR = {"pivot_root": 41, "capset": 90, "setgroups": 159, "setresuid": 147, "setresgid": 149, "clone": 220}
 else:
     raise SystemExit("strata zygote: unsupported architecture %s" % _ARCH)
 
+SIGCHLD = 17
+CLONE_PARENT = 0x00008000
+CLONE_CHILD_SETTID = 0x01000000
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
@@ -92,6 +100,47 @@ _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.pthread_self.restype = ctypes.c_void_p
+_libc.gettid.restype = ctypes.c_int
+
+
+def _tid_address():
+    """Where glibc caches this thread's tid (in its `struct pthread`).
+
+    The sandbox's process is made with a raw clone(2), which glibc does not know about; passing
+    this address with CLONE_CHILD_SETTID makes the kernel store the child's tid there, as
+    glibc's own fork does. The offset is found, not assumed: the one place in the thread
+    descriptor that holds the thread's tid both in this thread and in a second one.
+    """
+    base = _libc.pthread_self()
+    tid = _libc.gettid()
+    candidates = [off for off in range(0, 1024, 4) if ctypes.c_int.from_address(base + off).value == tid]
+    found = []
+
+    def probe():
+        b, t = _libc.pthread_self(), _libc.gettid()
+        found.extend(off for off in candidates if ctypes.c_int.from_address(b + off).value == t)
+
+    th = threading.Thread(target=probe)
+    th.start()
+    th.join()
+    if len(found) != 1:
+        raise SystemExit("strata zygote: cannot find glibc's cached tid (%d candidates)" % len(found))
+    return base + found[0]
+
+
+_TID_ADDR = _tid_address()
+
+
+def _clone(flags):
+    """clone(2) like fork(2) (no new stack), with glibc's tid cache kept right in the child."""
+    flags |= CLONE_CHILD_SETTID
+    a = [ctypes.c_long(flags), ctypes.c_long(0), ctypes.c_long(0)]
+    if _ARCH == "x86_64":  # (flags, stack, parent_tid, child_tid, tls)
+        a += [ctypes.c_long(_TID_ADDR), ctypes.c_long(0)]
+    else:  # aarch64: (flags, stack, parent_tid, tls, child_tid)
+        a += [ctypes.c_long(0), ctypes.c_long(_TID_ADDR)]
+    return _libc.syscall(ctypes.c_long(NR["clone"]), *a)
 
 
 class _SockFilter(ctypes.Structure):
@@ -152,8 +201,6 @@ def _apply(step):
             _mount(step[1], step[2], None, MS_BIND | MS_REC, None, "bind-ro")
             _mount(None, step[2], None, RO_BIND, None, "bind-ro")
         elif kind == "mknod":
-            import stat
-
             os.mknod(step[1], 0o666 | stat.S_IFCHR, os.makedev(step[2], step[3]))
         elif kind == "proc":
             _mount("proc", step[1], "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None, "proc")
@@ -185,7 +232,6 @@ def _setup(req, fds, err_w):
     if req["netns"]:
         netns_fd, rest = rest[0], rest[1:]
     targets = req["targets"]
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS), "namespaces")
     for fd in cgroup_fds:
         try:
             os.write(fd, b"0")
@@ -208,20 +254,17 @@ def _setup(req, fds, err_w):
     # Descriptors: copies above every target, then each in place; everything else closed
     # but the report pipe (kept above 64 by the caller).
     try:
-        moved = [_fcntl_dupfd(fd, 100) for fd in rest]
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in rest]
         for src, target in zip(moved, targets):
             os.dup2(src, target, inheritable=True)
-        keep = set(targets) | {err_w}
-        for fd in _open_fds():
-            if fd not in keep:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        lo = 0
+        for keep in sorted(set(targets) | {err_w}):
+            if lo < keep:  # os.closerange(n, n) would close everything from n up
+                os.closerange(lo, keep)  # close_range(2)
+            lo = keep + 1
+        os.closerange(lo, 1 << 20)
     except OSError as e:
         raise StepError("fds", e.errno) from None
-
-    import resource
 
     for res, value in req["rlimits"]:
         try:
@@ -249,19 +292,6 @@ def _setup(req, fds, err_w):
     _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "seccomp")
     t_done = time.perf_counter()
     return int((t_mounted - t0) * 1e6), int((t_done - t_mounted) * 1e6)
-
-
-def _fcntl_dupfd(fd, lowest):
-    import fcntl
-
-    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, lowest)
-
-
-def _open_fds():
-    try:
-        return [int(x) for x in os.listdir("/proc/self/fd")]
-    except OSError:
-        return list(range(0, 1024))
 
 
 def _environment(env):
@@ -295,8 +325,6 @@ def _run(argv):
     else:
         sys.stderr.write("strata zygote: nothing to run\n")
         os._exit(2)
-    import types
-
     # A fresh __main__: this template's own globals stay where its functions find them.
     main = types.ModuleType("__main__")
     if filename != "<string>":
@@ -320,13 +348,9 @@ def _run(argv):
     os._exit(status)
 
 
-def _sandbox(req, fds, go_r, err_w):
-    """The sandbox's first process (pid 1 of its namespace)."""
+def _sandbox(req, fds, err_w):
+    """The sandbox's first process (pid 1 of its namespaces); the daemon is its parent."""
     try:
-        # Wait until the template has reaped the intermediate process: only then is this
-        # process the daemon's child, and only then may it set its parent-death signal.
-        os.read(go_r, 1)
-        os.close(go_r)
         mounts_us, priv_us = _setup(req, fds, err_w)
     except StepError as e:
         os.write(err_w, ("%s:%d" % (e.step, e.errno or 0)).encode())
@@ -334,8 +358,7 @@ def _sandbox(req, fds, go_r, err_w):
     except BaseException as e:  # a bug here must not leave a half-set-up sandbox running
         os.write(err_w, ("setup:0:%s" % e).encode()[:4000])
         os._exit(127)
-    if "random" in sys.modules:
-        random.seed()
+    random.seed()  # not the template's sequence
     _environment(dict(req["env"]))
     os.write(err_w, ("ok %d %d" % (mounts_us, priv_us)).encode())
     os.close(err_w)
@@ -344,49 +367,29 @@ def _sandbox(req, fds, go_r, err_w):
 
 def _serve_one(sock, req, fds):
     t0 = time.perf_counter()
-    pid_r, pid_w = os.pipe()
-    go_r, go_w = os.pipe()
     err_r, err_w = os.pipe()
-    err_w_high = _fcntl_dupfd(err_w, 64)
+    err_w_high = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, 1000)
     os.close(err_w)
     for s in (sys.stdout, sys.stderr):
         s.flush()
-    mid = os.fork()
-    if mid == 0:
-        # The intermediate: the sandbox's first process is its child, in a new pid namespace.
+    # CLONE_PARENT: the sandbox is the daemon's child, as a cloned one is, so the daemon
+    # waits for it and reaps it; its parent-death signal follows the daemon's spawner thread.
+    pid = _clone(CLONE_PARENT | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | SIGCHLD)
+    if pid == 0:
         try:
             sock.detach()
-            os.close(pid_r)
             os.close(err_r)
-            os.close(go_w)
-            _check(_libc.unshare(CLONE_NEWPID), "pid-ns")
-            pid = os.fork()
-            if pid == 0:
-                os.close(pid_w)
-                _sandbox(req, fds, go_r, err_w_high)
-            os.write(pid_w, str(pid).encode())
-        except BaseException as e:
-            try:
-                os.write(pid_w, ("error %s" % (e,)).encode())
-            except OSError:
-                pass
-        os._exit(0)
-    os.close(pid_w)
-    os.close(go_r)
+        except BaseException:
+            os._exit(127)
+        _sandbox(req, fds, err_w_high)
+        os._exit(127)
     os.close(err_w_high)
     for fd in fds:
         os.close(fd)
-    got = os.read(pid_r, 4096).decode()
-    os.close(pid_r)
-    os.waitpid(mid, 0)
-    t_forked = time.perf_counter()
-    if not got or got.startswith("error"):
-        os.close(go_w)
+    if pid < 0:
         os.close(err_r)
-        return {"error": "pid-ns: %s" % (got or "the intermediate process died"), "errno": 0}
-    pid = int(got)
-    os.write(go_w, b"g")
-    os.close(go_w)
+        return {"error": "clone: %s" % os.strerror(ctypes.get_errno()), "errno": ctypes.get_errno()}
+    t_forked = time.perf_counter()
     report = os.read(err_r, 4096).decode(errors="replace")
     os.close(err_r)
     if report.startswith("ok "):
@@ -403,8 +406,8 @@ def _serve_one(sock, req, fds):
         errno_ = int(errno_)
     except ValueError:
         errno_ = 0
-    # The failed sandbox has exited (127); the daemon reaps it as its child.
     message = detail or (os.strerror(errno_) if errno_ else "died")
+    # The failed sandbox has exited (127); the daemon reaps it as its child.
     return {"error": "%s: %s" % (step or "setup", message), "errno": errno_, "pid_failed": pid}
 
 

@@ -333,6 +333,11 @@ impl Daemon {
 
     /// Start with extra `strata up` flags.
     pub(crate) fn start_with(bin: &Path, tmp: &Path, extra: &[&str]) -> anyhow::Result<Daemon> {
+        Self::start_env(bin, tmp, extra, &[])
+    }
+
+    /// Start with extra `strata up` flags and environment variables.
+    pub(crate) fn start_env(bin: &Path, tmp: &Path, extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = tmp.join("daemon.log");
         let stderr = std::fs::File::create(&log).context("creating the daemon log")?;
@@ -344,6 +349,7 @@ impl Daemon {
             .arg(tmp.join("data"))
             .args(extra)
             .env("STRATA_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -384,7 +390,7 @@ impl Daemon {
         }
     }
 
-    fn pid(&self) -> anyhow::Result<i32> {
+    pub(crate) fn pid(&self) -> anyhow::Result<i32> {
         let child = self.child.as_ref().context("the daemon is stopped")?;
         Ok(i32::try_from(child.id())?)
     }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_async;
+mod bench_cold;
 mod bench_wasm;
 
 use std::path::{Path, PathBuf};
@@ -240,6 +241,10 @@ fn main() -> anyhow::Result<()> {
             ensure_packages(false)?;
             bench_async::run(&repo(), &args[1..])
         }
+        Some("bench-cold") => {
+            ensure_packages(false)?;
+            bench_cold::run(&repo(), &args[1..])
+        }
         Some("bench-wasm") => {
             ensure_packages(true)?;
             build_examples()?;
@@ -252,7 +257,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test | demo | bench [--quick] | bench-async [--quick] | bench-wasm [--quick] | examples | deps [--bench]>"
+                "usage: cargo xtask <test | demo | bench [--quick] | bench-async [--quick] | bench-cold [--quick] | bench-wasm [--quick] | examples | deps [--bench]>"
             );
             std::process::exit(2)
         }

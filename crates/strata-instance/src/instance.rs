@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strata_sandbox::{Backend, BindMount, ExitKind, FdMapping, Limits, NetworkMode, Sandbox, SandboxSpec};
-use strata_types::{ColdStart, ExecMode, FunctionSpec, LogStream, Network, Runtime};
+use strata_types::{ColdPath, ColdStart, ExecMode, FunctionSpec, LogStream, Network, Runtime};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
@@ -24,6 +24,8 @@ pub struct Runtimes {
     pub dir: PathBuf,
     /// The `strata` binary, mounted at `/strata/bin/strata` for the stdio adapter.
     pub strata_bin: PathBuf,
+    /// Runtime templates to fork instances from; `None`: every instance starts from scratch.
+    pub templates: Option<Arc<crate::Templates>>,
 }
 
 /// Receives every line a function prints: (call id if known, stream, line).
@@ -259,10 +261,19 @@ impl Instance {
             FdMapping { fd: err_w, target: 2 },
         ];
         let backend = backend.clone();
+        let templates = match spec.runtime {
+            Runtime::Python => runtimes.templates.clone(),
+            _ => None,
+        };
         let t0 = Instant::now();
-        let sandbox = tokio::task::spawn_blocking(move || backend.spawn(sb))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let (sandbox, path) = tokio::task::spawn_blocking(move || match templates.and_then(|t| t.python()) {
+            Some(template) => backend
+                .spawn_from_template(&template, sb)
+                .map(|s| (s, ColdPath::RuntimeTemplate)),
+            None => backend.spawn(sb).map(|s| (s, ColdPath::Scratch)),
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
         let sandbox_time = sandbox.timings().total;
         let spawned = Instant::now();
         let pidfd = sandbox.pidfd().try_clone_to_owned()?;
@@ -312,6 +323,7 @@ impl Instance {
                 let ready_ms = spawned.elapsed().as_secs_f64() * 1000.0;
                 let mut instance = instance;
                 instance.cold = ColdStart {
+                    path,
                     sandbox_ms: sandbox_time.as_secs_f64() * 1000.0,
                     runtime_init_ms: (ready_ms - import_ms).max(0.0),
                     import_ms,

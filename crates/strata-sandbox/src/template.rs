@@ -8,13 +8,13 @@
 //! cgroup, network namespace, seccomp program, descriptors) and sends it over the socket,
 //! the descriptors as `SCM_RIGHTS`. The template then:
 //!
-//! 1. forks an intermediate process, which unshares a pid namespace and forks the sandbox's
-//!    first process (pid 1 inside), reports its pid and exits. The daemon is a child
-//!    subreaper, so the sandbox is re-parented to the daemon: [`Sandbox`] waits for it and
-//!    reaps it exactly like a cloned one;
-//! 2. once the intermediate is reaped (so the re-parenting is done), tells the sandbox to go
-//!    on. The sandbox then does what [`crate::child`] does before exec, in the same order:
-//!    new mount, ipc and uts namespaces; joins its cgroup and roots a cgroup namespace
+//! 1. makes the sandbox's first process with one `clone(CLONE_PARENT | CLONE_NEWPID |
+//!    CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)`: pid 1 of new namespaces and, through
+//!    `CLONE_PARENT`, a child of the daemon (of the spawner thread, which started the
+//!    template), exactly like a cloned sandbox: [`Sandbox`] waits for it and reaps it the
+//!    same way, and its parent-death signal follows the spawner thread;
+//! 2. the sandbox then does what [`crate::child`] does before exec, in the same order:
+//!    joins its cgroup and roots a cgroup namespace
 //!    there; enters the network namespace; carries out the plan's steps; sets the hostname
 //!    and working directory; puts the passed descriptors in place and closes every other;
 //!    rlimits; empties the bounding and ambient capability sets, drops to the uid/gid, sets
@@ -176,8 +176,6 @@ impl Backend {
     /// Start a runtime template: `program args…` as root, with environment `env` only, in the
     /// spawner's mount namespace, fd 3 its end of the control socket. Returns once it has
     /// announced itself ready (or failed to within `startup`).
-    ///
-    /// Makes the daemon process a child subreaper (see the module docs).
     pub fn start_template(
         &self,
         name: &str,
@@ -191,10 +189,6 @@ impl Backend {
         let env = env.to_vec();
         let name = name.to_owned();
         self.inner().on_spawner(move |_| {
-            // SAFETY: prctl with integer arguments only.
-            if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
-                return Err(SandboxError::sys("prctl(PR_SET_CHILD_SUBREAPER)"));
-            }
             let mut fds = [0; 2];
             // SAFETY: socketpair fills the two-element array.
             if unsafe {

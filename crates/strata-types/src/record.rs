@@ -42,6 +42,8 @@ pub enum ColdPath {
     Scratch,
     /// A WebAssembly component, instantiated from its compiled artifact.
     Wasm,
+    /// A new sandbox forked from the runtime's template (runtime and bootstrap loaded).
+    RuntimeTemplate,
 }
 
 /// Where a wasm function's machine code came from when it was loaded.

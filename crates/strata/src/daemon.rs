@@ -20,6 +20,7 @@ const RUNTIME_FILES: &[(&str, &str)] = &[
         include_str!("../../../runtimes/python/bootstrap.py"),
     ),
     ("python/strata.py", include_str!("../../../runtimes/python/strata.py")),
+    ("python/zygote.py", include_str!("../../../runtimes/python/zygote.py")),
     ("node/bootstrap.js", include_str!("../../../runtimes/node/bootstrap.js")),
     ("node/strata.js", include_str!("../../../runtimes/node/strata.js")),
 ];
@@ -72,6 +73,7 @@ fn compile_python(dir: &Path) {
         ])
         .arg(dir.join("bootstrap.py"))
         .arg(dir.join("strata.py"))
+        .arg(dir.join("zygote.py"))
         .output();
     match out {
         Ok(o) if o.status.success() => {
@@ -98,11 +100,19 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let backend = Backend::new(BackendConfig::default()).context("preparing the process sandbox (run as root)")?;
     tracing::info!(cgroups = backend.cgroup_version(), "sandbox backend ready");
     let wasm = crate::wasm::Tier::new(&data).context("preparing the wasm tier")?;
+    // STRATA_RUNTIME_TEMPLATES=0 starts every Python instance from scratch (for comparisons).
+    let templates = (std::env::var("STRATA_RUNTIME_TEMPLATES").as_deref() != Ok("0")).then(|| {
+        let t = Arc::new(strata_instance::Templates::new(backend.clone(), &runtime_dir));
+        // Started now, so the first cold start does not wait for it.
+        let _ = t.python();
+        t
+    });
     let orch = Orchestrator::new(Context {
         backend,
         runtimes: Runtimes {
             dir: runtime_dir,
             strata_bin: std::env::current_exe()?,
+            templates,
         },
         store: store.clone(),
         queue_depth: opts.queue_depth,
