@@ -166,132 +166,151 @@ class StepError(Exception):
         self.errno = errno_
 
 
-def _check(rc, step):
-    if rc < 0:
-        raise StepError(step, ctypes.get_errno())
+def _touch(path):
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
 
 
-def _sc(name, *args):
-    return _libc.syscall(ctypes.c_long(NR[name]), *[ctypes.c_long(a) for a in args])
+def _mknod(path, major, minor):
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
 
 
-def _b(s):
-    return s.encode()
-
-
-def _mount(src, target, fstype, flags, data, step):
-    _check(_libc.mount(src and _b(src), _b(target), fstype and _b(fstype), flags, data and _b(data)), step)
-
-
-def _apply(step):
-    """One plan step, as crates/strata-sandbox/src/kernel.rs `apply` does it."""
-    kind = step[0]
-    try:
-        if kind == "private":
-            _mount(None, "/", None, MS_REC | MS_PRIVATE, None, "make-private")
-        elif kind == "tmpfs":
-            _mount("tmpfs", step[1], "tmpfs", step[2], step[3], "tmpfs")
-        elif kind == "mkdir":
-            os.mkdir(step[1], 0o755)
-        elif kind == "touch":
-            os.close(os.open(step[1], os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-        elif kind == "symlink":
-            os.symlink(step[1], step[2])
-        elif kind == "bind":
-            _mount(step[1], step[2], None, MS_BIND | MS_REC, None, "bind-ro")
-            _mount(None, step[2], None, RO_BIND, None, "bind-ro")
-        elif kind == "mknod":
-            os.mknod(step[1], 0o666 | stat.S_IFCHR, os.makedev(step[2], step[3]))
-        elif kind == "proc":
-            _mount("proc", step[1], "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None, "proc")
-        elif kind == "pivot":
-            os.chdir(step[1])
-            _check(_pivot(), "pivot-root")
-            _check(_libc.umount2(b".", MNT_DETACH), "pivot-root")
-            os.chdir("/")
-        elif kind == "rootro":
-            _mount(None, "/", None, RO_BIND, None, "root-ro")
-        else:
-            raise StepError("unknown step %r" % (kind,), 22)
-    except OSError as e:
-        raise StepError(kind, e.errno) from None
+_DOT = ctypes.c_char_p(b".")
 
 
 def _pivot():
-    dot = ctypes.c_char_p(b".")
-    return _libc.syscall(ctypes.c_long(NR["pivot_root"]), dot, dot)
+    return _libc.syscall(ctypes.c_long(NR["pivot_root"]), _DOT, _DOT)
 
 
-def _setup(req, fds, err_w):
-    """In the sandbox's first process: everything child.rs does before exec."""
-    t0 = time.perf_counter()
+def _enc(x):
+    return None if x is None else x.encode()
+
+
+def _mount_op(src, target, fstype, flags, data, step):
+    return (_libc.mount, (_enc(src), _enc(target), _enc(fstype), flags, _enc(data)), step)
+
+
+def _step_ops(step):
+    """The calls of one plan step, as crates/strata-sandbox/src/kernel.rs `apply` makes them."""
+    kind = step[0]
+    if kind == "private":
+        return [_mount_op(None, "/", None, MS_REC | MS_PRIVATE, None, "make-private")]
+    if kind == "tmpfs":
+        return [_mount_op("tmpfs", step[1], "tmpfs", step[2], step[3], "tmpfs")]
+    if kind == "mkdir":
+        return [(os.mkdir, (step[1], 0o755), "mkdir")]
+    if kind == "touch":
+        return [(_touch, (step[1],), "touch")]
+    if kind == "symlink":
+        return [(os.symlink, (step[1], step[2]), "symlink")]
+    if kind == "bind":
+        return [
+            _mount_op(step[1], step[2], None, MS_BIND | MS_REC, None, "bind-ro"),
+            _mount_op(None, step[2], None, RO_BIND, None, "bind-ro"),
+        ]
+    if kind == "mknod":
+        return [(_mknod, (step[1], step[2], step[3]), "mknod")]
+    if kind == "proc":
+        return [_mount_op("proc", step[1], "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None, "proc")]
+    if kind == "pivot":
+        return [
+            (os.chdir, (step[1],), "pivot-root"),
+            (_pivot, (), "pivot-root"),
+            (_libc.umount2, (b".", MNT_DETACH), "pivot-root"),
+            (os.chdir, ("/",), "pivot-root"),
+        ]
+    if kind == "rootro":
+        return [_mount_op(None, "/", None, RO_BIND, None, "root-ro")]
+    raise StepError("unknown step %r" % (kind,), 22)
+
+
+_FPROGS = {}  # seccomp program (hex) -> (fprog, filters): built once per program
+
+
+def _fprog(hexprog):
+    got = _FPROGS.get(hexprog)
+    if got is None:
+        prog = bytes.fromhex(hexprog)
+        n = len(prog) // 8
+        filters = (_SockFilter * n).from_buffer_copy(prog)
+        fprog = _SockFprog(n, ctypes.cast(filters, ctypes.POINTER(_SockFilter)))
+        got = _FPROGS[hexprog] = (fprog, filters)
+    return got[0]
+
+
+_NO_CAPS = (_CapHeader(0x20080522, 0), (_CapData * 2)())
+
+
+def _prepare(req, fds, err_w):
+    """Everything the sandbox's process will do before running its program, as two lists of
+    (function, arguments, step name): the mounts, then the rest. Built here in the template,
+    before the clone, so that the new process runs one tight loop and copies as few of the
+    template's pages as it can (each Python object it touches is a copy-on-write fault).
+
+    The order is child.rs's: cgroup, cgroup namespace, network namespace, umask, the plan;
+    then hostname, working directory, descriptors, rlimits, capabilities and ids, the
+    parent-death signal, no_new_privs, seccomp.
+    """
     ncg = req["cgroups"]
-    cgroup_fds = fds[:ncg]
     rest = fds[ncg:]
     netns_fd = None
     if req["netns"]:
         netns_fd, rest = rest[0], rest[1:]
-    targets = req["targets"]
-    for fd in cgroup_fds:
-        try:
-            os.write(fd, b"0")
-        except OSError as e:
-            raise StepError("cgroup", e.errno) from None
-    _check(_libc.unshare(CLONE_NEWCGROUP), "cgroup-ns")
+    mounts = [(os.write, (fd, b"0"), "cgroup") for fd in fds[:ncg]]
+    mounts.append((_libc.unshare, (CLONE_NEWCGROUP,), "cgroup-ns"))
     if netns_fd is not None:
-        _check(_libc.setns(netns_fd, CLONE_NEWNET), "netns")
-    os.umask(0o022)
+        mounts.append((_libc.setns, (netns_fd, CLONE_NEWNET), "netns"))
+    mounts.append((os.umask, (0o022,), "umask"))
     for step in req["steps"]:
-        _apply(step)
-    t_mounted = time.perf_counter()
-    host = _b(req["hostname"])
-    _check(_libc.sethostname(host, len(host)), "hostname")
-    try:
-        os.chdir(req["cwd"])
-    except OSError as e:
-        raise StepError("chdir", e.errno) from None
+        mounts.extend(_step_ops(step))
 
-    # Descriptors: copies above every target, then each in place; everything else closed
-    # but the report pipe (kept above 64 by the caller).
-    try:
-        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in rest]
-        for src, target in zip(moved, targets):
-            os.dup2(src, target, inheritable=True)
-        lo = 0
-        for keep in sorted(set(targets) | {err_w}):
-            if lo < keep:  # os.closerange(n, n) would close everything from n up
-                os.closerange(lo, keep)  # close_range(2)
-            lo = keep + 1
-        os.closerange(lo, 1 << 20)
-    except OSError as e:
-        raise StepError("fds", e.errno) from None
-
+    host = req["hostname"].encode()
+    ops = [
+        (_libc.sethostname, (host, len(host)), "hostname"),
+        (os.chdir, (req["cwd"],), "chdir"),
+    ]
+    # Descriptors: every source is above 100 (see _serve_one); put each in place, then close
+    # everything but the targets and the report pipe.
+    targets = req["targets"]
+    for src, target in zip(rest, targets):
+        ops.append((os.dup2, (src, target, True), "fds"))
+    lo = 0
+    for keep in sorted(set(targets) | {err_w}):
+        if lo < keep:  # os.closerange(n, n) would close everything from n up
+            ops.append((os.closerange, (lo, keep), "fds"))  # close_range(2)
+        lo = keep + 1
+    ops.append((os.closerange, (lo, 1 << 20), "fds"))
     for res, value in req["rlimits"]:
-        try:
-            resource.setrlimit(res, (value, value))
-        except (OSError, ValueError):
-            raise StepError("rlimit", 1) from None
-
-    # Capabilities and ids, in child.rs's order.
+        ops.append((resource.setrlimit, (res, (value, value)), "rlimit"))
     for cap in range(req["cap_last"] + 1):
-        _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "caps")
-    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "caps")
-    _check(_libc.syscall(ctypes.c_long(NR["setgroups"]), ctypes.c_long(0), ctypes.c_void_p(None)), "ids")
+        ops.append((_libc.prctl, (PR_CAPBSET_DROP, cap, 0, 0, 0), "caps"))
+    ops.append((_libc.prctl, (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "caps"))
     gid, uid = req["gid"], req["uid"]
-    _check(_sc("setresgid", gid, gid, gid), "ids")
-    _check(_sc("setresuid", uid, uid, uid), "ids")
-    _check(_libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "pdeathsig")
-    hdr = _CapHeader(0x20080522, 0)
-    data = (_CapData * 2)()
-    _check(_libc.syscall(ctypes.c_long(NR["capset"]), ctypes.byref(hdr), data), "caps")
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no-new-privs")
-    prog = bytes.fromhex(req["seccomp"])
-    n = len(prog) // 8
-    filters = (_SockFilter * n).from_buffer_copy(prog)
-    fprog = _SockFprog(n, ctypes.cast(filters, ctypes.POINTER(_SockFilter)))
-    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "seccomp")
-    t_done = time.perf_counter()
-    return int((t_mounted - t0) * 1e6), int((t_done - t_mounted) * 1e6)
+    ops += [
+        (os.setgroups, ([],), "ids"),
+        (os.setresgid, (gid, gid, gid), "ids"),
+        (os.setresuid, (uid, uid, uid), "ids"),
+        # After the id switch: a credential change clears the parent-death signal.
+        (_libc.prctl, (PR_SET_PDEATHSIG, 9, 0, 0, 0), "pdeathsig"),
+        (_libc.syscall, (ctypes.c_long(NR["capset"]), ctypes.byref(_NO_CAPS[0]), _NO_CAPS[1]), "caps"),
+        (_libc.prctl, (PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no-new-privs"),
+        (
+            _libc.prctl,
+            (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(_fprog(req["seccomp"])), 0, 0),
+            "seccomp",
+        ),
+    ]
+    return mounts, ops
+
+
+def _execute(ops):
+    get_errno = ctypes.get_errno
+    for fn, args, step in ops:
+        try:
+            r = fn(*args)
+        except (OSError, ValueError) as e:
+            raise StepError(step, getattr(e, "errno", None) or 22) from None
+        if type(r) is int and r < 0:
+            raise StepError(step, get_errno())
 
 
 def _environment(env):
@@ -348,10 +367,15 @@ def _run(argv):
     os._exit(status)
 
 
-def _sandbox(req, fds, err_w):
+def _sandbox(ops, env, argv, err_w):
     """The sandbox's first process (pid 1 of its namespaces); the daemon is its parent."""
+    mounts, rest = ops
     try:
-        mounts_us, priv_us = _setup(req, fds, err_w)
+        t0 = time.perf_counter()
+        _execute(mounts)
+        t1 = time.perf_counter()
+        _execute(rest)
+        t2 = time.perf_counter()
     except StepError as e:
         os.write(err_w, ("%s:%d" % (e.step, e.errno or 0)).encode())
         os._exit(127)
@@ -359,10 +383,10 @@ def _sandbox(req, fds, err_w):
         os.write(err_w, ("setup:0:%s" % e).encode()[:4000])
         os._exit(127)
     random.seed()  # not the template's sequence
-    _environment(dict(req["env"]))
-    os.write(err_w, ("ok %d %d" % (mounts_us, priv_us)).encode())
+    _environment(env)
+    os.write(err_w, b"ok %d %d" % ((t1 - t0) * 1e6, (t2 - t1) * 1e6))
     os.close(err_w)
-    _run(req["argv"])
+    _run(argv)
 
 
 def _serve_one(sock, req, fds):
@@ -370,6 +394,15 @@ def _serve_one(sock, req, fds):
     err_r, err_w = os.pipe()
     err_w_high = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, 1000)
     os.close(err_w)
+    # Received descriptors above every possible target (< 64), so that putting one in place
+    # never overwrites another.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    fds = high
+    ops = _prepare(req, fds, err_w_high)
+    env = dict(req["env"])
+    argv = req["argv"]
     for s in (sys.stdout, sys.stderr):
         s.flush()
     # CLONE_PARENT: the sandbox is the daemon's child, as a cloned one is, so the daemon
@@ -381,7 +414,7 @@ def _serve_one(sock, req, fds):
             os.close(err_r)
         except BaseException:
             os._exit(127)
-        _sandbox(req, fds, err_w_high)
+        _sandbox(ops, env, argv, err_w_high)
         os._exit(127)
     os.close(err_w_high)
     for fd in fds:
