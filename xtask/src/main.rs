@@ -6,6 +6,7 @@ mod bench;
 mod bench_async;
 mod bench_cold;
 mod bench_wasm;
+mod simulate;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -250,6 +251,7 @@ fn main() -> anyhow::Result<()> {
             build_examples()?;
             bench_wasm::run(&repo(), &args[1..])
         }
+        Some("simulate") => simulate::run(&repo(), &args[1..]),
         Some("bench") => {
             ensure_packages(true)?;
             build_examples()?;

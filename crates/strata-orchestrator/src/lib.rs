@@ -7,6 +7,7 @@
 //! instances. Nothing here speaks HTTP: the gateway calls [`Orchestrator::invoke`].
 
 pub mod direct;
+pub mod keepalive;
 pub mod pool;
 pub mod queue;
 pub mod scaling;
@@ -76,6 +77,8 @@ pub struct Context {
     pub queue_depth: usize,
     /// The WebAssembly tier, when this daemon has one.
     pub wasm: Option<Arc<dyn DirectTier>>,
+    /// The daemon-wide keep-alive policy; `None`: each function's manifest `keep_alive`.
+    pub keep_alive: Option<Arc<keepalive::KeepAlive>>,
 }
 
 impl Context {
@@ -185,7 +188,17 @@ impl Orchestrator {
                 spec: Arc::clone(&spec),
                 version: version.to_owned(),
             };
-            Serving::Pool(Pool::new(Arc::clone(&self.ctx), launch))
+            let pool = Pool::new(Arc::clone(&self.ctx), launch);
+            if let Some(ka) = &self.ctx.keep_alive {
+                // A first estimate of the cold start; the first real one replaces it.
+                let estimate_ms = match spec.runtime {
+                    Runtime::Node => 60.0,
+                    Runtime::Python => 10.0,
+                    _ => 3.0,
+                };
+                ka.profile(&spec.name, pool.profile(estimate_ms));
+            }
+            Serving::Pool(pool)
         };
         let entry = Entry {
             spec: Arc::clone(&spec),
@@ -260,9 +273,11 @@ impl Orchestrator {
         all.into_iter().map(|(k, s)| (k, s.stats())).collect()
     }
 
-    /// Keep-alive and min-instance upkeep, once a second, forever.
+    /// Keep-alive and min-instance upkeep, every 500 ms (every 100 ms under a daemon-wide
+    /// keep-alive policy, whose decisions are carried out here), forever.
     pub async fn run_ticks(self: Arc<Self>) {
-        let mut every = tokio::time::interval(Duration::from_millis(500));
+        let period = if self.ctx.keep_alive.is_some() { 100 } else { 500 };
+        let mut every = tokio::time::interval(Duration::from_millis(period));
         loop {
             every.tick().await;
             if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
@@ -278,6 +293,34 @@ impl Orchestrator {
             let now = Instant::now();
             for p in pools {
                 p.tick(now);
+            }
+            if let Some(ka) = &self.ctx.keep_alive {
+                self.carry_out(ka.decide());
+            }
+        }
+    }
+
+    /// Carry out a keep-alive policy's decisions.
+    fn carry_out(&self, actions: keepalive::Actions) {
+        if actions == keepalive::Actions::default() {
+            return;
+        }
+        let pool_of = |name: &str| {
+            self.functions
+                .lock()
+                .expect("functions lock")
+                .get(name)
+                .and_then(|e| e.pool().cloned())
+        };
+        for name in &actions.stop {
+            let stopped = pool_of(name).is_some_and(|p| p.stop_longest_idle());
+            if !stopped {
+                tracing::debug!(function = %name, "keep-alive policy: no idle instance to stop");
+            }
+        }
+        for name in &actions.prewarm {
+            if let Some(p) = pool_of(name) {
+                p.prewarm();
             }
         }
     }

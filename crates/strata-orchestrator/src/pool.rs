@@ -26,6 +26,9 @@ struct Waiter {
 struct State {
     slots: Vec<Slot>,
     starting: u32,
+    /// Of `starting`, instances the keep-alive policy asked for ahead of calls: it counts
+    /// them as idle from the decision on.
+    prewarming: u32,
     waiters: VecDeque<Waiter>,
     draining: bool,
     cold_starts: u64,
@@ -90,8 +93,23 @@ impl Pool {
         pool
     }
 
+    /// The daemon's keep-alive policy, unless this function never reuses instances.
+    fn policy(&self) -> Option<&crate::keepalive::KeepAlive> {
+        self.ctx
+            .keep_alive
+            .as_deref()
+            .filter(|_| self.launch.spec.keep_alive_ms != 0)
+    }
+
     fn view(&self, st: &State) -> PoolView {
         let spec = &self.launch.spec;
+        // Under a daemon-wide policy, idle instances stop when it decides, not after the
+        // manifest's keep-alive.
+        let keep_alive = if self.policy().is_some() {
+            Duration::MAX
+        } else {
+            Duration::from_millis(spec.keep_alive_ms)
+        };
         PoolView {
             slots: st
                 .slots
@@ -106,7 +124,7 @@ impl Pool {
             concurrency: spec.concurrency,
             min_instances: if st.draining { 0 } else { spec.min_instances },
             max_instances: spec.max_instances,
-            keep_alive: Duration::from_millis(spec.keep_alive_ms),
+            keep_alive,
         }
     }
 
@@ -124,16 +142,63 @@ impl Pool {
         }
     }
 
+    /// Start one instance ahead of calls (a keep-alive policy's prewarm decision).
+    pub(crate) fn prewarm(self: &Arc<Self>) {
+        {
+            let mut st = self.state.lock().expect("pool lock");
+            if st.draining {
+                return;
+            }
+            st.starting += 1;
+            st.prewarming += 1;
+        }
+        let pool = Arc::clone(self);
+        tokio::spawn(async move { pool.start_one().await });
+    }
+
+    /// Stop the longest-idle instance (a keep-alive policy's decision), keeping
+    /// `min_instances`. Returns whether one was stopped.
+    pub(crate) fn stop_longest_idle(self: &Arc<Self>) -> bool {
+        let slot = {
+            let mut st = self.state.lock().expect("pool lock");
+            if st.slots.len() as u32 <= self.launch.spec.min_instances {
+                return false;
+            }
+            let Some(i) = st
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.inflight == 0)
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(i, _)| i)
+            else {
+                return false;
+            };
+            st.slots.remove(i)
+        };
+        tokio::spawn(async move { slot.inst.stop().await });
+        true
+    }
+
     async fn start_one(self: Arc<Self>) {
         let log = self.ctx.log_sink(&self.launch.spec.name);
         let launched = Instance::launch(&self.ctx.backend, &self.ctx.runtimes, &self.launch, log).await;
         let mut st = self.state.lock().expect("pool lock");
         st.starting -= 1;
+        // Prewarms finish in any order with other starts; count them off first.
+        let prewarmed = st.prewarming > 0;
+        if prewarmed {
+            st.prewarming -= 1;
+        }
         match launched {
             Ok(inst) => {
                 st.cold_starts += 1;
                 let inst = Arc::new(inst);
                 let cold = inst.cold_start();
+                if let Some(ka) = self.policy() {
+                    let ms = cold.sandbox_ms + cold.runtime_init_ms + cold.import_ms;
+                    ka.profile(&self.launch.spec.name, self.profile(ms));
+                }
                 st.slots.push(Slot {
                     inst: Arc::clone(&inst),
                     inflight: 0,
@@ -143,6 +208,14 @@ impl Pool {
                 // Hand the new instance to waiting calls, as many as it takes.
                 while st.slots[idx].inflight < self.launch.spec.concurrency {
                     let Some(w) = st.waiters.pop_front() else { break };
+                    if let Some(ka) = self.policy() {
+                        if st.slots[idx].inflight == 0 {
+                            // A prewarmed instance was idle as far as the policy knows.
+                            ka.call(&self.launch.spec.name, prewarmed);
+                        } else {
+                            ka.joined(&self.launch.spec.name);
+                        }
+                    }
                     st.slots[idx].inflight += 1;
                     let lease = Lease {
                         pool: Some(Arc::clone(&self)),
@@ -187,6 +260,13 @@ impl Pool {
             let view = self.view(&st);
             if let Some(i) = scaling::pick(&view.slots, view.concurrency).filter(|&i| !st.slots[i].inst.is_dead()) {
                 let slot = &mut st.slots[i];
+                if let Some(ka) = self.policy() {
+                    if slot.inflight == 0 {
+                        ka.call(&self.launch.spec.name, true);
+                    } else {
+                        ka.joined(&self.launch.spec.name);
+                    }
+                }
                 slot.inflight += 1;
                 return Ok(Lease {
                     pool: Some(Arc::clone(self)),
@@ -224,6 +304,9 @@ impl Pool {
                 // Pass the slot straight to a waiting call.
                 while st.slots[i].inflight < self.launch.spec.concurrency {
                     let Some(w) = st.waiters.pop_front() else { break };
+                    if let Some(ka) = self.policy() {
+                        ka.joined(&self.launch.spec.name);
+                    }
                     st.slots[i].inflight += 1;
                     let lease = Lease {
                         pool: Some(Arc::clone(self)),
@@ -239,6 +322,12 @@ impl Pool {
             let idle = st.slots[i].inflight == 0;
             if dead || (idle && (never_reuse || st.draining)) {
                 stop = Some(st.slots.remove(i));
+                if let Some(ka) = self.policy() {
+                    // Busy as far as the policy knows: the call that just ended was its last.
+                    ka.lost(&self.launch.spec.name, false);
+                }
+            } else if idle && let Some(ka) = self.policy() {
+                ka.idle(&self.launch.spec.name);
             }
         }
         let replace = stop.is_some();
@@ -259,6 +348,9 @@ impl Pool {
             let mut i = 0;
             while i < st.slots.len() {
                 if st.slots[i].inst.is_dead() && st.slots[i].inflight == 0 {
+                    if let Some(ka) = self.policy() {
+                        ka.lost(&self.launch.spec.name, true);
+                    }
                     out.push(st.slots.remove(i));
                 } else {
                     i += 1;
@@ -290,6 +382,9 @@ impl Pool {
                 (idle, st.slots.len() + st.waiters.len() + st.starting as usize)
             };
             for slot in idle {
+                if let Some(ka) = self.policy() {
+                    ka.lost(&self.launch.spec.name, true);
+                }
                 slot.inst.stop().await;
             }
             if busy == 0 {
@@ -303,6 +398,16 @@ impl Pool {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the keep-alive policy should know about this function.
+    pub(crate) fn profile(&self, cold_start_ms: f64) -> strata_policy::Profile {
+        let spec = &self.launch.spec;
+        strata_policy::Profile {
+            memory_mb: (spec.memory_bytes >> 20).max(1) as u32,
+            cold_start_ms: cold_start_ms.max(1.0) as u32,
+            min_instances: spec.min_instances,
         }
     }
 

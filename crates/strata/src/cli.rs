@@ -195,6 +195,21 @@ pub struct UpArgs {
     /// Accepted asynchronous calls per function not yet finished before publishers get 429
     #[arg(long, default_value_t = 10_000)]
     pub async_queue_depth: usize,
+    /// Which idle instances to keep: "manifest" (each function's `keep_alive`), or a
+    /// daemon-wide policy: "fixed" (10 minutes, or --keep-alive), "hybrid" (the idle-time
+    /// histogram of "Serverless in the Wild") or "greedy-dual" (FaasCache)
+    #[arg(long, default_value = "manifest")]
+    pub keep_alive_policy: String,
+    /// The fixed policy's keep-alive (e.g. "10m")
+    #[arg(long, default_value = "10m")]
+    pub keep_alive: String,
+    /// Most memory idle instances may hold in all under a daemon-wide policy (e.g. "2GiB");
+    /// over it the policy evicts. Default: no limit
+    #[arg(long)]
+    pub idle_memory_budget: Option<String>,
+    /// Policy seconds per real second (a trace replay runs the daemon fast-forwarded)
+    #[arg(long, default_value_t = 1.0, hide = true)]
+    pub policy_time_scale: f64,
 }
 
 /// Options shared by the client commands.

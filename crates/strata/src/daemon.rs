@@ -42,6 +42,45 @@ pub struct UpOptions {
     pub async_workers: usize,
     /// Accepted asynchronous calls per function before 429.
     pub async_queue_depth: usize,
+    /// A daemon-wide keep-alive policy; `None`: each function's manifest `keep_alive`.
+    pub keep_alive: Option<strata_orchestrator::keepalive::KeepAliveConfig>,
+}
+
+/// The keep-alive settings of `strata up`, each bad value named with its flag.
+pub fn keep_alive_config(
+    policy: &str,
+    keep_alive: &str,
+    budget: Option<&str>,
+    time_scale: f64,
+) -> Result<Option<strata_orchestrator::keepalive::KeepAliveConfig>, String> {
+    if policy == "manifest" {
+        return Ok(None);
+    }
+    let kind = policy
+        .parse::<strata_policy::PolicyKind>()
+        .map_err(|e| format!("--keep-alive-policy: {e} or manifest"))?;
+    let keep_alive_ms = strata_types::units::parse_duration_ms(keep_alive)
+        .ok_or_else(|| format!("--keep-alive {keep_alive:?} is not a duration (use e.g. 10m)"))?;
+    let budget_mb = match budget {
+        None => None,
+        Some(b) => Some(
+            strata_types::units::parse_size(b)
+                .ok_or_else(|| format!("--idle-memory-budget {b:?} is not a size (use e.g. 2GiB)"))?
+                >> 20,
+        ),
+    };
+    if !(time_scale.is_finite() && time_scale > 0.0) {
+        return Err(format!("--policy-time-scale {time_scale} is not a positive number"));
+    }
+    Ok(Some(strata_orchestrator::keepalive::KeepAliveConfig {
+        kind,
+        config: strata_policy::Config {
+            keep_alive: keep_alive_ms,
+            budget_mb,
+            ..strata_policy::Config::default()
+        },
+        time_scale,
+    }))
 }
 
 fn write_runtimes(dir: &Path) -> anyhow::Result<()> {
@@ -107,6 +146,15 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         let _ = t.python();
         t
     });
+    let keep_alive = match &opts.keep_alive {
+        Some(k) => {
+            let ka = strata_orchestrator::keepalive::KeepAlive::new(k)
+                .map_err(|e| anyhow::anyhow!("keep-alive policy: {e}"))?;
+            tracing::info!(policy = %ka.kind(), budget_mb = ?k.config.budget_mb, "daemon-wide keep-alive policy");
+            Some(Arc::new(ka))
+        }
+        None => None,
+    };
     let orch = Orchestrator::new(Context {
         backend,
         runtimes: Runtimes {
@@ -117,6 +165,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         store: store.clone(),
         queue_depth: opts.queue_depth,
         wasm: Some(Arc::new(wasm)),
+        keep_alive,
     });
     for f in store.functions()? {
         match store.spec(&f.name, &f.active) {

@@ -28,7 +28,20 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(2);
                 }
             };
+            let keep_alive = match daemon::keep_alive_config(
+                &args.keep_alive_policy,
+                &args.keep_alive,
+                args.idle_memory_budget.as_deref(),
+                args.policy_time_scale,
+            ) {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
             let opts = daemon::UpOptions {
+                keep_alive,
                 listen: args.listen,
                 data: args.data,
                 demo: args.demo.then_some(args.examples),
