@@ -1962,6 +1962,45 @@ pub(crate) fn replace_section(doc: &str, section: &str) -> String {
 }
 
 /// `doc` with the section under `heading` replaced by `section`, or with it appended.
+/// Write a Python function `name` (manifest lines besides the name, and `main.py`) under `dir`
+/// and deploy it with the CLI.
+pub(crate) fn deploy_python(
+    bin: &Path,
+    url: &str,
+    dir: &Path,
+    name: &str,
+    manifest: &str,
+    code: &str,
+) -> anyhow::Result<()> {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d)?;
+    std::fs::write(d.join("strata.toml"), format!("name = \"{name}\"\n{manifest}"))?;
+    std::fs::write(d.join("main.py"), code)?;
+    let out = Command::new(bin)
+        .arg("deploy")
+        .arg(&d)
+        .env("STRATA_GATEWAY", url)
+        .output()?;
+    if !out.status.success() {
+        bail!("deploy {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// `target/release/strata`, built first unless `args` has `--no-build`.
+pub(crate) fn release_binary(repo: &Path, args: &[String]) -> anyhow::Result<PathBuf> {
+    if !args.iter().any(|a| a == "--no-build") {
+        let status = Command::new("cargo")
+            .current_dir(repo)
+            .args(["build", "--release", "-p", "strata", "-j2"])
+            .status()?;
+        if !status.success() {
+            bail!("cargo build failed");
+        }
+    }
+    Ok(repo.join("target/release/strata"))
+}
+
 pub(crate) fn replace_section_under(doc: &str, heading: &str, section: &str) -> String {
     let mut starts = vec![0];
     starts.extend(doc.match_indices('\n').map(|(i, _)| i + 1).filter(|&i| i < doc.len()));

@@ -7,7 +7,6 @@
 //! `target/bench/async.json` and the "Asynchronous calls" section of `docs/benchmarks.md`.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,22 +22,6 @@ const CLIENTS: usize = 32;
 /// Targets of the issue.
 const ACCEPT_MIN: f64 = 5_000.0;
 const START_P50_MAX_MS: f64 = 2.0;
-
-fn deploy(bin: &Path, url: &str, dir: &Path, name: &str, manifest: &str, code: &str) -> anyhow::Result<()> {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d)?;
-    std::fs::write(d.join("strata.toml"), manifest)?;
-    std::fs::write(d.join("main.py"), code)?;
-    let out = Command::new(bin)
-        .arg("deploy")
-        .arg(&d)
-        .env("STRATA_GATEWAY", url)
-        .output()?;
-    if !out.status.success() {
-        bail!("deploy {name}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
 
 /// 32 clients posting asynchronous calls for `secs`; returns (accepted, refused, elapsed).
 fn accept_load(addr: std::net::SocketAddr, path: &str, secs: f64) -> (u64, u64, f64) {
@@ -126,16 +109,7 @@ fn publish_to_start(addr: std::net::SocketAddr, n: u64) -> anyhow::Result<Histog
 
 pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
-    if !args.iter().any(|a| a == "--no-build") {
-        let status = Command::new("cargo")
-            .current_dir(repo)
-            .args(["build", "--release", "-p", "strata", "-j2"])
-            .status()?;
-        if !status.success() {
-            bail!("cargo build failed");
-        }
-    }
-    let bin = repo.join("target/release/strata");
+    let bin = crate::bench::release_binary(repo, args)?;
     let date = utc_now();
     let machine = Machine::probe()?;
     let tmp = tempfile::tempdir()?;
@@ -144,28 +118,28 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
     let (url, addr) = (daemon.url.clone(), daemon.addr);
     let fns = tmp.path().join("fns");
     let base = "runtime = \"python\"\nhandler = \"main:handle\"\n";
-    deploy(
+    crate::bench::deploy_python(
         &bin,
         &url,
         &fns,
         "bench-async",
-        &format!("name = \"bench-async\"\n{base}max_instances = 4\n"),
+        &format!("{base}max_instances = 4\n"),
         "def handle(req):\n    return 'hello'\n",
     )?;
-    deploy(
+    crate::bench::deploy_python(
         &bin,
         &url,
         &fns,
         "bench-async-blocked",
-        &format!("name = \"bench-async-blocked\"\n{base}max_instances = 1\ntimeout = \"15m\"\n"),
+        &format!("{base}max_instances = 1\ntimeout = \"15m\"\n"),
         "import time\n\ndef handle(req):\n    time.sleep(600)\n",
     )?;
-    deploy(
+    crate::bench::deploy_python(
         &bin,
         &url,
         &fns,
         "bench-async-start",
-        &format!("name = \"bench-async-start\"\n{base}"),
+        base,
         "import time\n\ndef handle(req):\n    return repr(time.time())\n",
     )?;
     let secs = if quick { 2.0 } else { 5.0 };

@@ -26,22 +26,6 @@ const P50_MAX_MS: f64 = 5.0;
 const P99_MAX_MS: f64 = 15.0;
 const BURST: usize = 20;
 
-fn deploy(bin: &Path, url: &str, dir: &Path, name: &str, manifest: &str, code: &str) -> anyhow::Result<()> {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d)?;
-    std::fs::write(d.join("strata.toml"), format!("name = \"{name}\"\n{manifest}"))?;
-    std::fs::write(d.join("main.py"), code)?;
-    let out = Command::new(bin)
-        .arg("deploy")
-        .arg(&d)
-        .env("STRATA_GATEWAY", url)
-        .output()?;
-    if !out.status.success() {
-        bail!("deploy {name}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
 fn histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?)
 }
@@ -206,16 +190,7 @@ fn q(h: &Histogram<u64>, p: f64) -> f64 {
 
 pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
-    if !args.iter().any(|a| a == "--no-build") {
-        let status = Command::new("cargo")
-            .current_dir(repo)
-            .args(["build", "--release", "-p", "strata", "-j2"])
-            .status()?;
-        if !status.success() {
-            bail!("cargo build failed");
-        }
-    }
-    let bin = repo.join("target/release/strata");
+    let bin = crate::bench::release_binary(repo, args)?;
     let date = utc_now();
     let machine = Machine::probe()?;
     let tmp_t = tempfile::tempdir()?;
@@ -231,7 +206,7 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
             tmp_s.path()
         }
         .join("fns");
-        deploy(
+        crate::bench::deploy_python(
             &bin,
             &d.url,
             &fns,
@@ -239,7 +214,7 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
             &format!("{base}keep_alive = \"0s\"\n"),
             hello,
         )?;
-        deploy(
+        crate::bench::deploy_python(
             &bin,
             &d.url,
             &fns,
@@ -247,7 +222,7 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
             &format!("{base}keep_alive = \"10m\"\n"),
             hello,
         )?;
-        deploy(
+        crate::bench::deploy_python(
             &bin,
             &d.url,
             &fns,

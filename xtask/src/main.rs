@@ -6,6 +6,7 @@ mod bench;
 mod bench_async;
 mod bench_cold;
 mod bench_wasm;
+mod live_replay;
 mod simulate;
 
 use std::path::{Path, PathBuf};
@@ -246,6 +247,10 @@ fn main() -> anyhow::Result<()> {
             ensure_packages(false)?;
             bench_cold::run(&repo(), &args[1..])
         }
+        Some("replay") => {
+            ensure_packages(false)?;
+            live_replay::run(&repo(), &args[1..])
+        }
         Some("bench-wasm") => {
             ensure_packages(true)?;
             build_examples()?;
@@ -259,7 +264,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test | demo | bench [--quick] | bench-async [--quick] | bench-cold [--quick] | bench-wasm [--quick] | examples | deps [--bench]>"
+                "usage: cargo xtask <test | demo | bench [--quick] | bench-async [--quick] | bench-cold [--quick] | bench-wasm [--quick] | simulate | replay [--quick] | examples | deps [--bench]>"
             );
             std::process::exit(2)
         }

@@ -51,10 +51,10 @@
 //! `exp`, `ln`, `powf` and `sin`).
 
 mod azure;
-mod replay;
+pub(crate) mod replay;
 mod report;
 mod synthetic;
-mod trace;
+pub(crate) mod trace;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -41,6 +41,8 @@ pub struct KeepAlive {
     epoch: Instant,
     scale: f64,
     kind: PolicyKind,
+    /// Woken by every event: it may have brought the next decision forward.
+    wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for KeepAlive {
@@ -77,6 +79,7 @@ impl KeepAlive {
             epoch: Instant::now(),
             scale: config.time_scale,
             kind: config.kind,
+            wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -102,7 +105,24 @@ impl KeepAlive {
                 id
             }
         };
-        f(inner.policy.as_mut(), id, now)
+        let r = f(inner.policy.as_mut(), id, now);
+        drop(inner);
+        self.wake.notify_one();
+        r
+    }
+
+    /// Real time until the policy's next deadline (zero when one is due), `None` when it has
+    /// none.
+    pub fn until_next(&self) -> Option<std::time::Duration> {
+        let now = self.now();
+        let next = self.inner.lock().expect("keep-alive lock").policy.next_deadline(now)?;
+        let policy_ms = next.saturating_sub(now) as f64;
+        Some(std::time::Duration::from_secs_f64(policy_ms / self.scale / 1000.0))
+    }
+
+    /// Resolves after the next event.
+    pub async fn changed(&self) {
+        self.wake.notified().await;
     }
 
     /// What a function costs: memory per instance, cold-start time, instances kept always.

@@ -273,11 +273,13 @@ impl Orchestrator {
         all.into_iter().map(|(k, s)| (k, s.stats())).collect()
     }
 
-    /// Keep-alive and min-instance upkeep, every 500 ms (every 100 ms under a daemon-wide
-    /// keep-alive policy, whose decisions are carried out here), forever.
+    /// Keep-alive and min-instance upkeep, every 500 ms, forever; with a daemon-wide
+    /// keep-alive policy, also its decisions, each carried out when due.
     pub async fn run_ticks(self: Arc<Self>) {
-        let period = if self.ctx.keep_alive.is_some() { 100 } else { 500 };
-        let mut every = tokio::time::interval(Duration::from_millis(period));
+        if let Some(ka) = self.ctx.keep_alive.clone() {
+            tokio::spawn(Arc::clone(&self).run_keep_alive(ka));
+        }
+        let mut every = tokio::time::interval(Duration::from_millis(500));
         loop {
             every.tick().await;
             if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
@@ -294,9 +296,27 @@ impl Orchestrator {
             for p in pools {
                 p.tick(now);
             }
-            if let Some(ka) = &self.ctx.keep_alive {
-                self.carry_out(ka.decide());
+        }
+    }
+
+    /// Sleep until the policy's next deadline (or an event that may bring it forward), then
+    /// carry out its decisions.
+    async fn run_keep_alive(self: Arc<Self>, ka: Arc<keepalive::KeepAlive>) {
+        loop {
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
             }
+            let wait = ka
+                .until_next()
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = ka.changed() => {}
+                }
+            }
+            self.carry_out(ka.decide());
         }
     }
 

@@ -31,6 +31,8 @@ pub struct RunResult {
     pub prewarms: u64,
     pub stops: u64,
     pub stats: Vec<(&'static str, u64)>,
+    /// Cold starts per function, in trace order.
+    pub cold_by_fn: Vec<u64>,
     /// The same per class of average rate: at most once an hour, at most once a minute, more.
     pub by_class: [ClassResult; 3],
     pub elapsed: Duration,
@@ -73,7 +75,7 @@ enum Inst {
 }
 
 /// First and last arrival (ms into the minute) of `calls` uniform arrivals.
-fn spread(seed: u64, f: u32, minute: u32, calls: u32) -> (u64, u64) {
+pub fn spread(seed: u64, f: u32, minute: u32, calls: u32) -> (u64, u64) {
     let mut r = Rng::new(&[seed, u64::from(f), u64::from(minute)]);
     let m = MINUTE as f64;
     let first = m * (1.0 - r.f64().powf(1.0 / f64::from(calls)));
@@ -320,6 +322,7 @@ pub fn simulate(trace: &Trace, schedule: &Schedule, kind: PolicyKind, config: &C
         prewarms,
         stops,
         stats: policy.stats(),
+        cold_by_fn: cold,
         by_class,
         elapsed: t0.elapsed(),
     })
