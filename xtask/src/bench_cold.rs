@@ -25,6 +25,10 @@ const HEADING: &str = "## Python cold starts: runtime template (cargo xtask benc
 const P50_MAX_MS: f64 = 5.0;
 const P99_MAX_MS: f64 = 15.0;
 const BURST: usize = 20;
+/// The pause before each measurement: the previous instance (`keep_alive = "0s"`) is torn
+/// down after its call, and its exit (a few ms of CPU on this 2-core machine) would otherwise
+/// land on the next cold start. Every variant gets the same pause.
+const PAUSE: Duration = Duration::from_millis(30);
 
 fn histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?)
@@ -241,6 +245,7 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
         let mut round = [0u64; 3];
         for k in 0..3 {
             let which = (i + k) % 3;
+            std::thread::sleep(PAUSE);
             round[which] = match which {
                 0 => call(&mut ct, "/function/cold-py")?,
                 1 => call(&mut cs, "/function/cold-py")?,
@@ -302,7 +307,8 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
 Command: `cargo xtask bench-cold{qk}` (release build). Date: {date}. Machine: {nproc} × {cpu}, Linux {kernel}, \
 load {load} at start ({busy:.2} cores busy). Two daemons side by side, one with the Python runtime template, one \
 with `STRATA_RUNTIME_TEMPLATES=0`; the same function (`keep_alive = \"0s\"`: every call is a cold start) on each; \
-{n} interleaved rounds of one call to each and one `python3 -I -S -c pass` after {warmup} warm-up rounds. Times \
+{n} interleaved rounds of one call to each and one `python3 -I -S -c pass` after {warmup} warm-up rounds, each \
+measurement after a {pause} ms pause (so the previous instance's teardown does not land on it). Times \
 are the client's, request written to response read, ms:\n\n\
 | cold start through the gateway | p50 | p90 | p99 | max |\n|---|---|---|---|---|\n\
 {rt}\n{rs}\n{rp}\n\n\
@@ -319,6 +325,7 @@ template daemon {bt0:.0} ms wall, {bt1} cold starts, {bt2} imports paid; scratch
 starts, {bs2} imports paid. Target \"only one import paid\": {v3}. Each new instance imports the module: the \
 per-function template (fork from an instance that has imported it) is not built yet.\n",
         qk = if quick { " --quick" } else { "" },
+        pause = PAUSE.as_millis(),
         nproc = machine.nproc,
         cpu = machine.cpu,
         kernel = machine.kernel,
