@@ -322,8 +322,10 @@ process itself {mz} (its pages are shared copy-on-write by every templated insta
 the sharers).\n\
 - **Burst of {BURST} concurrent calls** on a cold function whose import takes 200 ms (`max_instances = {BURST}`): \
 template daemon {bt0:.0} ms wall, {bt1} cold starts, {bt2} imports paid; scratch daemon {bs0:.0} ms, {bs1} cold \
-starts, {bs2} imports paid. Target \"only one import paid\": {v3}. Each new instance imports the module: the \
-per-function template (fork from an instance that has imported it) is not built yet.\n",
+starts, {bs2} imports paid. Target \"only one import paid\": {v3}. Every instance the pool starts imports the \
+module itself: there is no per-function template yet (a fork of an instance that has imported it), so one import \
+per instance is paid whenever a burst needs more than one instance; with this fast handler the pool started \
+{bt1} for the burst and queued the other calls on it.\n",
         qk = if quick { " --quick" } else { "" },
         pause = PAUSE.as_millis(),
         nproc = machine.nproc,
