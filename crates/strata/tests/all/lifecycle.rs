@@ -213,3 +213,105 @@ async fn keep_alive_zero_makes_every_call_cold() {
     let recs = records(&d, "cold", 3).await;
     assert!(recs.iter().all(|r| r["cold"] == true), "{recs:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_wide_keep_alive_policy_decides_instead_of_the_manifest() {
+    // The manifest would keep the instance 10 minutes; the daemon's fixed policy says 1 s.
+    let d = Daemon::start_with(&["--keep-alive-policy", "fixed", "--keep-alive", "1s"]);
+    let f = function_dir(&[
+        (
+            "strata.toml",
+            "name = \"policed\"\nruntime = \"python\"\nhandler = \"main:handle\"\nkeep_alive = \"10m\"\n",
+        ),
+        ("main.py", "def handle(r):\n    return 'p'\n"),
+    ]);
+    d.deploy(f.path());
+    let c = d.client();
+    let instances = || {
+        let c = c.clone();
+        let url = format!("{}/api/v1/functions/policed", d.url);
+        async move {
+            body_json(c.get(url).send().await.unwrap()).await["instances"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(c.get(d.fn_url("policed")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(d.fn_url("policed")).send().await.unwrap().status(), 200);
+    assert_eq!(instances().await, 1);
+    let recs = records(&d, "policed", 2).await;
+    let cold: Vec<bool> = recs.iter().map(|r| r["cold"].as_bool().unwrap()).collect();
+    assert_eq!(cold, [false, true], "newest first: the second call was warm");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(instances().await, 0, "stopped by the policy after 1 s idle");
+}
+
+#[test]
+fn bad_keep_alive_flags_are_named() {
+    for (args, expect) in [
+        (
+            &["--keep-alive-policy", "lru"][..],
+            "--keep-alive-policy: unknown keep-alive policy \"lru\"",
+        ),
+        (
+            &["--keep-alive-policy", "fixed", "--keep-alive", "soon"][..],
+            "--keep-alive \"soon\" is not a duration",
+        ),
+        (
+            &["--keep-alive-policy", "greedy-dual", "--idle-memory-budget", "lots"][..],
+            "--idle-memory-budget \"lots\" is not a size",
+        ),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["up", "--listen", "127.0.0.1:1"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_instances_fork_from_the_runtime_template_and_share_nothing() {
+    let d = Daemon::start();
+    // Two functions: `a` changes the state it inherited from the template (a preloaded
+    // module, /tmp), `b` looks for it.
+    let a = function_dir(&[
+        (
+            "strata.toml",
+            "name = \"tpl-a\"\nruntime = \"python\"\nhandler = \"main:handle\"\n",
+        ),
+        (
+            "main.py",
+            "import json\njson.leak = 'a'\nopen('/tmp/a', 'w').write('a')\n\ndef handle(r):\n    return 'a'\n",
+        ),
+    ]);
+    let b = function_dir(&[
+        (
+            "strata.toml",
+            "name = \"tpl-b\"\nruntime = \"python\"\nhandler = \"main:handle\"\n",
+        ),
+        (
+            "main.py",
+            "import json, os, sys\n\ndef handle(r):\n    return [hasattr(json, 'leak'), os.path.exists('/tmp/a'), 'urllib.parse' in sys.modules, os.getpid()]\n",
+        ),
+    ]);
+    d.deploy(a.path());
+    d.deploy(b.path());
+    let c = d.client();
+    assert_eq!(c.get(d.fn_url("tpl-a")).send().await.unwrap().status(), 200);
+    let r = c.get(d.fn_url("tpl-b")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        body_json(r).await,
+        serde_json::json!([false, false, true, 1]),
+        "nothing of tpl-a; the template's preloaded modules; pid 1 of its own namespace"
+    );
+    for name in ["tpl-a", "tpl-b"] {
+        let recs = records(&d, name, 1).await;
+        assert_eq!(recs[0]["cold_start"]["path"], "runtime_template", "{name}: {}", recs[0]);
+    }
+}
