@@ -823,6 +823,10 @@ def main(runtime_dir=None):
 
     Response = strata.Response
     sys.path.insert(0, code_dir)
+    deps = _env("STRATA_DEPS")
+    if deps:
+        # The function's dependency layer: after its own code, before the standard library.
+        sys.path.insert(1, deps)
     try:
         posix.chdir(code_dir)
     except OSError:

@@ -46,6 +46,15 @@ fn ensure_packages(with_bench_tools: bool) -> anyhow::Result<()> {
             missing.push(pkg);
         }
     }
+    // pip for the interpreter sandboxes run: dependency layers (requirements.txt) are
+    // installed with it.
+    let has_pip = Command::new("/usr/bin/python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_pip {
+        missing.push("python3-pip");
+    }
     // libc.a for the static test binary of the sandbox benchmark.
     if !have("/usr/lib/x86_64-linux-gnu/libc.a") {
         missing.push("libc6-dev");

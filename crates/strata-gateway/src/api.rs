@@ -100,6 +100,24 @@ pub(crate) async fn describe(State(s): State<AppState>, Path(name): Path<String>
     });
     // Show only what applies to the function's tier.
     if let Some(obj) = v.as_object_mut() {
+        let layer = s
+            .orch
+            .context()
+            .runtimes
+            .layers
+            .as_ref()
+            .and_then(|l| l.of_version(&m.active));
+        if let Some((_, info)) = layer {
+            obj.insert(
+                "dependencies".into(),
+                json!({
+                    "layer": info.name,
+                    "size": format_size(info.size_bytes),
+                    "size_bytes": info.size_bytes,
+                    "packages": info.packages,
+                }),
+            );
+        }
         if spec.runtime != Runtime::Exec {
             obj.remove("mode");
         }

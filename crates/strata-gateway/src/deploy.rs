@@ -106,6 +106,9 @@ pub async fn deploy(
     let mut build = None;
     if spec.runtime == Runtime::Python {
         precompile_python(&code).await;
+        if code.join("requirements.txt").is_file() {
+            build = Some(python_deps(orch, &version, &code).await?);
+        }
     }
     if spec.runtime == Runtime::Wasm {
         // Compile before anything is recorded: a component that does not compile or link
@@ -176,4 +179,36 @@ fn readable_caches(dir: &std::path::Path) {
             }
         }
     }
+}
+
+/// Install (or find cached) the dependency layer of a Python function's `requirements.txt`.
+/// A failed install fails the deploy with the installer's message; nothing is activated.
+async fn python_deps(orch: &Orchestrator, version: &str, code: &std::path::Path) -> Result<String, ApiError> {
+    let Some(layers) = orch.context().runtimes.layers.clone() else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidManifest,
+            "requirements.txt: this daemon has no dependency layers",
+        ));
+    };
+    let requirements = std::fs::read_to_string(code.join("requirements.txt"))
+        .map_err(|e| ApiError::new(ErrorCode::InvalidManifest, format!("requirements.txt: {e}")))?;
+    let (version, code) = (version.to_owned(), code.to_path_buf());
+    let (info, built) = tokio::task::spawn_blocking(move || layers.ensure_python(&version, &code, &requirements))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| match e {
+            strata_instance::deps::DepsError::Io(e) => ApiError::new(ErrorCode::Internal, e.to_string()),
+            other => ApiError::new(ErrorCode::InvalidManifest, format!("requirements.txt: {other}")),
+        })?;
+    let how = match built {
+        strata_instance::deps::Built::Installed { secs } => format!("installed in {secs:.1} s"),
+        strata_instance::deps::Built::Cached => "cached, nothing installed".to_owned(),
+    };
+    Ok(format!(
+        "dependencies {how}: layer {} ({} packages, {:.1} MiB): {}",
+        info.name,
+        info.packages.len(),
+        info.size_bytes as f64 / (1 << 20) as f64,
+        info.packages.join(" ")
+    ))
 }

@@ -26,6 +26,8 @@ pub struct Runtimes {
     pub strata_bin: PathBuf,
     /// Runtime templates to fork instances from; `None`: every instance starts from scratch.
     pub templates: Option<Arc<crate::Templates>>,
+    /// Dependency layers (`requirements.txt`); `None`: functions cannot have any.
+    pub layers: Option<Arc<crate::deps::Layers>>,
 }
 
 /// Receives every line a function prints: (call id if known, stream, line).
@@ -40,6 +42,9 @@ pub struct LaunchSpec {
     pub version: String,
     /// Host folder with the version's code.
     pub code_dir: PathBuf,
+    /// Host folder of the version's dependency layer, mounted read-only at
+    /// [`crate::deps::IN_SANDBOX`].
+    pub deps: Option<PathBuf>,
 }
 
 /// One call.
@@ -222,6 +227,13 @@ impl Instance {
             source: runtimes.dir.clone(),
             target: "/strata/runtime".into(),
         });
+        if let Some(deps) = &launch.deps {
+            sb.mounts.push(BindMount {
+                source: deps.clone(),
+                target: crate::deps::IN_SANDBOX.into(),
+            });
+            sb.env.insert("STRATA_DEPS".into(), crate::deps::IN_SANDBOX.into());
+        }
         if spec.runtime == Runtime::Exec && spec.mode == ExecMode::Stdio {
             sb.mounts.push(BindMount {
                 source: runtimes.strata_bin.clone(),

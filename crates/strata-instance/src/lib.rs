@@ -9,6 +9,7 @@
 //! is running, with the same isolation as a sandbox started from scratch. This crate decides nothing about how many instances exist: that is the
 //! orchestrator's.
 
+pub mod deps;
 mod instance;
 pub mod protocol;
 mod templates;

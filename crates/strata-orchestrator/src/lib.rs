@@ -183,10 +183,18 @@ impl Orchestrator {
                 .map_err(Error::Init)?;
             Serving::Direct(function, version.into())
         } else {
+            let deps = self
+                .ctx
+                .runtimes
+                .layers
+                .as_ref()
+                .and_then(|l| l.of_version(version))
+                .map(|(path, _)| path);
             let launch = LaunchSpec {
                 code_dir,
                 spec: Arc::clone(&spec),
                 version: version.to_owned(),
+                deps,
             };
             let pool = Pool::new(Arc::clone(&self.ctx), launch);
             if let Some(ka) = &self.ctx.keep_alive {

@@ -207,6 +207,9 @@ pub struct UpArgs {
     /// over it the policy evicts. Default: no limit
     #[arg(long)]
     pub idle_memory_budget: Option<String>,
+    /// Largest dependency layer a deploy may install (requirements.txt), e.g. "1GiB"
+    #[arg(long, default_value = "1GiB")]
+    pub max_layer_size: String,
     /// Policy seconds per real second (a trace replay runs the daemon fast-forwarded)
     #[arg(long, default_value_t = 1.0, hide = true)]
     pub policy_time_scale: f64,

@@ -414,6 +414,18 @@ async fn describe(api: &Api, name: &str) -> anyhow::Result<i32> {
             triggers_text.join("\n")
         },
     ]);
+    if let Some(deps) = obj.get("dependencies") {
+        let packages = deps.get("packages").map(as_list).unwrap_or_default();
+        kv.add_row(vec![
+            "dependencies".to_owned(),
+            format!(
+                "{} ({})\n{}",
+                text(&deps["layer"]),
+                text(&deps["size"]),
+                packages.iter().map(text).collect::<Vec<_>>().join("\n")
+            ),
+        ]);
+    }
     let mut out = finish_table(&mut kv);
     out.push('\n');
 

@@ -44,6 +44,8 @@ pub struct UpOptions {
     pub async_queue_depth: usize,
     /// A daemon-wide keep-alive policy; `None`: each function's manifest `keep_alive`.
     pub keep_alive: Option<strata_orchestrator::keepalive::KeepAliveConfig>,
+    /// Largest dependency layer a deploy may install.
+    pub max_layer_bytes: u64,
 }
 
 /// The keep-alive settings of `strata up`, each bad value named with its flag.
@@ -155,12 +157,26 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let layers = Arc::new(
+        strata_instance::deps::Layers::new(data.join("layers"), opts.max_layer_bytes)
+            .context("preparing the dependency layers")?,
+    );
+    let live: Vec<String> = store
+        .functions()?
+        .into_iter()
+        .flat_map(|f| f.versions.into_iter().map(|v| v.version))
+        .collect();
+    let removed = layers.collect_garbage(&live);
+    if !removed.is_empty() {
+        tracing::info!(?removed, "removed dependency layers no version uses");
+    }
     let orch = Orchestrator::new(Context {
         backend,
         runtimes: Runtimes {
             dir: runtime_dir,
             strata_bin: std::env::current_exe()?,
             templates,
+            layers: Some(layers),
         },
         store: store.clone(),
         queue_depth: opts.queue_depth,

@@ -40,8 +40,16 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(2);
                 }
             };
+            let Some(max_layer_bytes) = strata_types::units::parse_size(&args.max_layer_size) else {
+                eprintln!(
+                    "error: --max-layer-size {:?} is not a size (use e.g. 1GiB)",
+                    args.max_layer_size
+                );
+                return std::process::ExitCode::from(2);
+            };
             let opts = daemon::UpOptions {
                 keep_alive,
+                max_layer_bytes,
                 listen: args.listen,
                 data: args.data,
                 demo: args.demo.then_some(args.examples),

@@ -4,6 +4,7 @@
 mod harness;
 
 mod asynchronous;
+mod deps;
 mod errors;
 mod invoke;
 mod lifecycle;

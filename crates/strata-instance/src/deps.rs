@@ -1,0 +1,284 @@
+//! Dependency layers: a Python function's `requirements.txt`, resolved and installed once on
+//! the host (sandboxes have no network) into a folder keyed by the content of the requirement
+//! set and the interpreter, shared by every function and version with the same set, and
+//! mounted read-only at [`IN_SANDBOX`] in the function's sandboxes.
+//!
+//! Layout under the layers folder: `py-<key>/` (the installed packages, `pip install
+//! --target`), `py-<key>.json` (what is in it: packages, size), `versions/<version>` (the key a
+//! function version uses). A layer is built in a temporary folder and renamed into place, so a
+//! failed or interrupted install never leaves a layer that looks complete.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+/// Where a layer appears inside a sandbox (on the runtime's import path).
+pub const IN_SANDBOX: &str = "/strata/deps";
+
+/// The interpreter sandboxes run, and so the one layers are built for.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// A layer and what is in it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerInfo {
+    /// `py-<first 16 hex of the key>`.
+    pub name: String,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+    /// `name==version` of every installed distribution, sorted.
+    pub packages: Vec<String>,
+}
+
+/// How a layer came to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Built {
+    /// Installed now.
+    Installed {
+        /// Seconds the install took.
+        secs: f64,
+    },
+    /// Already there: nothing installed.
+    Cached,
+}
+
+/// Installing a layer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DepsError {
+    /// The installer failed: its message.
+    #[error("installing requirements.txt failed:\n{0}")]
+    Install(String),
+    /// The layer is bigger than allowed.
+    #[error("the installed requirements take {size} bytes, over the limit of {limit} bytes")]
+    TooBig {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Host I/O.
+    #[error("dependency layer: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The layers of one daemon.
+#[derive(Debug)]
+pub struct Layers {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// One install at a time: two deploys of the same set wait for one install.
+    building: Mutex<()>,
+}
+
+/// The requirement lines that matter: no blank lines, comments or trailing spaces.
+pub fn normalize(requirements: &str) -> String {
+    requirements
+        .lines()
+        .map(|l| l.split_once(" #").map_or(l, |(a, _)| a).trim())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// `name==version` of the distributions in a `--target` folder (their `.dist-info`).
+fn packages(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let stem = n.strip_suffix(".dist-info")?;
+            let (name, version) = stem.rsplit_once('-')?;
+            Some(format!("{}=={version}", name.replace('_', "-").to_lowercase()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+impl Layers {
+    /// Layers under `dir`, each at most `max_bytes`.
+    pub fn new(dir: PathBuf, max_bytes: u64) -> std::io::Result<Layers> {
+        std::fs::create_dir_all(dir.join("versions"))?;
+        // Sandboxes run as an unprivileged uid and must traverse to their layer.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Ok(Layers {
+            dir,
+            max_bytes,
+            building: Mutex::new(()),
+        })
+    }
+
+    fn key(requirements: &str) -> std::io::Result<String> {
+        let out = Command::new(PYTHON)
+            .args([
+                "-I",
+                "-S",
+                "-c",
+                "import sys, platform; print(sys.version, platform.machine())",
+            ])
+            .output()?;
+        let mut h = Sha256::new();
+        h.update(b"python\n");
+        h.update(&out.stdout);
+        h.update(normalize(requirements).as_bytes());
+        Ok(hex::encode(h.finalize()))
+    }
+
+    /// The installed packages folder of the layer a version uses, and what is in it.
+    pub fn of_version(&self, version: &str) -> Option<(PathBuf, LayerInfo)> {
+        let name = std::fs::read_to_string(self.dir.join("versions").join(version)).ok()?;
+        let name = name.trim();
+        let info: LayerInfo =
+            serde_json::from_slice(&std::fs::read(self.dir.join(format!("{name}.json"))).ok()?).ok()?;
+        Some((self.dir.join(name), info))
+    }
+
+    /// Make sure the layer of `requirements` exists (installing it with pip if not) and
+    /// record that `version` uses it. Blocks for the install; call off the async runtime.
+    pub fn ensure_python(
+        &self,
+        version: &str,
+        code_dir: &Path,
+        requirements: &str,
+    ) -> Result<(LayerInfo, Built), DepsError> {
+        let key = Self::key(requirements)?;
+        let name = format!("py-{}", &key[..16]);
+        let _one = self.building.lock().expect("layer build lock");
+        let path = self.dir.join(&name);
+        let meta = self.dir.join(format!("{name}.json"));
+        let built = if path.is_dir() && meta.is_file() {
+            Built::Cached
+        } else {
+            let t0 = Instant::now();
+            let tmp = self.dir.join(format!(".{name}.{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp)?;
+            let out = Command::new(PYTHON)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "--no-warn-script-location",
+                    "--root-user-action=ignore",
+                    "--target",
+                ])
+                .arg(&tmp)
+                .arg("-r")
+                .arg(code_dir.join("requirements.txt"))
+                .current_dir(code_dir)
+                .stdin(Stdio::null())
+                .output()?;
+            if !out.status.success() {
+                let _ = std::fs::remove_dir_all(&tmp);
+                let text = String::from_utf8_lossy(&out.stderr);
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                return Err(DepsError::Install(
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                ));
+            }
+            let size = dir_size(&tmp);
+            if size > self.max_bytes {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(DepsError::TooBig {
+                    size,
+                    limit: self.max_bytes,
+                });
+            }
+            // Readable and traversable by the sandbox's unprivileged uid.
+            let _ = Command::new("chmod").args(["-R", "a+rX"]).arg(&tmp).status();
+            let info = LayerInfo {
+                name: name.clone(),
+                size_bytes: size,
+                packages: packages(&tmp),
+            };
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::rename(&tmp, &path)?;
+            std::fs::write(&meta, serde_json::to_vec(&info).expect("plain data"))?;
+            Built::Installed {
+                secs: t0.elapsed().as_secs_f64(),
+            }
+        };
+        std::fs::write(self.dir.join("versions").join(version), &name)?;
+        let info: LayerInfo = serde_json::from_slice(&std::fs::read(&meta)?).map_err(std::io::Error::other)?;
+        Ok((info, built))
+    }
+
+    /// Remove layers no version in `live` uses (and the records of versions not in it).
+    /// Returns the names of the removed layers.
+    pub fn collect_garbage(&self, live: &[String]) -> Vec<String> {
+        let _one = self.building.lock().expect("layer build lock");
+        let mut used = std::collections::HashSet::new();
+        for e in std::fs::read_dir(self.dir.join("versions"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let version = e.file_name().to_string_lossy().into_owned();
+            if live.contains(&version) {
+                if let Ok(n) = std::fs::read_to_string(e.path()) {
+                    used.insert(n.trim().to_owned());
+                }
+            } else {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let mut removed = Vec::new();
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("py-") && e.path().is_dir() && !used.contains(&n) {
+                let _ = std::fs::remove_dir_all(e.path());
+                let _ = std::fs::remove_file(self.dir.join(format!("{n}.json")));
+                removed.push(n);
+            } else if n.starts_with(".py-") {
+                // An install a dead daemon left half done.
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comments_and_blank_lines_do_not_change_the_set() {
+        assert_eq!(
+            normalize("# deps\njinja2==3.1.4  # templates\n\n  networkx\n"),
+            "jinja2==3.1.4\nnetworkx"
+        );
+        assert_ne!(normalize("a==1\nb==2"), normalize("a==1\nb==3"));
+    }
+
+    #[test]
+    fn dist_info_folders_name_the_packages() {
+        let d = tempfile::tempdir().unwrap();
+        for n in [
+            "Jinja2-3.1.4.dist-info",
+            "markupsafe-2.1.5.dist-info",
+            "jinja2",
+            "six.py",
+        ] {
+            std::fs::create_dir_all(d.path().join(n)).unwrap();
+        }
+        assert_eq!(packages(d.path()), ["jinja2==3.1.4", "markupsafe==2.1.5"]);
+    }
+}
