@@ -1,6 +1,7 @@
 //! Deploying a package: store it, validate its manifest, register and activate the version.
 
 use serde::Serialize;
+use strata_instance::deps::{Built, DepsError, Ecosystem};
 use strata_orchestrator::Orchestrator;
 use strata_store::Store;
 use strata_types::{ErrorCode, ExecMode, Manifest, Runtime};
@@ -106,9 +107,14 @@ pub async fn deploy(
     let mut build = None;
     if spec.runtime == Runtime::Python {
         precompile_python(&code).await;
-        if code.join("requirements.txt").is_file() {
-            build = Some(python_deps(orch, &version, &code).await?);
-        }
+    }
+    let eco = match spec.runtime {
+        Runtime::Python => Some(Ecosystem::Python),
+        Runtime::Node => Some(Ecosystem::Node),
+        _ => None,
+    };
+    if let Some(eco) = eco.filter(|e| code.join(e.manifest()).is_file()) {
+        build = Some(dependencies(orch, eco, &version, &code).await?);
     }
     if spec.runtime == Runtime::Wasm {
         // Compile before anything is recorded: a component that does not compile or link
@@ -181,28 +187,33 @@ fn readable_caches(dir: &std::path::Path) {
     }
 }
 
-/// Install (or find cached) the dependency layer of a Python function's `requirements.txt`.
-/// A failed install fails the deploy with the installer's message; nothing is activated.
-async fn python_deps(orch: &Orchestrator, version: &str, code: &std::path::Path) -> Result<String, ApiError> {
+/// Install (or find cached) the dependency layer of a function's `requirements.txt` or
+/// `package.json`. A failed install fails the deploy with the installer's message; nothing is
+/// activated.
+async fn dependencies(
+    orch: &Orchestrator,
+    eco: Ecosystem,
+    version: &str,
+    code: &std::path::Path,
+) -> Result<String, ApiError> {
+    let file = eco.manifest();
     let Some(layers) = orch.context().runtimes.layers.clone() else {
         return Err(ApiError::new(
             ErrorCode::InvalidManifest,
-            "requirements.txt: this daemon has no dependency layers",
+            format!("{file}: this daemon has no dependency layers"),
         ));
     };
-    let requirements = std::fs::read_to_string(code.join("requirements.txt"))
-        .map_err(|e| ApiError::new(ErrorCode::InvalidManifest, format!("requirements.txt: {e}")))?;
     let (version, code) = (version.to_owned(), code.to_path_buf());
-    let (info, built) = tokio::task::spawn_blocking(move || layers.ensure_python(&version, &code, &requirements))
+    let (info, built) = tokio::task::spawn_blocking(move || layers.ensure(eco, &version, &code))
         .await
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
         .map_err(|e| match e {
-            strata_instance::deps::DepsError::Io(e) => ApiError::new(ErrorCode::Internal, e.to_string()),
-            other => ApiError::new(ErrorCode::InvalidManifest, format!("requirements.txt: {other}")),
+            DepsError::Io(e) => ApiError::new(ErrorCode::Internal, format!("{file}: {e}")),
+            other => ApiError::new(ErrorCode::InvalidManifest, format!("{file}: {other}")),
         })?;
     let how = match built {
-        strata_instance::deps::Built::Installed { secs } => format!("installed in {secs:.1} s"),
-        strata_instance::deps::Built::Cached => "cached, nothing installed".to_owned(),
+        Built::Installed { secs } => format!("installed in {secs:.1} s"),
+        Built::Cached => "cached, nothing installed".to_owned(),
     };
     Ok(format!(
         "dependencies {how}: layer {} ({} packages, {:.1} MiB): {}",

@@ -1,11 +1,13 @@
-//! Dependency layers: a Python function's `requirements.txt`, resolved and installed once on
-//! the host (sandboxes have no network) into a folder keyed by the content of the requirement
-//! set and the interpreter, shared by every function and version with the same set, and
+//! Dependency layers: a Python function's `requirements.txt` or a Node function's
+//! `package.json` (with its `package-lock.json`, if any), resolved and installed once on the
+//! host (sandboxes have no network) into a folder keyed by the content of the dependency set
+//! and the runtime's version, shared by every function and version with the same set, and
 //! mounted read-only at [`IN_SANDBOX`] in the function's sandboxes.
 //!
 //! Layout under the layers folder: `py-<key>/` (the installed packages, `pip install
-//! --target`), `py-<key>.json` (what is in it: packages, size), `versions/<version>` (the key a
-//! function version uses). A layer is built in a temporary folder and renamed into place, so a
+//! --target`) or `node-<key>/` (`node_modules/`, from `npm ci` or `npm install`),
+//! `<name>.json` (what is in it: packages, size), `versions/<version>` (the layer a function
+//! version uses). A layer is built in a temporary folder and renamed into place, so a
 //! failed or interrupted install never leaves a layer that looks complete.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +22,146 @@ pub const IN_SANDBOX: &str = "/strata/deps";
 
 /// The interpreter sandboxes run, and so the one layers are built for.
 const PYTHON: &str = "/usr/bin/python3";
+
+/// The Node.js sandboxes run.
+const NODE: &str = "/usr/bin/node";
+
+/// Whose packages a layer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ecosystem {
+    /// `requirements.txt`, installed with pip.
+    Python,
+    /// `package.json` (and `package-lock.json`), installed with npm.
+    Node,
+}
+
+impl Ecosystem {
+    /// The file that declares a function's dependencies.
+    pub fn manifest(self) -> &'static str {
+        match self {
+            Ecosystem::Python => "requirements.txt",
+            Ecosystem::Node => "package.json",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Ecosystem::Python => "py",
+            Ecosystem::Node => "node",
+        }
+    }
+
+    /// What else goes into the key besides the declared set: the runtime's version.
+    fn runtime_version(self) -> std::io::Result<Vec<u8>> {
+        let out = match self {
+            Ecosystem::Python => Command::new(PYTHON)
+                .args([
+                    "-I",
+                    "-S",
+                    "-c",
+                    "import sys, platform; print(sys.version, platform.machine())",
+                ])
+                .output()?,
+            Ecosystem::Node => Command::new(NODE)
+                .args(["-p", "process.version + ' ' + process.arch"])
+                .output()?,
+        };
+        Ok(out.stdout)
+    }
+
+    /// The declared set as it is keyed: the manifest (normalized for Python) and, for Node,
+    /// the lock file.
+    fn declared(self, code_dir: &Path) -> std::io::Result<String> {
+        let text = std::fs::read_to_string(code_dir.join(self.manifest()))?;
+        Ok(match self {
+            Ecosystem::Python => normalize(&text),
+            Ecosystem::Node => {
+                let lock = std::fs::read_to_string(code_dir.join("package-lock.json")).unwrap_or_default();
+                format!("{text}\n\0{lock}")
+            }
+        })
+    }
+
+    /// Install into `into` (an empty folder).
+    fn install(self, code_dir: &Path, into: &Path) -> std::io::Result<std::process::Output> {
+        match self {
+            Ecosystem::Python => Command::new(PYTHON)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "--no-warn-script-location",
+                    "--root-user-action=ignore",
+                    "--target",
+                ])
+                .arg(into)
+                .arg("-r")
+                .arg(code_dir.join("requirements.txt"))
+                .current_dir(code_dir)
+                .stdin(Stdio::null())
+                .output(),
+            Ecosystem::Node => {
+                std::fs::copy(code_dir.join("package.json"), into.join("package.json"))?;
+                let locked = code_dir.join("package-lock.json").is_file();
+                if locked {
+                    std::fs::copy(code_dir.join("package-lock.json"), into.join("package-lock.json"))?;
+                }
+                let mut cmd = Command::new("npm");
+                if locked {
+                    cmd.arg("ci");
+                } else {
+                    cmd.args(["install", "--no-package-lock"]);
+                }
+                cmd.args(["--omit=dev", "--no-audit", "--no-fund"])
+                    .current_dir(into)
+                    .stdin(Stdio::null())
+                    .output()
+            }
+        }
+    }
+
+    /// `name==version` of what a layer holds, sorted.
+    fn packages(self, dir: &Path) -> Vec<String> {
+        match self {
+            Ecosystem::Python => packages(dir),
+            Ecosystem::Node => node_packages(&dir.join("node_modules")),
+        }
+    }
+
+    /// The environment that puts a layer mounted at [`IN_SANDBOX`] on the runtime's path.
+    pub fn env(self) -> (&'static str, String) {
+        match self {
+            Ecosystem::Python => ("STRATA_DEPS", IN_SANDBOX.to_owned()),
+            Ecosystem::Node => ("NODE_PATH", format!("{IN_SANDBOX}/node_modules")),
+        }
+    }
+}
+
+/// `name==version` of the packages in a `node_modules` folder (top level and scoped).
+fn node_packages(dir: &Path) -> Vec<String> {
+    let version_of = |p: &Path| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p.join("package.json")).ok()?).ok()?;
+        Some(format!("{}=={}", v["name"].as_str()?, v["version"].as_str()?))
+    };
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with('.') {
+            continue;
+        }
+        if n.starts_with('@') {
+            for s in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                out.extend(version_of(&s.path()));
+            }
+        } else {
+            out.extend(version_of(&e.path()));
+        }
+    }
+    out.sort();
+    out
+}
 
 /// A layer and what is in it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,7 +190,7 @@ pub enum Built {
 #[derive(Debug, thiserror::Error)]
 pub enum DepsError {
     /// The installer failed: its message.
-    #[error("installing requirements.txt failed:\n{0}")]
+    #[error("installing the dependencies failed:\n{0}")]
     Install(String),
     /// The layer is bigger than allowed.
     #[error("the installed requirements take {size} bytes, over the limit of {limit} bytes")]
@@ -123,19 +265,12 @@ impl Layers {
         })
     }
 
-    fn key(requirements: &str) -> std::io::Result<String> {
-        let out = Command::new(PYTHON)
-            .args([
-                "-I",
-                "-S",
-                "-c",
-                "import sys, platform; print(sys.version, platform.machine())",
-            ])
-            .output()?;
+    fn key(eco: Ecosystem, code_dir: &Path) -> std::io::Result<String> {
         let mut h = Sha256::new();
-        h.update(b"python\n");
-        h.update(&out.stdout);
-        h.update(normalize(requirements).as_bytes());
+        h.update(eco.prefix().as_bytes());
+        h.update(b"\n");
+        h.update(eco.runtime_version()?);
+        h.update(eco.declared(code_dir)?.as_bytes());
         Ok(hex::encode(h.finalize()))
     }
 
@@ -148,16 +283,12 @@ impl Layers {
         Some((self.dir.join(name), info))
     }
 
-    /// Make sure the layer of `requirements` exists (installing it with pip if not) and
-    /// record that `version` uses it. Blocks for the install; call off the async runtime.
-    pub fn ensure_python(
-        &self,
-        version: &str,
-        code_dir: &Path,
-        requirements: &str,
-    ) -> Result<(LayerInfo, Built), DepsError> {
-        let key = Self::key(requirements)?;
-        let name = format!("py-{}", &key[..16]);
+    /// Make sure the layer of the dependencies `code_dir` declares exists (installing it if
+    /// not) and record that `version` uses it. Blocks for the install; call it off the async
+    /// runtime.
+    pub fn ensure(&self, eco: Ecosystem, version: &str, code_dir: &Path) -> Result<(LayerInfo, Built), DepsError> {
+        let key = Self::key(eco, code_dir)?;
+        let name = format!("{}-{}", eco.prefix(), &key[..16]);
         let _one = self.building.lock().expect("layer build lock");
         let path = self.dir.join(&name);
         let meta = self.dir.join(format!("{name}.json"));
@@ -168,26 +299,14 @@ impl Layers {
             let tmp = self.dir.join(format!(".{name}.{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp)?;
-            let out = Command::new(PYTHON)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--disable-pip-version-check",
-                    "--no-input",
-                    "--no-warn-script-location",
-                    "--root-user-action=ignore",
-                    "--target",
-                ])
-                .arg(&tmp)
-                .arg("-r")
-                .arg(code_dir.join("requirements.txt"))
-                .current_dir(code_dir)
-                .stdin(Stdio::null())
-                .output()?;
+            let out = eco.install(code_dir, &tmp)?;
             if !out.status.success() {
                 let _ = std::fs::remove_dir_all(&tmp);
-                let text = String::from_utf8_lossy(&out.stderr);
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 let tail: Vec<&str> = text.lines().rev().take(20).collect();
                 return Err(DepsError::Install(
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
@@ -206,7 +325,7 @@ impl Layers {
             let info = LayerInfo {
                 name: name.clone(),
                 size_bytes: size,
-                packages: packages(&tmp),
+                packages: eco.packages(&tmp),
             };
             let _ = std::fs::remove_dir_all(&path);
             std::fs::rename(&tmp, &path)?;
@@ -242,11 +361,12 @@ impl Layers {
         let mut removed = Vec::new();
         for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("py-") && e.path().is_dir() && !used.contains(&n) {
+            let layer = n.starts_with("py-") || n.starts_with("node-");
+            if layer && e.path().is_dir() && !used.contains(&n) {
                 let _ = std::fs::remove_dir_all(e.path());
                 let _ = std::fs::remove_file(self.dir.join(format!("{n}.json")));
                 removed.push(n);
-            } else if n.starts_with(".py-") {
+            } else if n.starts_with(".py-") || n.starts_with(".node-") {
                 // An install a dead daemon left half done.
                 let _ = std::fs::remove_dir_all(e.path());
             }

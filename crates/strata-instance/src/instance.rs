@@ -232,7 +232,13 @@ impl Instance {
                 source: deps.clone(),
                 target: crate::deps::IN_SANDBOX.into(),
             });
-            sb.env.insert("STRATA_DEPS".into(), crate::deps::IN_SANDBOX.into());
+            let eco = if spec.runtime == Runtime::Node {
+                crate::deps::Ecosystem::Node
+            } else {
+                crate::deps::Ecosystem::Python
+            };
+            let (k, v) = eco.env();
+            sb.env.insert(k.into(), v);
         }
         if spec.runtime == Runtime::Exec && spec.mode == ExecMode::Stdio {
             sb.mounts.push(BindMount {

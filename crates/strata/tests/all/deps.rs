@@ -136,3 +136,40 @@ async fn a_broken_requirement_fails_the_deploy_and_the_active_version_keeps_serv
     let r = d.client().get(d.fn_url("steady")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "v1");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_function_uses_a_package_from_npm() {
+    let d = Daemon::start();
+    let f = function_dir(&[
+        (
+            "strata.toml",
+            "name = \"ids\"\nruntime = \"node\"\nhandler = \"index:handle\"\n",
+        ),
+        (
+            "package.json",
+            "{\"name\": \"ids\", \"version\": \"1.0.0\", \"dependencies\": {\"uuid\": \"9.0.1\"}}\n",
+        ),
+        (
+            "index.js",
+            "const { v4, validate, version } = require('uuid');\nexports.handle = async () => { const id = v4(); return { valid: validate(id), v: version(id) }; };\n",
+        ),
+    ]);
+    let out = d.deploy(f.path());
+    assert!(
+        out.contains("dependencies installed") && out.contains("uuid==9.0.1"),
+        "{out}"
+    );
+    let r = d.client().get(d.fn_url("ids")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(body_json(r).await, serde_json::json!({"valid": true, "v": 4}));
+    // Redeploying the same set (a new version: the code changed) installs nothing.
+    std::fs::write(
+        f.path().join("index.js"),
+        "const { validate } = require('uuid');\nexports.handle = async () => validate('not-a-uuid');\n",
+    )
+    .unwrap();
+    let out = d.deploy(f.path());
+    assert!(out.contains("cached, nothing installed"), "{out}");
+    let r = d.client().get(d.fn_url("ids")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "false");
+}
