@@ -389,6 +389,28 @@ mod tests {
     }
 
     #[test]
+    fn garbage_collection_keeps_the_layers_of_live_versions_only() {
+        let d = tempfile::tempdir().unwrap();
+        let layers = Layers::new(d.path().to_path_buf(), 1 << 30).unwrap();
+        for (name, version) in [("py-aaaa", "v1"), ("py-bbbb", "v2"), ("node-cccc", "v3")] {
+            std::fs::create_dir_all(d.path().join(name)).unwrap();
+            std::fs::write(d.path().join(format!("{name}.json")), "{}").unwrap();
+            std::fs::write(d.path().join("versions").join(version), name).unwrap();
+        }
+        std::fs::create_dir_all(d.path().join(".py-dddd.123")).unwrap();
+        let mut removed = layers.collect_garbage(&["v1".into(), "v3".into()]);
+        removed.sort();
+        assert_eq!(removed, ["py-bbbb"]);
+        assert!(d.path().join("py-aaaa").is_dir() && d.path().join("node-cccc").is_dir());
+        assert!(!d.path().join("py-bbbb.json").exists());
+        assert!(
+            !d.path().join("versions/v2").exists(),
+            "the dead version's record goes too"
+        );
+        assert!(!d.path().join(".py-dddd.123").exists(), "a half-done install goes");
+    }
+
+    #[test]
     fn dist_info_folders_name_the_packages() {
         let d = tempfile::tempdir().unwrap();
         for n in [

@@ -90,7 +90,7 @@ async fn requirements_are_installed_once_per_set_and_imported_from_the_layer() {
         ),
         (
             "main.py",
-            "import os, socket\n\ndef handle(req):\n    try:\n        import jinja2\n        imported = True\n    except ImportError:\n        imported = False\n    try:\n        socket.create_connection(('pypi.org', 443), timeout=2).close()\n        net = 'reached'\n    except OSError as e:\n        net = type(e).__name__\n    layer = os.listdir('/strata/deps') if os.path.isdir('/strata/deps') else []\n    return {'layer': layer, 'jinja2': imported, 'net': net}\n",
+            "import os, socket, subprocess, sys\n\ndef handle(req):\n    try:\n        import jinja2\n        imported = True\n    except ImportError:\n        imported = False\n    try:\n        socket.create_connection(('pypi.org', 443), timeout=2).close()\n        net = 'reached'\n    except OSError as e:\n        net = type(e).__name__\n    pip = subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--retries', '0', '--timeout', '2', '-d', '/tmp/dl', 'six==1.16.0'], capture_output=True, text=True)\n    if pip.returncode == 0:\n        net = 'pip downloaded'\n    layer = os.listdir('/strata/deps') if os.path.isdir('/strata/deps') else []\n    return {'layer': layer, 'jinja2': imported, 'net': net}\n",
         ),
     ]);
     d.deploy(other.path());
@@ -99,7 +99,10 @@ async fn requirements_are_installed_once_per_set_and_imported_from_the_layer() {
     // (An empty mount point may exist: the root template holds every mount point.)
     assert_eq!(v["layer"], serde_json::json!([]), "no layer is mounted: {v}");
     assert_eq!(v["jinja2"], false, "{v}");
-    assert_ne!(v["net"], "reached", "{v}");
+    assert!(
+        v["net"] != "reached" && v["net"] != "pip downloaded",
+        "no network from a sandbox, for sockets or pip: {v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,4 +175,23 @@ async fn a_node_function_uses_a_package_from_npm() {
     assert!(out.contains("cached, nothing installed"), "{out}");
     let r = d.client().get(d.fn_url("ids")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "false");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_over_the_size_limit_fails_the_deploy() {
+    let d = Daemon::start_with(&["--max-layer-size", "64KiB"]);
+    let f = function_dir(&[
+        (
+            "strata.toml",
+            "name = \"big\"\nruntime = \"python\"\nhandler = \"main:handle\"\n",
+        ),
+        ("requirements.txt", "jinja2==3.1.4\n"),
+        ("main.py", "def handle(req):\n    return 'x'\n"),
+    ]);
+    let out = d.cli(&["deploy", f.path().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("over the limit of 65536 bytes"), "{text}");
+    let r = d.client().get(d.fn_url("big")).send().await.unwrap();
+    assert_eq!(r.status(), 404, "nothing was activated");
 }
