@@ -58,10 +58,48 @@ pub(crate) async fn system_functions(State(s): State<AppState>) -> ApiResult {
     Ok(Json(out).into_response())
 }
 
-pub(crate) async fn deploy_handler(State(s): State<AppState>, body: Body) -> ApiResult {
+/// `POST /api/v1/functions`. With `Accept: application/x-ndjson` the answer streams: one
+/// `{"progress": line}` object per line a dependency installer prints, then `{"result": …}`
+/// or `{"error": {"code", "message"}}` (the status, 200, is sent before the outcome is known).
+pub(crate) async fn deploy_handler(State(s): State<AppState>, headers: axum::http::HeaderMap, body: Body) -> ApiResult {
     let archive = read_body(body, s.config.max_package).await?;
-    let r = crate::deploy(&s.store, &s.orch, archive, s.config.max_package).await?;
-    Ok((StatusCode::CREATED, Json(r)).into_response())
+    let streaming = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    if !streaming {
+        let r = crate::deploy(&s.store, &s.orch, archive, s.config.max_package, None).await?;
+        return Ok((StatusCode::CREATED, Json(r)).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Value>();
+    tokio::spawn(async move {
+        let outcome = crate::deploy(&s.store, &s.orch, archive, s.config.max_package, Some(tx)).await;
+        let last = match outcome {
+            Ok(r) => json!({"result": r}),
+            Err(e) => json!({"error": {"code": e.code.as_str(), "message": e.message}}),
+        };
+        let _ = done_tx.send(last);
+    });
+    // Progress lines while the deploy runs (the sender closes when it ends), then the outcome.
+    let progress = futures::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        Some((json!({"progress": line}), rx))
+    });
+    let outcome = futures::stream::once(async move {
+        done_rx.await.unwrap_or_else(
+            |_| json!({"error": {"code": "internal", "message": "the deploy task ended without an answer"}}),
+        )
+    });
+    let lines = futures::StreamExt::map(futures::StreamExt::chain(progress, outcome), |v| {
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(format!("{v}\n")))
+    });
+    Ok((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 pub(crate) async fn describe(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {

@@ -8,6 +8,9 @@ use strata_types::{ErrorCode, ExecMode, Manifest, Runtime};
 
 use crate::ApiError;
 
+/// Where a deploy's progress lines go.
+pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
+
 /// What a deploy did.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeployResult {
@@ -30,11 +33,14 @@ pub struct DeployResult {
 const UNPACK_FACTOR: u64 = 4;
 
 /// Deploy `archive` (a gzip'd tar of a function folder) and route calls to it.
+///
+/// `progress`, when given, gets each line a dependency installer prints, as it prints it.
 pub async fn deploy(
     store: &Store,
     orch: &Orchestrator,
     archive: bytes::Bytes,
     max_package: usize,
+    progress: Option<Progress>,
 ) -> Result<DeployResult, ApiError> {
     let blobs = store.blobs().clone();
     let limit = max_package as u64 * UNPACK_FACTOR;
@@ -114,7 +120,7 @@ pub async fn deploy(
         _ => None,
     };
     if let Some(eco) = eco.filter(|e| code.join(e.manifest()).is_file()) {
-        build = Some(dependencies(orch, eco, &version, &code).await?);
+        build = Some(dependencies(orch, eco, &version, &code, progress).await?);
     }
     if spec.runtime == Runtime::Wasm {
         // Compile before anything is recorded: a component that does not compile or link
@@ -195,6 +201,7 @@ async fn dependencies(
     eco: Ecosystem,
     version: &str,
     code: &std::path::Path,
+    progress: Option<Progress>,
 ) -> Result<String, ApiError> {
     let file = eco.manifest();
     let Some(layers) = orch.context().runtimes.layers.clone() else {
@@ -204,13 +211,20 @@ async fn dependencies(
         ));
     };
     let (version, code) = (version.to_owned(), code.to_path_buf());
-    let (info, built) = tokio::task::spawn_blocking(move || layers.ensure(eco, &version, &code))
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
-        .map_err(|e| match e {
-            DepsError::Io(e) => ApiError::new(ErrorCode::Internal, format!("{file}: {e}")),
-            other => ApiError::new(ErrorCode::InvalidManifest, format!("{file}: {other}")),
-        })?;
+    let (info, built) = tokio::task::spawn_blocking(move || {
+        let report = |line: &str| {
+            if let Some(tx) = &progress {
+                let _ = tx.send(line.to_owned());
+            }
+        };
+        layers.ensure(eco, &version, &code, &report)
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+    .map_err(|e| match e {
+        DepsError::Io(e) => ApiError::new(ErrorCode::Internal, format!("{file}: {e}")),
+        other => ApiError::new(ErrorCode::InvalidManifest, format!("{file}: {other}")),
+    })?;
     let how = match built {
         Built::Installed { secs } => format!("installed in {secs:.1} s"),
         Built::Cached => "cached, nothing installed".to_owned(),

@@ -82,11 +82,13 @@ impl Ecosystem {
         })
     }
 
-    /// Install into `into` (an empty folder).
-    fn install(self, code_dir: &Path, into: &Path) -> std::io::Result<std::process::Output> {
-        match self {
-            Ecosystem::Python => Command::new(PYTHON)
-                .args([
+    /// The installer's command, to run in `into` (an empty folder); Node's manifest and lock
+    /// are copied there first.
+    fn installer(self, code_dir: &Path, into: &Path) -> std::io::Result<Command> {
+        Ok(match self {
+            Ecosystem::Python => {
+                let mut cmd = Command::new(PYTHON);
+                cmd.args([
                     "-m",
                     "pip",
                     "install",
@@ -94,14 +96,15 @@ impl Ecosystem {
                     "--no-input",
                     "--no-warn-script-location",
                     "--root-user-action=ignore",
+                    "--progress-bar=off",
                     "--target",
                 ])
                 .arg(into)
                 .arg("-r")
                 .arg(code_dir.join("requirements.txt"))
-                .current_dir(code_dir)
-                .stdin(Stdio::null())
-                .output(),
+                .current_dir(code_dir);
+                cmd
+            }
             Ecosystem::Node => {
                 std::fs::copy(code_dir.join("package.json"), into.join("package.json"))?;
                 let locked = code_dir.join("package-lock.json").is_file();
@@ -114,12 +117,11 @@ impl Ecosystem {
                 } else {
                     cmd.args(["install", "--no-package-lock"]);
                 }
-                cmd.args(["--omit=dev", "--no-audit", "--no-fund"])
-                    .current_dir(into)
-                    .stdin(Stdio::null())
-                    .output()
+                cmd.args(["--omit=dev", "--no-audit", "--no-fund", "--loglevel=http"])
+                    .current_dir(into);
+                cmd
             }
-        }
+        })
     }
 
     /// `name==version` of what a layer holds, sorted.
@@ -137,6 +139,35 @@ impl Ecosystem {
             Ecosystem::Node => ("NODE_PATH", format!("{IN_SANDBOX}/node_modules")),
         }
     }
+}
+
+/// Run `cmd`, handing each line of its stdout and stderr to `progress` as it comes. Returns
+/// whether it succeeded and every line.
+fn run_streaming(mut cmd: Command, progress: &(dyn Fn(&str) + Sync)) -> std::io::Result<(bool, Vec<String>)> {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let lines = Mutex::new(Vec::new());
+    let pump = |r: Box<dyn std::io::Read + Send>| {
+        for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            progress(&line);
+            lines.lock().expect("lines lock").push(line);
+        }
+    };
+    std::thread::scope(|s| {
+        if let Some(e) = stderr {
+            s.spawn(|| pump(Box::new(e)));
+        }
+        if let Some(o) = stdout {
+            pump(Box::new(o));
+        }
+    });
+    let status = child.wait()?;
+    Ok((status.success(), lines.into_inner().expect("lines lock")))
 }
 
 /// `name==version` of the packages in a `node_modules` folder (top level and scoped).
@@ -286,7 +317,15 @@ impl Layers {
     /// Make sure the layer of the dependencies `code_dir` declares exists (installing it if
     /// not) and record that `version` uses it. Blocks for the install; call it off the async
     /// runtime.
-    pub fn ensure(&self, eco: Ecosystem, version: &str, code_dir: &Path) -> Result<(LayerInfo, Built), DepsError> {
+    ///
+    /// `progress` gets each line the installer prints, as it prints it.
+    pub fn ensure(
+        &self,
+        eco: Ecosystem,
+        version: &str,
+        code_dir: &Path,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<(LayerInfo, Built), DepsError> {
         let key = Self::key(eco, code_dir)?;
         let name = format!("{}-{}", eco.prefix(), &key[..16]);
         let _one = self.building.lock().expect("layer build lock");
@@ -299,15 +338,10 @@ impl Layers {
             let tmp = self.dir.join(format!(".{name}.{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp)?;
-            let out = eco.install(code_dir, &tmp)?;
-            if !out.status.success() {
+            let (ok, output) = run_streaming(eco.installer(code_dir, &tmp)?, progress)?;
+            if !ok {
                 let _ = std::fs::remove_dir_all(&tmp);
-                let text = format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                let tail: Vec<&str> = output.iter().rev().take(20).map(String::as_str).collect();
                 return Err(DepsError::Install(
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
                 ));

@@ -250,6 +250,41 @@ impl Api {
 
 // ------------------------------------------------------------------ commands
 
+/// Read a streamed deploy answer: print each progress line (a dependency installer's output)
+/// as it arrives, return the result or the error.
+async fn deploy_outcome(resp: reqwest::Response) -> anyhow::Result<Value> {
+    let streamed = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    if !streamed {
+        let body = resp.bytes().await.context("reading the daemon's answer")?;
+        return serde_json::from_slice(&body).context("the daemon's answer is not valid JSON");
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk.context("reading the daemon's answer")?);
+        while let Some(at) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=at).collect();
+            let v: Value = serde_json::from_slice(&line).context("the daemon's answer is not valid JSON")?;
+            if let Some(p) = v.get("progress") {
+                eprintln!("  | {}", text(p));
+            } else if let Some(r) = v.get("result") {
+                return Ok(r.clone());
+            } else if let Some(e) = v.get("error") {
+                return Err(Failure::Api {
+                    code: text(&e["code"]),
+                    message: text(&e["message"]),
+                }
+                .into());
+            }
+        }
+    }
+    bail!("the daemon's deploy answer ended without a result")
+}
+
 async fn deploy(api: &Api, dir: &Path) -> anyhow::Result<i32> {
     let spinner = ProgressBar::new_spinner().with_style(style("{spinner} packaging {msg}"));
     spinner.enable_steady_tick(Duration::from_millis(100));
@@ -301,10 +336,11 @@ async fn deploy(api: &Api, dir: &Path) -> anyhow::Result<i32> {
         .post(api.functions_url(&[]))
         .header(CONTENT_TYPE, "application/gzip")
         .header(CONTENT_LENGTH, total)
+        .header(reqwest::header::ACCEPT, "application/x-ndjson")
         .body(reqwest::Body::wrap_stream(stream));
-    let result = api.call(req).await;
+    let resp = api.send(req).await;
     bar.finish_and_clear();
-    let v = result?;
+    let v = deploy_outcome(resp?).await?;
 
     if api.json() {
         print_json(&v)?;

@@ -245,9 +245,15 @@ async fn deploy_examples(state: &AppState, dir: &Path) {
     dirs.sort();
     for d in dirs {
         let res = match crate::pack::package(&d) {
-            Ok(archive) => strata_gateway::deploy(&state.store, &state.orch, archive.into(), state.config.max_package)
-                .await
-                .map_err(|e| anyhow::anyhow!("{} ({})", e.message, e.code)),
+            Ok(archive) => strata_gateway::deploy(
+                &state.store,
+                &state.orch,
+                archive.into(),
+                state.config.max_package,
+                None,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{} ({})", e.message, e.code)),
             Err(e) => Err(e),
         };
         match res {

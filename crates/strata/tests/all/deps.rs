@@ -162,6 +162,10 @@ async fn a_node_function_uses_a_package_from_npm() {
         out.contains("dependencies installed") && out.contains("uuid==9.0.1"),
         "{out}"
     );
+    assert!(
+        out.contains("  | added 1 package"),
+        "npm's output streams to the CLI: {out}"
+    );
     let r = d.client().get(d.fn_url("ids")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(body_json(r).await, serde_json::json!({"valid": true, "v": 4}));
