@@ -97,6 +97,9 @@ impl Ecosystem {
                     "--no-warn-script-location",
                     "--root-user-action=ignore",
                     "--progress-bar=off",
+                    // Wheels only: building a source distribution runs its setup.py, as the
+                    // daemon's user, on the host.
+                    "--only-binary=:all:",
                     "--target",
                 ])
                 .arg(into)
