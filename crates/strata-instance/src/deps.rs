@@ -71,24 +71,45 @@ impl Ecosystem {
 
     /// The declared set as it is keyed: the manifest (normalized for Python) and, for Node,
     /// the lock file.
-    fn declared(self, code_dir: &Path) -> std::io::Result<String> {
+    ///
+    /// Only plain registry dependencies are accepted (see [`check_requirements`] and
+    /// [`check_package_json`]): the installer runs on the host, so nothing in these files may
+    /// point it at a local path, another file, a URL or a different index.
+    fn declared(self, code_dir: &Path) -> Result<String, DepsError> {
         let text = std::fs::read_to_string(code_dir.join(self.manifest()))?;
         Ok(match self {
-            Ecosystem::Python => normalize(&text),
+            Ecosystem::Python => check_requirements(&text).map_err(DepsError::Invalid)?,
             Ecosystem::Node => {
-                let lock = std::fs::read_to_string(code_dir.join("package-lock.json")).unwrap_or_default();
-                format!("{text}\n\0{lock}")
+                let lock = match std::fs::read_to_string(code_dir.join("package-lock.json")) {
+                    Ok(l) => Some(l),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e.into()),
+                };
+                check_package_json(&text, lock.as_deref()).map_err(DepsError::Invalid)?;
+                format!("{text}\n\0{}", lock.as_deref().unwrap_or("no lock"))
             }
         })
     }
 
+    /// The installer's version (part of a layer's key).
+    fn installer_version(self) -> std::io::Result<Vec<u8>> {
+        let out = match self {
+            Ecosystem::Python => Command::new(PYTHON).args(["-I", "-m", "pip", "--version"]).output()?,
+            Ecosystem::Node => Command::new("npm").arg("--version").output()?,
+        };
+        Ok(out.stdout)
+    }
+
     /// The installer's command, to run in `into` (an empty folder); Node's manifest and lock
-    /// are copied there first.
-    fn installer(self, code_dir: &Path, into: &Path) -> std::io::Result<Command> {
+    /// are copied there first. `declared` is what [`Ecosystem::declared`] checked.
+    fn installer(self, code_dir: &Path, into: &Path, declared: &Path) -> std::io::Result<Command> {
         Ok(match self {
             Ecosystem::Python => {
                 let mut cmd = Command::new(PYTHON);
+                // -I: not even the working folder goes on the path, so nothing can stand in
+                // for pip.
                 cmd.args([
+                    "-I",
                     "-m",
                     "pip",
                     "install",
@@ -104,8 +125,8 @@ impl Ecosystem {
                 ])
                 .arg(into)
                 .arg("-r")
-                .arg(code_dir.join("requirements.txt"))
-                .current_dir(code_dir);
+                .arg(declared)
+                .current_dir(into);
                 cmd
             }
             Ecosystem::Node => {
@@ -120,8 +141,16 @@ impl Ecosystem {
                 } else {
                     cmd.args(["install", "--no-package-lock"]);
                 }
-                cmd.args(["--omit=dev", "--no-audit", "--no-fund", "--loglevel=http"])
-                    .current_dir(into);
+                // No install scripts: they would run on the host, as the daemon's user. (Native
+                // addons that build or fetch themselves in a script do not work for that.)
+                cmd.args([
+                    "--omit=dev",
+                    "--no-audit",
+                    "--no-fund",
+                    "--ignore-scripts",
+                    "--loglevel=http",
+                ])
+                .current_dir(into);
                 cmd
             }
         })
@@ -223,6 +252,9 @@ pub enum Built {
 /// Installing a layer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DepsError {
+    /// The declared dependencies are not allowed (names the line or entry).
+    #[error("{0}")]
+    Invalid(String),
     /// The installer failed: its message.
     #[error("installing the dependencies failed:\n{0}")]
     Install(String),
@@ -248,6 +280,78 @@ pub struct Layers {
     building: Mutex<()>,
 }
 
+/// `requirements.txt` as it may be installed on the host: one requirement per line (a name,
+/// extras, version specifiers, an environment marker, `--hash=` options), normalized. Every
+/// other line is refused, named: options (`-r`, `-c`, `-e`, `-i`, `-f`, `--no-binary`, ...),
+/// URLs, direct references (`name @ url`) and local paths.
+pub fn check_requirements(text: &str) -> Result<String, String> {
+    let lines = normalize(text);
+    for (n, line) in lines.lines().enumerate() {
+        let bad = |why: &str| Err(format!("line {} {line:?}: {why}", n + 1));
+        if line.ends_with('\\') {
+            return bad("continuation lines are not supported");
+        }
+        let mut parts = line.split(" --hash=");
+        let req = parts.next().unwrap_or("").trim();
+        let hash_ok = |h: &str| {
+            h.trim().split_once(':').is_some_and(|(alg, hex)| {
+                alg.chars().all(|c| c.is_ascii_alphanumeric()) && hex.chars().all(|c| c.is_ascii_hexdigit())
+            })
+        };
+        if !parts.all(hash_ok) {
+            return bad("a --hash must be ALGORITHM:HEX");
+        }
+        if req.starts_with('-') {
+            return bad("installer options are not allowed, only requirements");
+        }
+        let (spec, marker) = req.split_once(';').unwrap_or((req, ""));
+        if !spec.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return bad("a requirement starts with a package name");
+        }
+        if spec.contains(['/', '\\', '@', ':']) || marker.contains("://") {
+            return bad("URLs, direct references and paths are not allowed, only packages from the index");
+        }
+    }
+    Ok(lines)
+}
+
+/// `package.json` (and its lock) as they may be installed on the host: dependencies from the
+/// registry only, no `file:`, `link:`, git, URL, GitHub or alias specifications, and every
+/// locked package resolved from `https://registry.npmjs.org/`.
+pub fn check_package_json(text: &str, lock: Option<&str>) -> Result<(), String> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("package.json is not valid JSON: {e}"))?;
+    for field in ["dependencies", "optionalDependencies", "peerDependencies"] {
+        let Some(deps) = v.get(field).and_then(|d| d.as_object()) else {
+            continue;
+        };
+        for (name, spec) in deps {
+            let spec = spec.as_str().unwrap_or("");
+            if spec.contains([':', '/', '\\']) {
+                return Err(format!(
+                    "package.json {field}.{name} = {spec:?}: only registry versions are allowed (no file:, git, URL or alias)"
+                ));
+            }
+        }
+    }
+    if let Some(lock) = lock {
+        let l: serde_json::Value =
+            serde_json::from_str(lock).map_err(|e| format!("package-lock.json is not valid JSON: {e}"))?;
+        for (path, entry) in l.get("packages").and_then(|p| p.as_object()).into_iter().flatten() {
+            if path.is_empty() {
+                continue;
+            }
+            let resolved = entry.get("resolved").and_then(|r| r.as_str()).unwrap_or("");
+            if entry.get("link").is_some() || !resolved.starts_with("https://registry.npmjs.org/") {
+                return Err(format!(
+                    "package-lock.json {path}: resolved {resolved:?}: only packages from https://registry.npmjs.org/ are allowed"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The requirement lines that matter: no blank lines, comments or trailing spaces.
 pub fn normalize(requirements: &str) -> String {
     requirements
@@ -256,6 +360,25 @@ pub fn normalize(requirements: &str) -> String {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `chmod -R a+rX`: every file readable by all, folders and executables traversable/runnable.
+fn readable_by_all(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(p)? {
+        let e = e?;
+        let m = std::fs::symlink_metadata(e.path())?;
+        if m.file_type().is_symlink() {
+            continue;
+        }
+        let mode = m.permissions().mode();
+        let add = if m.is_dir() || mode & 0o111 != 0 { 0o555 } else { 0o444 };
+        std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode | add))?;
+        if m.is_dir() {
+            readable_by_all(&e.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -299,12 +422,15 @@ impl Layers {
         })
     }
 
-    fn key(eco: Ecosystem, code_dir: &Path) -> std::io::Result<String> {
+    /// The key of a declared set: the ecosystem, the runtime's and the installer's versions,
+    /// and the checked declaration.
+    fn key(eco: Ecosystem, declared: &str) -> std::io::Result<String> {
         let mut h = Sha256::new();
         h.update(eco.prefix().as_bytes());
         h.update(b"\n");
         h.update(eco.runtime_version()?);
-        h.update(eco.declared(code_dir)?.as_bytes());
+        h.update(eco.installer_version()?);
+        h.update(declared.as_bytes());
         Ok(hex::encode(h.finalize()))
     }
 
@@ -329,7 +455,8 @@ impl Layers {
         code_dir: &Path,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<(LayerInfo, Built), DepsError> {
-        let key = Self::key(eco, code_dir)?;
+        let declared = eco.declared(code_dir)?;
+        let key = Self::key(eco, &declared)?;
         let name = format!("{}-{}", eco.prefix(), &key[..16]);
         let _one = self.building.lock().expect("layer build lock");
         let path = self.dir.join(&name);
@@ -341,7 +468,13 @@ impl Layers {
             let tmp = self.dir.join(format!(".{name}.{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp)?;
-            let (ok, output) = run_streaming(eco.installer(code_dir, &tmp)?, progress)?;
+            let declared_file = self.dir.join(format!(".{name}.{}.txt", std::process::id()));
+            std::fs::write(&declared_file, format!("{declared}\n"))?;
+            let result = eco
+                .installer(code_dir, &tmp, &declared_file)
+                .and_then(|cmd| run_streaming(cmd, progress));
+            let _ = std::fs::remove_file(&declared_file);
+            let (ok, output) = result?;
             if !ok {
                 let _ = std::fs::remove_dir_all(&tmp);
                 let tail: Vec<&str> = output.iter().rev().take(20).map(String::as_str).collect();
@@ -358,7 +491,10 @@ impl Layers {
                 });
             }
             // Readable and traversable by the sandbox's unprivileged uid.
-            let _ = Command::new("chmod").args(["-R", "a+rX"]).arg(&tmp).status();
+            if let Err(e) = readable_by_all(&tmp) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e.into());
+            }
             let info = LayerInfo {
                 name: name.clone(),
                 size_bytes: size,
@@ -445,6 +581,47 @@ mod tests {
             "the dead version's record goes too"
         );
         assert!(!d.path().join(".py-dddd.123").exists(), "a half-done install goes");
+    }
+
+    #[test]
+    fn only_plain_requirements_get_to_the_installer() {
+        assert_eq!(
+            check_requirements("jinja2==3.1.4 --hash=sha256:abc123\nrequests[socks]>=2 ; python_version >= \"3.8\"\n"),
+            Ok("jinja2==3.1.4 --hash=sha256:abc123\nrequests[socks]>=2 ; python_version >= \"3.8\"".to_owned())
+        );
+        for bad in [
+            "-r /etc/shadow",
+            "--index-url https://evil.example/simple",
+            "--no-binary :all:",
+            "-e ./pkg",
+            "./vendor/x.whl",
+            "pkg @ https://evil.example/pkg.whl",
+            "git+https://github.com/x/y",
+            "six --hash=sha256:zz",
+        ] {
+            assert!(check_requirements(bad).is_err(), "{bad}");
+        }
+        assert!(check_requirements("-c c.txt").unwrap_err().contains("line 1"));
+    }
+
+    #[test]
+    fn only_registry_packages_get_to_npm() {
+        assert_eq!(
+            check_package_json(r#"{"dependencies": {"uuid": "^9.0.1"}}"#, None),
+            Ok(())
+        );
+        for spec in [
+            "file:../x",
+            "git+ssh://git@github.com/a/b",
+            "user/repo",
+            "npm:other@1",
+            "https://x/y.tgz",
+        ] {
+            let pj = format!(r#"{{"dependencies": {{"x": "{spec}"}}}}"#);
+            assert!(check_package_json(&pj, None).is_err(), "{spec}");
+        }
+        let lock = r#"{"packages": {"": {}, "node_modules/x": {"resolved": "https://evil.example/x.tgz"}}}"#;
+        assert!(check_package_json(r#"{"dependencies": {"x": "1"}}"#, Some(lock)).is_err());
     }
 
     #[test]

@@ -136,6 +136,15 @@ async fn a_broken_requirement_fails_the_deploy_and_the_active_version_keeps_serv
         text.contains("No matching distribution found for strata-no-such-package-anywhere"),
         "the installer's own message: {text}"
     );
+    // Installer options never reach pip: they would read host files or change the index.
+    std::fs::write(bad.path().join("requirements.txt"), "six\n-r /etc/shadow\n").unwrap();
+    let out = d.cli(&["deploy", bad.path().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("requirements.txt: line 2 \"-r /etc/shadow\": installer options are not allowed"),
+        "{text}"
+    );
     let r = d.client().get(d.fn_url("steady")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "v1");
 }
