@@ -84,6 +84,7 @@ MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 RO_BIND = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_SECCOMP = 22
 PR_SET_NO_NEW_PRIVS = 38
@@ -251,10 +252,12 @@ def _prepare(req, fds, err_w):
     parent-death signal, no_new_privs, seccomp.
     """
     ncg = req["cgroups"]
-    rest = fds[ncg:]
+    rest = fds[ncg:-1]  # the last one is the payload (see _serve_one)
     netns_fd = None
     if req["netns"]:
         netns_fd, rest = rest[0], rest[1:]
+    if len(rest) != len(req["targets"]):
+        raise ValueError("%d descriptors for %d targets" % (len(rest), len(req["targets"])))
     mounts = [(os.write, (fd, b"0"), "cgroup") for fd in fds[:ncg]]
     mounts.append((_libc.unshare, (CLONE_NEWCGROUP,), "cgroup-ns"))
     if netns_fd is not None:
@@ -289,6 +292,8 @@ def _prepare(req, fds, err_w):
         (os.setgroups, ([],), "ids"),
         (os.setresgid, (gid, gid, gid), "ids"),
         (os.setresuid, (uid, uid, uid), "ids"),
+        # An exec would make it dumpable again (its /proc files its own); there is none here.
+        (_libc.prctl, (PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable"),
         # After the id switch: a credential change clears the parent-death signal.
         (_libc.prctl, (PR_SET_PDEATHSIG, 9, 0, 0, 0), "pdeathsig"),
         (_libc.syscall, (ctypes.c_long(NR["capset"]), ctypes.byref(_NO_CAPS[0]), _NO_CAPS[1]), "caps"),
@@ -367,10 +372,26 @@ def _run(argv):
     os._exit(status)
 
 
-def _sandbox(ops, env, argv, err_w):
+def _read_payload(fd):
+    """The function's argv and environment, from the memfd the backend sent (read only here,
+    in the sandbox's process, so the template's memory never holds them)."""
+    chunks, off = [], 0
+    while True:
+        b = os.pread(fd, 1 << 16, off)
+        if not b:
+            break
+        chunks.append(b)
+        off += len(b)
+    os.close(fd)
+    p = json.loads(b"".join(chunks))
+    return dict(p["env"]), p["argv"]
+
+
+def _sandbox(ops, payload_fd, err_w):
     """The sandbox's first process (pid 1 of its namespaces); the daemon is its parent."""
     mounts, rest = ops
     try:
+        env, argv = _read_payload(payload_fd)
         t0 = time.perf_counter()
         _execute(mounts)
         t1 = time.perf_counter()
@@ -400,9 +421,13 @@ def _serve_one(sock, req, fds):
     for fd in fds:
         os.close(fd)
     fds = high
-    ops = _prepare(req, fds, err_w_high)
-    env = dict(req["env"])
-    argv = req["argv"]
+    try:
+        ops = _prepare(req, fds, err_w_high)
+    except Exception:
+        for fd in fds + [err_r, err_w_high]:
+            os.close(fd)
+        raise
+    payload_fd = fds[-1]
     for s in (sys.stdout, sys.stderr):
         s.flush()
     # CLONE_PARENT: the sandbox is the daemon's child, as a cloned one is, so the daemon
@@ -414,7 +439,7 @@ def _serve_one(sock, req, fds):
             os.close(err_r)
         except BaseException:
             os._exit(127)
-        _sandbox(ops, env, argv, err_w_high)
+        _sandbox(ops, payload_fd, err_w_high)
         os._exit(127)
     os.close(err_w_high)
     for fd in fds:
@@ -464,6 +489,7 @@ def main():
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 n = len(payload) // 4
                 fds.extend(struct.unpack("%di" % n, payload[: n * 4]))
+        req = None
         try:
             req = json.loads(data)
             answer = _serve_one(sock, req, fds)
@@ -474,6 +500,7 @@ def main():
                 except OSError:
                     pass
             answer = {"error": "template: %s: %s" % (type(e).__name__, e), "errno": 0}
+        answer["id"] = req.get("id") if isinstance(req, dict) else None
         sock.send(json.dumps(answer).encode())
 
 

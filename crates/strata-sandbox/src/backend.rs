@@ -304,14 +304,16 @@ fn private_template(layout: &HostLayout) -> std::io::Result<Vec<PathBuf>> {
     let k = LinuxKernel;
     k.mount(None, c"/", None, libc::MS_REC | libc::MS_SLAVE, None)?;
     let (steps, made) = plan::template(layout).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let root = CString::new(layout.root_dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     for step in &steps {
         if let Err(e) = crate::kernel::apply(&k, step) {
-            if let Ok(root) = CString::new(layout.root_dir.as_os_str().as_bytes()) {
-                let _ = k.umount2(&root, libc::MNT_DETACH);
-            }
+            let _ = k.umount2(&root, libc::MNT_DETACH);
             return Err(std::io::Error::new(e.kind(), format!("{}: {e}", step.name())));
         }
     }
+    // Its binds of host folders would be slaves of the host's mounts: the host's later mount
+    // events must not reach the sandboxes made from it.
+    k.mount(None, &root, None, libc::MS_REC | libc::MS_PRIVATE, None)?;
     Ok(made)
 }
 

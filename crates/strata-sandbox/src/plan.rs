@@ -319,15 +319,21 @@ pub fn template(host: &HostLayout) -> Result<(Vec<Step>, Vec<PathBuf>)> {
 /// its own mounts: for a sandbox with code and no extra binds that is 5 mount calls, against
 /// about 25 calls from scratch.
 ///
-/// No `MakePrivate`: the spawner's namespace holds only slave copies of the host's mounts
-/// (events never flow from them to the host) and the template's private mounts.
+/// `MakePrivate` comes after the pivot, where it only has the sandbox's own few mounts to
+/// walk: the binds of host folders (code, extra mounts) are slaves of the host's mounts until
+/// then, and the host's later mount events must not reach a running sandbox. (Nothing flows
+/// the other way: the spawner's namespace holds only slave copies of the host's mounts.)
 pub fn on_template(spec: &SandboxSpec, host: &HostLayout, made: &[PathBuf]) -> Result<(Vec<Step>, Vec<Step>)> {
     let prepare = if spec.mounts.is_empty() {
         Vec::new()
     } else {
         mount_points(spec, host, &mut made.to_vec())?
     };
-    Ok((prepare, own_mounts(spec, host)?))
+    let mut child = own_mounts(spec, host)?;
+    let ro = child.pop();
+    child.push(Step::MakePrivate);
+    child.extend(ro);
+    Ok((prepare, child))
 }
 
 #[cfg(test)]
@@ -406,7 +412,10 @@ mod tests {
             "code, /tmp and /proc have mount points in the template"
         );
         let names: Vec<&str> = child.iter().map(Step::name).collect();
-        assert_eq!(names, ["bind-ro", "tmpfs", "proc", "pivot-root", "root-ro"]);
+        assert_eq!(
+            names,
+            ["bind-ro", "tmpfs", "proc", "pivot-root", "make-private", "root-ro"]
+        );
         assert_eq!(
             child[0],
             Step::BindReadOnly {
@@ -414,12 +423,13 @@ mod tests {
                 target: c"/run/strata/root/code".to_owned()
             }
         );
-        // The template is the scratch plan minus what is the sandbox's own.
+        // The template is the scratch plan minus what is the sandbox's own (which makes its
+        // mounts private after the pivot rather than before the skeleton).
         let scratch = build(&spec, &layout()).unwrap();
         assert_eq!(scratch[0], Step::MakePrivate);
         let mut joined = vec![Step::MakePrivate];
         joined.extend(template_steps.iter().cloned());
-        joined.extend(child.iter().cloned());
+        joined.extend(child.iter().filter(|s| **s != Step::MakePrivate).cloned());
         assert_eq!(scratch, joined);
         assert!(
             !template_steps

@@ -54,6 +54,9 @@ pub struct Template {
     name: String,
     sock: Mutex<OwnedFd>,
     child: Mutex<Child>,
+    /// Request ids: every answer echoes its request's, so a late answer is never taken for
+    /// the next request's.
+    seq: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Template {
@@ -83,6 +86,14 @@ impl Template {
             .lock()
             .map(|mut c| matches!(c.try_wait(), Ok(None)))
             .unwrap_or(false)
+    }
+
+    /// Stop the template process (a later [`Template::is_alive`] says false).
+    pub fn kill(&self) {
+        if let Ok(mut c) = self.child.lock() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// The template process's pid (host view).
@@ -242,6 +253,7 @@ impl Backend {
                 name: name.clone(),
                 sock: Mutex::new(ours),
                 child: Mutex::new(child),
+                seq: std::sync::atomic::AtomicU64::new(1),
             };
             let hello = recv(template.sock.lock().expect("sock lock").as_raw_fd())
                 .map_err(|e| template_err(format!("template {name} did not start: {e}")))?;
@@ -266,7 +278,7 @@ impl Backend {
 
 fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpec) -> Result<Sandbox> {
     let prepared = prepare(inner, &spec)?;
-    let request = (|| -> Result<Vec<u8>> {
+    let request = (|| -> Result<(Vec<u8>, u64, OwnedFd)> {
         let steps = prepared.plan.iter().map(wire_step).collect::<Result<Vec<_>>>()?;
         let program: Vec<u8> = inner
             .filter(spec.seccomp)
@@ -292,12 +304,10 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
                 .map(str::to_owned)
                 .ok_or_else(|| SandboxError::InvalidSpec(format!("{what} is not UTF-8")))
         };
-        let mut argv = vec![utf8("program", spec.program.as_os_str())?];
-        argv.extend(spec.args.iter().skip(1).cloned());
+        let id = template.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let req = serde_json::json!({
+            "id": id,
             "steps": steps,
-            "argv": argv,
-            "env": spec.env,
             "cwd": utf8("cwd", spec.cwd.as_os_str())?,
             "hostname": spec.hostname,
             "uid": spec.uid,
@@ -309,9 +319,21 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
             "cgroups": prepared.procs.len(),
             "netns": prepared.netns.is_some(),
         });
-        Ok(serde_json::to_vec(&req).expect("JSON of plain values"))
+        // The function's own data (argv, environment: often secrets) goes in a memfd that only
+        // the new process reads, after the clone: the template's memory, which every later
+        // sandbox starts from, never holds it.
+        let mut argv = vec![utf8("program", spec.program.as_os_str())?];
+        argv.extend(spec.args.iter().skip(1).cloned());
+        let payload = memfd_with(
+            &serde_json::to_vec(&serde_json::json!({"argv": argv, "env": spec.env})).expect("JSON of plain values"),
+        )
+        .map_err(|source| SandboxError::Sys {
+            op: "memfd for the sandbox's environment",
+            source,
+        })?;
+        Ok((serde_json::to_vec(&req).expect("JSON of plain values"), id, payload))
     })();
-    let request = match request {
+    let (request, id, payload) = match request {
         Ok(r) => r,
         Err(e) => {
             prepared.abandon(inner);
@@ -326,32 +348,43 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
             fds.push(inner.devnull());
         }
     }
+    fds.push(payload.as_raw_fd());
     let answer = {
         let sock = template.sock.lock().expect("template socket lock");
         send_with_fds(sock.as_raw_fd(), &request, &fds).and_then(|()| recv(sock.as_raw_fd()))
     };
-    let answer = match answer {
-        Ok(a) => a,
+    drop(payload);
+    let v = answer
+        .map_err(|e| e.to_string())
+        .and_then(|a| serde_json::from_slice::<serde_json::Value>(&a).map_err(|e| format!("bad answer: {e}")))
+        .and_then(|v| {
+            if v["id"].as_u64() == Some(id) {
+                Ok(v)
+            } else {
+                Err(format!("answer {} to request {id}: out of step", v["id"]))
+            }
+        });
+    let v = match v {
+        Ok(v) => v,
         Err(e) => {
+            // The template can no longer be trusted to answer in step: stop it (the runtime's
+            // template manager starts another), and take down whatever it may have started
+            // in this sandbox's cgroup before giving the group back.
+            template.kill();
+            prepared.cgroup.kill_all(inner.fs.as_ref());
             prepared.abandon(inner);
             return Err(template_err(format!("template {}: {e}", template.name)));
         }
     };
-    let v: serde_json::Value = match serde_json::from_slice(&answer) {
-        Ok(v) => v,
-        Err(e) => {
-            prepared.abandon(inner);
-            return Err(template_err(format!("template {}: bad answer: {e}", template.name)));
-        }
-    };
     let Some(pid) = v["pid"].as_i64().map(|p| p as i32) else {
-        prepared.abandon(inner);
         if let Some(failed) = v["pid_failed"].as_i64() {
-            // The sandbox's process exited after its failed setup; it is our child (see the
-            // module docs): reap it.
+            // The sandbox's process exits after its failed setup; it is our child (see the
+            // module docs): reap it, before its cgroup goes (a group with a process in it
+            // cannot be removed).
             // SAFETY: waitpid on a pid with a null status pointer.
             unsafe { libc::waitpid(failed as i32, std::ptr::null_mut(), 0) };
         }
+        prepared.abandon(inner);
         let message = v["error"].as_str().unwrap_or("no pid in the answer").to_owned();
         let (step, _) = message.split_once(':').unwrap_or((&message, ""));
         return match v["errno"].as_i64() {
@@ -366,8 +399,11 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if pidfd < 0 {
         let e = SandboxError::sys("pidfd_open");
-        // SAFETY: kill of the pid the template just started for us.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // SAFETY: kill and reap the pid the template just started for us (our child).
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
         prepared.abandon(inner);
         return Err(e);
     }
@@ -400,6 +436,20 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
         total,
     };
     Ok(sandbox)
+}
+
+/// A sealed-size anonymous file holding `data`, read from offset 0.
+fn memfd_with(data: &[u8]) -> std::io::Result<OwnedFd> {
+    // SAFETY: memfd_create with a static name; the result is a new descriptor we own.
+    let fd = unsafe { libc::memfd_create(c"strata-sandbox-env".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: just created, owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, data)?;
+    Ok(file.into())
 }
 
 fn hex_encode(b: &[u8]) -> String {

@@ -466,6 +466,9 @@ fn holder_entry() {
 
 #[test]
 fn a_killed_daemon_takes_its_sandboxes_along() {
+    // This process's backend first: starting it sweeps the groups of dead daemons, which must
+    // not happen between the holder's death and the check below that its groups are left.
+    let _ = backend();
     let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "holder_entry", "--nocapture", "--test-threads=1"])
         .env("STRATA_SANDBOX_HOLDER", "1")
@@ -641,4 +644,63 @@ fn templated_spawn_kill_cycles_leave_nothing_behind() {
         Vec::<String>::new(),
         "the template reaps its helpers"
     );
+}
+
+#[test]
+fn a_templated_sandbox_finds_no_other_sandboxs_environment_in_its_memory() {
+    // A gets a secret in its environment; B, forked later from the same template, scans its
+    // own memory for it. B knows only the secret's prefix and SHA-256, so the secret itself is
+    // in B's memory only if it leaked through the template.
+    let secret = format!("S3CR3T-{:016x}", std::process::id() as u64 * 0x9e37_79b9 + 12345);
+    let digest = {
+        use std::process::Command;
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import hashlib,sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest())",
+                &secret,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let mut a = python("import time; time.sleep(30)");
+    a.env.insert("API_KEY".into(), secret.clone());
+    let mut a = spawn_via(Via::Template, a).unwrap();
+    let scan = format!(
+        r#"
+import hashlib, re
+prefix = b"S3CR3T" + b"-"
+found = 0
+maps = open('/proc/self/maps').read().splitlines()
+with open('/proc/self/mem', 'rb', 0) as mem:
+    for line in maps:
+        addr, perms = line.split()[:2]
+        if not perms.startswith('rw'):
+            continue
+        lo, hi = (int(x, 16) for x in addr.split('-'))
+        try:
+            mem.seek(lo)
+            data = mem.read(hi - lo)
+        except OSError:
+            continue
+        for m in re.finditer(re.escape(prefix), data):
+            cand = data[m.start():m.start() + {len}]
+            if hashlib.sha256(cand).hexdigest() == '{digest}':
+                found += 1
+print(found)
+"#,
+        len = secret.len(),
+        digest = digest
+    );
+    let (exit, out, err) = run_via(Via::Template, python(&scan));
+    assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
+    assert_eq!(out.trim(), "0", "another sandbox's environment is in this one's memory");
+    // The scan does find the secret where it is: in the memory of a sandbox that has it.
+    let mut own = python(&scan);
+    own.env.insert("API_KEY".into(), secret.clone());
+    let (exit, out, err) = run_via(Via::Template, own);
+    assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
+    assert_ne!(out.trim(), "0", "the scan finds a sandbox's own environment");
+    a.terminate().unwrap();
 }
