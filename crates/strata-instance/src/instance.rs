@@ -227,6 +227,14 @@ impl Instance {
             source: runtimes.dir.clone(),
             target: "/strata/runtime".into(),
         });
+        if spec.runtime == Runtime::Exec && spec.mode == ExecMode::Stdio {
+            sb.mounts.push(BindMount {
+                source: runtimes.strata_bin.clone(),
+                target: "/strata/bin/strata".into(),
+            });
+        }
+        sb.env.extend(spec.env.clone());
+        // After the manifest's environment: a variable of the same name cannot unhook the layer.
         if let Some(deps) = &launch.deps {
             sb.mounts.push(BindMount {
                 source: deps.clone(),
@@ -240,13 +248,6 @@ impl Instance {
             let (k, v) = eco.env();
             sb.env.insert(k.into(), v);
         }
-        if spec.runtime == Runtime::Exec && spec.mode == ExecMode::Stdio {
-            sb.mounts.push(BindMount {
-                source: runtimes.strata_bin.clone(),
-                target: "/strata/bin/strata".into(),
-            });
-        }
-        sb.env.extend(spec.env.clone());
         for (k, v) in [
             ("STRATA_HANDLER", spec.handler.clone()),
             ("STRATA_CODE_DIR", "/code".into()),

@@ -94,8 +94,9 @@ impl KeepAlive {
     }
 
     fn with<R>(&self, name: &str, f: impl FnOnce(&mut dyn Policy, FnId, Millis) -> R) -> R {
-        let now = self.now();
         let mut inner = self.inner.lock().expect("keep-alive lock");
+        // Read under the lock, so events reach the policy in time order.
+        let now = self.now();
         let id = match inner.ids.get(name) {
             Some(&id) => id,
             None => {
@@ -117,7 +118,10 @@ impl KeepAlive {
         let now = self.now();
         let next = self.inner.lock().expect("keep-alive lock").policy.next_deadline(now)?;
         let policy_ms = next.saturating_sub(now) as f64;
-        Some(std::time::Duration::from_secs_f64(policy_ms / self.scale / 1000.0))
+        // At most a minute: a far deadline with a small time scale would overflow.
+        Some(std::time::Duration::from_secs_f64(
+            (policy_ms / self.scale / 1000.0).min(60.0),
+        ))
     }
 
     /// Resolves after the next event.

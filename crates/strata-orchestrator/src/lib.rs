@@ -347,8 +347,14 @@ impl Orchestrator {
             }
         }
         for name in &actions.prewarm {
-            if let Some(p) = pool_of(name) {
-                p.prewarm();
+            match pool_of(name) {
+                Some(p) => p.prewarm(),
+                // Gone since (removed, or a wasm function now): no instance after all.
+                None => {
+                    if let Some(ka) = &self.ctx.keep_alive {
+                        ka.lost(name, true);
+                    }
+                }
             }
         }
     }

@@ -146,7 +146,13 @@ impl Pool {
     pub(crate) fn prewarm(self: &Arc<Self>) {
         {
             let mut st = self.state.lock().expect("pool lock");
-            if st.draining {
+            let full = st.slots.len() as u32 + st.starting >= self.launch.spec.max_instances;
+            if st.draining || full {
+                // The policy counts the instance as idle from its decision on: tell it there is
+                // none after all.
+                if let Some(ka) = self.policy() {
+                    ka.lost(&self.launch.spec.name, true);
+                }
                 return;
             }
             st.starting += 1;
@@ -208,14 +214,6 @@ impl Pool {
                 // Hand the new instance to waiting calls, as many as it takes.
                 while st.slots[idx].inflight < self.launch.spec.concurrency {
                     let Some(w) = st.waiters.pop_front() else { break };
-                    if let Some(ka) = self.policy() {
-                        if st.slots[idx].inflight == 0 {
-                            // A prewarmed instance was idle as far as the policy knows.
-                            ka.call(&self.launch.spec.name, prewarmed);
-                        } else {
-                            ka.joined(&self.launch.spec.name);
-                        }
-                    }
                     st.slots[idx].inflight += 1;
                     let lease = Lease {
                         pool: Some(Arc::clone(&self)),
@@ -227,10 +225,30 @@ impl Pool {
                         // disarm it and undo the count here.
                         lease.pool = None;
                         st.slots[idx].inflight -= 1;
+                    } else if let Some(ka) = self.policy() {
+                        if st.slots[idx].inflight == 1 {
+                            // A prewarmed instance was idle as far as the policy knows.
+                            ka.call(&self.launch.spec.name, prewarmed);
+                        } else {
+                            ka.joined(&self.launch.spec.name);
+                        }
                     }
+                }
+                if st.slots[idx].inflight == 0
+                    && !prewarmed
+                    && let Some(ka) = self.policy()
+                {
+                    // Started for calls that found another instance meanwhile (or gave up):
+                    // the policy must know of it to stop it. It counts as a cold start that
+                    // went idle at once.
+                    ka.call(&self.launch.spec.name, false);
+                    ka.idle(&self.launch.spec.name);
                 }
                 let stop_now = st.draining && st.waiters.is_empty() && st.slots[idx].inflight == 0;
                 if stop_now {
+                    if let Some(ka) = self.policy() {
+                        ka.lost(&self.launch.spec.name, true);
+                    }
                     let slot = st.slots.remove(idx);
                     drop(st);
                     tokio::spawn(async move { slot.inst.stop().await });
@@ -238,6 +256,9 @@ impl Pool {
             }
             Err(e) => {
                 tracing::warn!(function = %self.launch.spec.name, error = %e, "instance failed to start");
+                if prewarmed && let Some(ka) = self.policy() {
+                    ka.lost(&self.launch.spec.name, true);
+                }
                 if st.slots.is_empty() && st.starting == 0 {
                     let msg = e.to_string();
                     for w in st.waiters.drain(..) {
@@ -256,7 +277,13 @@ impl Pool {
             if st.draining {
                 return Err(Error::Draining);
             }
+            let before = st.slots.len();
             st.slots.retain(|s| !s.inst.is_dead() || s.inflight > 0);
+            if let Some(ka) = self.policy() {
+                for _ in st.slots.len()..before {
+                    ka.lost(&self.launch.spec.name, true);
+                }
+            }
             let view = self.view(&st);
             if let Some(i) = scaling::pick(&view.slots, view.concurrency).filter(|&i| !st.slots[i].inst.is_dead()) {
                 let slot = &mut st.slots[i];
@@ -393,6 +420,9 @@ impl Pool {
             if Instant::now() >= deadline {
                 let slots: Vec<Slot> = self.state.lock().expect("pool lock").slots.drain(..).collect();
                 for s in slots {
+                    if let Some(ka) = self.policy() {
+                        ka.lost(&self.launch.spec.name, s.inflight == 0);
+                    }
                     s.inst.stop().await;
                 }
                 return;
