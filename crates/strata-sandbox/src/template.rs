@@ -24,18 +24,24 @@
 //! 3. the sandbox reports "ok" (with the time its mounts and privilege drop took) or the step
 //!    that failed and its errno; the template answers the backend with the pid or the error.
 //!
-//! Request (one datagram): a JSON object with `steps` (the plan, see [`wire_step`]), `argv`,
-//! `env`, `cwd`, `hostname`, `uid`, `gid`, `rlimits`, `cap_last`, `seccomp` (the program as
-//! hex, 8 bytes per instruction), `targets` (the descriptor number each passed descriptor gets),
-//! `cgroups` (how many of the passed descriptors are `cgroup.procs` files, sent first), `netns`
-//! (whether one network namespace descriptor follows them). Answer: `{"pid": N, "fork_us": …,
-//! "mounts_us": …, "privileges_us": …}` or `{"error": "step: message", "errno": N}`. The
-//! template announces itself with `{"ready": true}` once loaded.
+//! Request (one datagram): a JSON object with `id` (echoed in the answer), `steps` (the plan,
+//! see [`wire_step`]), `cwd`, `hostname`, `uid`, `gid`, `rlimits`, `cap_last`, `seccomp` (the
+//! program as hex, 8 bytes per instruction), `targets` (the descriptor number each passed
+//! descriptor gets), `cgroups` (how many of the passed descriptors are `cgroup.procs` files,
+//! sent first), `netns` (whether one network namespace descriptor follows them). The last
+//! descriptor is a memfd with the function's `argv` and `env` (JSON), read only by the new
+//! process after the clone: the template itself never holds one function's data for the
+//! next. Answer: `{"id": …, "pid": N, "fork_us": …, "mounts_us": …, "privileges_us": …}` or
+//! `{"id": …, "error": "step: message", "errno": N}`. The template announces itself with
+//! `{"ready": true}` once loaded.
 //!
 //! What a templated sandbox shares with its siblings, beyond what every sandbox shares: the
 //! template's memory image (copy-on-write; only the runtime and platform code, no function's
-//! code or data) — including the runtime's per-process secrets, such as Python's string hash
-//! seed, so hash-flooding resistance across instances is weaker than with fresh processes.
+//! code or data), and with it the per-process secrets set at the template's start: Python's
+//! string hash seed, the address layout, the stack canary and pointer guard. A function learns
+//! them for every other function forked from the same template, which weakens hash-flooding
+//! resistance and makes memory-corruption exploits against sibling instances easier. (Not yet
+//! done: re-executing the template every N forks.)
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
