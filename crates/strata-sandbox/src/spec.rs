@@ -10,7 +10,7 @@ use std::time::Duration;
 pub struct SandboxSpec {
     /// Absolute path of the executable, as seen inside the sandbox.
     pub program: PathBuf,
-    /// argv, including argv[0].
+    /// argv, including `argv[0]`.
     pub args: Vec<String>,
     /// The complete environment of the process (nothing is inherited from the host).
     pub env: BTreeMap<String, String>,
