@@ -175,13 +175,21 @@ impl Ecosystem {
 
 /// Run `cmd`, handing each line of its stdout and stderr to `progress` as it comes. Returns
 /// whether it succeeded and every line.
+///
+/// The installer gets [`INSTALL_TIME_LIMIT`]: then its whole process group is killed and the
+/// last line says so.
 fn run_streaming(mut cmd: Command, progress: &(dyn Fn(&str) + Sync)) -> std::io::Result<(bool, Vec<String>)> {
     use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()?;
+    let pgid = child.id() as libc::pid_t;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let timed_out = std::sync::atomic::AtomicBool::new(false);
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let lines = Mutex::new(Vec::new());
     let pump = |r: Box<dyn std::io::Read + Send>| {
@@ -190,17 +198,38 @@ fn run_streaming(mut cmd: Command, progress: &(dyn Fn(&str) + Sync)) -> std::io:
             lines.lock().expect("lines lock").push(line);
         }
     };
+    let flag = &timed_out;
     std::thread::scope(|s| {
-        if let Some(e) = stderr {
-            s.spawn(|| pump(Box::new(e)));
-        }
+        s.spawn(move || {
+            if done_rx.recv_timeout(INSTALL_TIME_LIMIT) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                // SAFETY: kill(2) of the installer's own process group.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
+        });
+        let err = stderr.map(|e| s.spawn(|| pump(Box::new(e))));
         if let Some(o) = stdout {
             pump(Box::new(o));
         }
+        if let Some(e) = err {
+            let _ = e.join();
+        }
+        drop(done_tx);
     });
     let status = child.wait()?;
-    Ok((status.success(), lines.into_inner().expect("lines lock")))
+    let mut lines = lines.into_inner().expect("lines lock");
+    if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
+        lines.push(format!(
+            "strata: the installer did not finish within {} s and was stopped",
+            INSTALL_TIME_LIMIT.as_secs()
+        ));
+        return Ok((false, lines));
+    }
+    Ok((status.success(), lines))
 }
+
+/// How long an installer may run.
+const INSTALL_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// `name==version` of the packages in a `node_modules` folder (top level and scoped).
 fn node_packages(dir: &Path) -> Vec<String> {
@@ -622,6 +651,19 @@ mod tests {
         }
         let lock = r#"{"packages": {"": {}, "node_modules/x": {"resolved": "https://evil.example/x.tgz"}}}"#;
         assert!(check_package_json(r#"{"dependencies": {"x": "1"}}"#, Some(lock)).is_err());
+    }
+
+    #[test]
+    fn installer_output_streams_and_a_failure_keeps_it() {
+        let seen = Mutex::new(Vec::new());
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo one; echo two >&2; exit 3"]);
+        let (ok, lines) = run_streaming(cmd, &|l: &str| seen.lock().unwrap().push(l.to_owned())).unwrap();
+        assert!(!ok);
+        let mut lines = lines;
+        lines.sort();
+        assert_eq!(lines, ["one", "two"]);
+        assert_eq!(seen.lock().unwrap().len(), 2);
     }
 
     #[test]

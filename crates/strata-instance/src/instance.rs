@@ -286,9 +286,21 @@ impl Instance {
         };
         let t0 = Instant::now();
         let (sandbox, path) = tokio::task::spawn_blocking(move || match templates.and_then(|t| t.python()) {
-            Some(template) => backend
-                .spawn_from_template(&template, sb)
-                .map(|s| (s, ColdPath::RuntimeTemplate)),
+            Some(template) => {
+                // Kept to start from scratch should the template fail (not the sandbox setup).
+                let fallback = sb.try_clone();
+                match backend.spawn_from_template(&template, sb) {
+                    Err(strata_sandbox::SandboxError::Template(msg)) => {
+                        tracing::warn!(error = %msg, "runtime template failed; starting from scratch");
+                        let spec = fallback.map_err(|source| strata_sandbox::SandboxError::Sys {
+                            op: "duplicate descriptors",
+                            source,
+                        })?;
+                        backend.spawn(spec).map(|s| (s, ColdPath::Scratch))
+                    }
+                    r => r.map(|s| (s, ColdPath::RuntimeTemplate)),
+                }
+            }
             None => backend.spawn(sb).map(|s| (s, ColdPath::Scratch)),
         })
         .await

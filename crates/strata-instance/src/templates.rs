@@ -1,7 +1,8 @@
 //! The runtime templates instances are forked from (one per runtime that has one: Python).
 //!
-//! A template is started once, kept while it lives, and restarted on demand after it died, at
-//! most once per [`RESTART_BACKOFF`]; while none is available, instances start from scratch.
+//! A template is started once, kept while it lives, and restarted on demand after it died;
+//! after a start that failed, the next attempt waits [`RESTART_BACKOFF`]. While none is
+//! available, instances start from scratch.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use strata_sandbox::{Backend, Template};
 
-/// The least time between two attempts to start a template.
+/// The least time between a failed attempt to start a template and the next.
 pub const RESTART_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runtime templates of one daemon.
@@ -69,6 +70,9 @@ impl Templates {
             Ok(t) => {
                 tracing::info!(pid = t.pid(), "Python runtime template ready");
                 let t = Arc::new(t);
+                // The back-off is for starts that fail: after a good start, a template that
+                // dies is replaced at once.
+                slot.last_attempt = None;
                 slot.current = Some(Arc::clone(&t));
                 Some(t)
             }

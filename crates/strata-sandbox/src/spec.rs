@@ -51,6 +51,36 @@ pub const CODE_DIR: &str = "/code";
 pub const DEFAULT_UID: u32 = 65534;
 
 impl SandboxSpec {
+    /// A copy with duplicated descriptors (to start the same sandbox another way after one
+    /// failed).
+    pub fn try_clone(&self) -> std::io::Result<SandboxSpec> {
+        Ok(SandboxSpec {
+            program: self.program.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+            code: self.code.clone(),
+            mounts: self.mounts.clone(),
+            limits: self.limits.clone(),
+            network: self.network,
+            netns_key: self.netns_key.clone(),
+            fds: self
+                .fds
+                .iter()
+                .map(|m| {
+                    Ok(FdMapping {
+                        fd: m.fd.try_clone()?,
+                        target: m.target,
+                    })
+                })
+                .collect::<std::io::Result<_>>()?,
+            seccomp: self.seccomp,
+            uid: self.uid,
+            gid: self.gid,
+            hostname: self.hostname.clone(),
+        })
+    }
+
     /// A spec running `program` with `args` and safe defaults for everything else.
     pub fn new(program: impl Into<PathBuf>, args: Vec<String>) -> Self {
         let program = program.into();

@@ -315,3 +315,49 @@ async fn python_instances_fork_from_the_runtime_template_and_share_nothing() {
         assert_eq!(recs[0]["cold_start"]["path"], "runtime_template", "{name}: {}", recs[0]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_runtime_template_is_replaced_and_calls_go_on() {
+    let d = Daemon::start();
+    let f = function_dir(&[
+        (
+            "strata.toml",
+            "name = \"phoenix\"\nruntime = \"python\"\nhandler = \"main:handle\"\nkeep_alive = \"0s\"\n",
+        ),
+        ("main.py", "def handle(r):\n    return 'up'\n"),
+    ]);
+    d.deploy(f.path());
+    let c = d.client();
+    assert_eq!(
+        c.get(d.fn_url("phoenix")).send().await.unwrap().text().await.unwrap(),
+        "up"
+    );
+    // The template: the daemon's child running zygote.py.
+    let daemon = d.pid_raw().to_string();
+    let zygotes: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let cmdline = std::fs::read_to_string(e.path().join("cmdline")).ok()?;
+            let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim().to_owned();
+            (ppid == daemon && cmdline.contains("zygote.py")).then_some(pid)
+        })
+        .collect();
+    assert_eq!(zygotes.len(), 1, "one runtime template");
+    // SAFETY: kill(2) of the template process found above.
+    unsafe { libc::kill(zygotes[0], libc::SIGKILL) };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        let r = c.get(d.fn_url("phoenix")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "up");
+    }
+    let recs = records(&d, "phoenix", 4).await;
+    assert_eq!(
+        recs[0]["cold_start"]["path"], "runtime_template",
+        "a new template: {}",
+        recs[0]
+    );
+}
