@@ -364,12 +364,7 @@ def _run(argv):
     except BaseException:
         traceback.print_exc()
         status = 1
-    for s in (sys.stdout, sys.stderr):
-        try:
-            s.flush()
-        except Exception:
-            pass
-    os._exit(status)
+    bootstrap._die(status)
 
 
 def _read_payload(fd):

@@ -1253,14 +1253,15 @@ impl Breakdown {
 }
 
 /// The breakdown of the last `n` calls of `name`, which has had `total` calls.
-fn breakdown(addr: SocketAddr, name: &str, n: u64, total: u64) -> anyhow::Result<Breakdown> {
+/// The newest `limit` invocation records of a function, newest first. Records are written in
+/// batches: this waits (up to 5 s) until there are `limit` of them.
+pub(crate) fn records(addr: SocketAddr, name: &str, limit: usize) -> anyhow::Result<Vec<Value>> {
     let req = request(
         "GET",
-        &format!("/api/v1/functions/{name}/invocations?limit={total}"),
+        &format!("/api/v1/functions/{name}/invocations?limit={limit}"),
         b"",
     );
     let mut client = Client::new(addr);
-    // Records are written in batches: wait (a little) for the last ones.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let r = client.call(&req)?;
@@ -1272,12 +1273,17 @@ fn breakdown(addr: SocketAddr, name: &str, n: u64, total: u64) -> anyhow::Result
             );
         }
         let records: Vec<Value> = serde_json::from_slice(&r.body).context("invocation records")?;
-        if records.len() as u64 >= total || Instant::now() > deadline {
-            // Newest first: the measured calls.
-            return Ok(summarize(&records[..records.len().min(n as usize)]));
+        if records.len() >= limit || Instant::now() > deadline {
+            return Ok(records);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn breakdown(addr: SocketAddr, name: &str, n: u64, total: u64) -> anyhow::Result<Breakdown> {
+    let records = records(addr, name, total as usize)?;
+    // Newest first: the measured calls.
+    Ok(summarize(&records[..records.len().min(n as usize)]))
 }
 
 fn summarize(records: &[Value]) -> Breakdown {

@@ -15,11 +15,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::bench::{Client, Daemon, Machine, replace_section_under, request, utc_now};
+use crate::bench::{Client, Daemon, Machine, records, replace_section_under, request, utc_now};
 
 const HEADING: &str = "## Python cold starts: runtime template (cargo xtask bench-cold)";
 const P50_MAX_MS: f64 = 5.0;
@@ -57,21 +57,6 @@ fn spawn_python() -> anyhow::Result<u64> {
         bail!("python3 -c pass: {st}");
     }
     Ok(us.max(1))
-}
-
-/// The newest `n` records of a function (waiting a little for the batched writes).
-fn records(addr: SocketAddr, name: &str, n: usize) -> anyhow::Result<Vec<Value>> {
-    let req = request("GET", &format!("/api/v1/functions/{name}/invocations?limit={n}"), b"");
-    let mut client = Client::new(addr);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = client.call(&req)?;
-        let v: Vec<Value> = serde_json::from_slice(&r.body).context("invocation records")?;
-        if v.len() >= n || Instant::now() > deadline {
-            return Ok(v);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -23,7 +23,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 use strata_policy::{Config, MINUTE, PolicyKind};
 
 use crate::bench::{Client, Daemon, Machine, replace_section_under, request, utc_now};
@@ -109,25 +108,12 @@ fn deploy(bin: &Path, url: &str, dir: &Path, name: &str) -> anyhow::Result<()> {
 }
 
 fn cold_count(addr: SocketAddr, name: &str, calls: usize) -> anyhow::Result<u64> {
-    let req = request(
-        "GET",
-        &format!("/api/v1/functions/{name}/invocations?limit={}", calls + 10),
-        b"",
-    );
-    let mut client = Client::new(addr);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = client.call(&req)?;
-        let v: Vec<Value> = serde_json::from_slice(&r.body).context("invocation records")?;
-        if v.len() >= calls || Instant::now() > deadline {
-            let failed = v.iter().filter(|r| r["status"].as_u64() != Some(200)).count();
-            if failed > 0 {
-                bail!("{name}: {failed} calls did not answer 200");
-            }
-            return Ok(v.iter().filter(|r| !r["cold_start"].is_null()).count() as u64);
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let v = crate::bench::records(addr, name, calls)?;
+    let failed = v.iter().filter(|r| r["status"].as_u64() != Some(200)).count();
+    if failed > 0 {
+        bail!("{name}: {failed} calls did not answer 200");
     }
+    Ok(v.iter().filter(|r| !r["cold_start"].is_null()).count() as u64)
 }
 
 /// One policy through the daemon: cold starts per function.

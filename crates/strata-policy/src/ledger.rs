@@ -130,7 +130,7 @@ impl Ledger {
     /// A call needed an instance: the most recently idle one takes it when `warm` (and there
     /// is one), else a new one starts. Returns whether an idle instance was taken.
     pub fn call(&mut self, f: FnId, warm: bool) -> bool {
-        let took = warm && self.take_newest(f).is_some();
+        let took = warm && self.take(f, true).is_some();
         self.book_mut(f).busy += 1;
         self.sync(f);
         took
@@ -151,7 +151,7 @@ impl Ledger {
     /// An instance ended without a decision.
     pub fn lost(&mut self, f: FnId, idle: bool) {
         if idle && !self.book(f).idle.is_empty() {
-            self.take_oldest(f);
+            self.take(f, false);
         } else {
             let b = self.book_mut(f);
             b.busy = b.busy.saturating_sub(1);
@@ -162,7 +162,7 @@ impl Ledger {
     /// Stop `f`'s longest-idle instance (the caller checked it is stoppable).
     pub fn stop_oldest(&mut self, f: FnId) -> Idle {
         debug_assert!(self.book(f).stoppable() > 0, "stopping below min_instances");
-        let slot = self.take_oldest(f).expect("a stoppable instance exists");
+        let slot = self.take(f, false).expect("a stoppable instance exists");
         self.sync(f);
         Idle {
             f,
@@ -247,7 +247,9 @@ impl Ledger {
         self.sync(f);
     }
 
-    fn take_newest(&mut self, f: FnId) -> Option<Slot> {
+    /// Take `f`'s most recently idle instance (`newest`: a warm call takes it) or its longest
+    /// idle one (a stop).
+    fn take(&mut self, f: FnId, newest: bool) -> Option<Slot> {
         let Ledger {
             books,
             evictable,
@@ -255,26 +257,14 @@ impl Ledger {
             ..
         } = self;
         let b = &mut books[f as usize];
-        let at = b.idle.len().checked_sub(1)?;
-        let slot = b.idle.pop_back().expect("not empty");
-        if at < b.listed {
-            b.listed -= 1;
-            evictable.remove(&(slot.key, f, slot.seq));
-        }
-        *idle_mb -= u64::from(b.profile.memory_mb);
-        Some(slot)
-    }
-
-    fn take_oldest(&mut self, f: FnId) -> Option<Slot> {
-        let Ledger {
-            books,
-            evictable,
-            idle_mb,
-            ..
-        } = self;
-        let b = &mut books[f as usize];
-        let slot = b.idle.pop_front()?;
-        if b.listed > 0 {
+        // The first `listed` idle instances (the oldest) are in the evictable set.
+        let (slot, was_listed) = if newest {
+            let at = b.idle.len().checked_sub(1)?;
+            (b.idle.pop_back().expect("not empty"), at < b.listed)
+        } else {
+            (b.idle.pop_front()?, b.listed > 0)
+        };
+        if was_listed {
             b.listed -= 1;
             evictable.remove(&(slot.key, f, slot.seq));
         }
