@@ -797,15 +797,11 @@ def _load_handler(spec):
     return fn
 
 
-def main(runtime_dir=None):
-    """Serve as an instance. runtime_dir: where strata.py is (default: this file's folder)."""
+def setup(runtime_dir=None):
+    """Prepare this interpreter to load and serve a handler: the import path (platform, code,
+    dependency layer), the working directory and the captured streams. Returns (handler spec,
+    concurrency). runtime_dir: where strata.py is (default: this file's folder)."""
     global Response
-    try:
-        posix.fstat(CTRL_FD)
-    except OSError:
-        sys.stderr.write("strata bootstrap: fd 3 (the control channel) is not open\n")
-        sys.exit(2)
-
     runtime_dir = runtime_dir or _dirname(_abspath(__file__))
     code_dir = _abspath(_env("STRATA_CODE_DIR") or "/code")
     spec = _env("STRATA_HANDLER") or "main:handle"
@@ -840,17 +836,38 @@ def main(runtime_dir=None):
             pass
     sys.stdout = _Stream(sys.__stdout__, "stdout")
     sys.stderr = _Stream(sys.__stderr__, "stderr")
+    return spec, concurrency
 
+
+def load(spec):
+    """Import the handler: (handler, import ms), or (None, the error message)."""
     t0 = time.perf_counter()
     try:
         handler = _load_handler(spec)
     except BaseException as e:  # SyntaxError, ImportError, SystemExit, ... all fail the init
-        msg = _clip(_format_exc(e))
-        _send(('{"t":"init_error","message":%s}' % _encode(msg)).encode("utf-8", "replace"))
-        _die(1)
-    import_ms = (time.perf_counter() - t0) * 1000.0
+        return None, _clip(_format_exc(e))
+    return handler, (time.perf_counter() - t0) * 1000.0
+
+
+def serve(handler, concurrency, import_ms):
+    """Announce readiness on the control channel and serve calls until it closes."""
     _send(('{"t":"ready","import_ms":%.3f}' % import_ms).encode())
     _serve(handler, concurrency)
+
+
+def main(runtime_dir=None):
+    """Serve as an instance. runtime_dir: where strata.py is (default: this file's folder)."""
+    try:
+        posix.fstat(CTRL_FD)
+    except OSError:
+        sys.stderr.write("strata bootstrap: fd 3 (the control channel) is not open\n")
+        sys.exit(2)
+    spec, concurrency = setup(runtime_dir)
+    handler, got = load(spec)
+    if handler is None:
+        _send(('{"t":"init_error","message":%s}' % _encode(got)).encode("utf-8", "replace"))
+        _die(1)
+    serve(handler, concurrency, got)
 
 
 if __name__ == "__main__":

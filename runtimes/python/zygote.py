@@ -52,6 +52,8 @@ import bootstrap  # noqa: E402
 import strata  # noqa: E402,F401
 
 sys.path.remove(RUNTIME_DIR)
+# The function template (fntemplate.py), forked from here, uses this module's helpers.
+sys.modules.setdefault("zygote", sys.modules[__name__])
 
 CTRL_FD = 3
 IN_SANDBOX_RUNTIME = "/strata/runtime/python"

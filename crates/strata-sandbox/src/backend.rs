@@ -78,6 +78,7 @@ pub(crate) struct Inner {
     pub(crate) cgroups: Arc<crate::cgpool::CgroupPool>,
     filters_errno: Filters,
     filters_kill: Filters,
+    filters_forker: Filters,
     cap_last: u32,
     devnull: OwnedFd,
     jobs: mpsc::Sender<Job>,
@@ -256,6 +257,7 @@ impl Backend {
                 cgroups,
                 filters_errno: seccomp::compile(SeccompMode::Errno)?,
                 filters_kill: seccomp::compile(SeccompMode::Kill)?,
+                filters_forker: seccomp::compile(SeccompMode::Forker)?,
                 cap_last: cap_last(),
                 devnull,
                 jobs,
@@ -369,6 +371,30 @@ impl Prepared {
     }
 }
 
+/// A cgroup with `limits`, and its `cgroup.procs` files open for writing.
+pub(crate) fn take_cgroup(
+    inner: &Inner,
+    limits: &crate::spec::Limits,
+) -> Result<(crate::cgroup::Cgroup, Vec<OwnedFd>)> {
+    let cgroup = inner.cgroups.take(limits)?;
+    match cgroup
+        .procs_files()
+        .iter()
+        .map(|p| File::options().write(true).open(p).map(OwnedFd::from))
+        .collect::<std::io::Result<_>>()
+    {
+        Ok(procs) => Ok((cgroup, procs)),
+        Err(source) => {
+            let _ = cgroup.remove(inner.fs.as_ref());
+            Err(SandboxError::Cgroup {
+                op: "open",
+                path: cgroup.procs_files()[0].clone(),
+                source,
+            })
+        }
+    }
+}
+
 /// Check a spec, plan its root, take a cgroup and a network namespace.
 pub(crate) fn prepare(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Prepared> {
     let t0 = Instant::now();
@@ -406,23 +432,7 @@ pub(crate) fn prepare(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Prepared
     };
 
     let t_cg = Instant::now();
-    let cgroup = inner.cgroups.take(&spec.limits)?;
-    let procs: Vec<OwnedFd> = match cgroup
-        .procs_files()
-        .iter()
-        .map(|p| File::options().write(true).open(p).map(OwnedFd::from))
-        .collect::<std::io::Result<_>>()
-    {
-        Ok(v) => v,
-        Err(source) => {
-            let _ = cgroup.remove(inner.fs.as_ref());
-            return Err(SandboxError::Cgroup {
-                op: "open",
-                path: cgroup.procs_files()[0].clone(),
-                source,
-            });
-        }
-    };
+    let (cgroup, procs) = take_cgroup(inner, &spec.limits)?;
     let cgroup_time = t_cg.elapsed();
 
     let t_ns = Instant::now();
@@ -467,6 +477,7 @@ impl Inner {
         match mode {
             SeccompMode::Errno => &self.filters_errno,
             SeccompMode::Kill => &self.filters_kill,
+            SeccompMode::Forker => &self.filters_forker,
         }
     }
 

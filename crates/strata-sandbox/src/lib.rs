@@ -65,6 +65,7 @@ mod cgpool;
 pub mod cgroup;
 mod child;
 mod error;
+mod fork;
 pub mod kernel;
 pub mod netns;
 pub mod plan;
@@ -75,6 +76,7 @@ mod template;
 
 pub use backend::{Backend, BackendConfig};
 pub use error::{Result, SandboxError};
+pub use fork::ForkServer;
 pub use sandbox::Sandbox;
 pub use spec::{
     BindMount, CODE_DIR, DEFAULT_UID, Exit, ExitKind, FdMapping, Limits, NetworkMode, SandboxSpec, SeccompMode,

@@ -261,6 +261,11 @@ fn mount_points(spec: &SandboxSpec, host: &HostLayout, made: &mut Vec<PathBuf>) 
     Ok(steps)
 }
 
+/// The tmpfs options of a sandbox's /tmp.
+pub(crate) fn tmp_options(spec: &SandboxSpec) -> String {
+    format!("size={},mode=1777", spec.limits.tmp_bytes)
+}
+
 /// What is this sandbox's own, done in its mount namespace on top of a skeleton: the code and
 /// extra binds, its own /tmp and /proc, the pivot and the read-only remount of the root.
 fn own_mounts(spec: &SandboxSpec, host: &HostLayout) -> Result<Vec<Step>> {
@@ -281,8 +286,7 @@ fn own_mounts(spec: &SandboxSpec, host: &HostLayout) -> Result<Vec<Step>> {
     steps.push(Step::Tmpfs {
         target: cstr(&under(root, Path::new("/tmp"))?)?,
         flags: libc::MS_NOSUID | libc::MS_NODEV,
-        options: CString::new(format!("size={},mode=1777", spec.limits.tmp_bytes))
-            .expect("a formatted number has no NUL byte"),
+        options: CString::new(tmp_options(spec)).expect("a formatted number has no NUL byte"),
     });
     steps.push(Step::Proc {
         target: cstr(&root.join("proc"))?,

@@ -21,6 +21,13 @@ pub struct Sandbox {
     live: std::sync::OnceLock<Option<LiveFiles>>,
     /// The network namespace and its reuse key, given back to the pool at teardown.
     pub(crate) netns: Option<(String, OwnedFd)>,
+    /// For a sandbox forked by a function template (not the daemon's child, so `waitid`
+    /// cannot reap it): the read end of the pipe on which the template, its reaper, writes
+    /// the wait status. End of file without a status: the template died, and the kernel
+    /// killed the sandbox with it.
+    pub(crate) exit_pipe: Option<OwnedFd>,
+    /// What must live as long as the sandbox (its function template).
+    pub(crate) keep: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 struct LiveFiles {
@@ -55,6 +62,8 @@ impl Sandbox {
             timings: SpawnTimings::default(),
             live: std::sync::OnceLock::new(),
             netns: None,
+            exit_pipe: None,
+            keep: None,
         }
     }
 
@@ -63,9 +72,11 @@ impl Sandbox {
         self.pid
     }
 
-    /// A pidfd of the first process: readable once it has exited (for async waiting).
+    /// A descriptor that becomes readable once the sandbox has exited and can be reaped
+    /// without blocking (for async waiting): the pidfd of the first process, or for a sandbox
+    /// forked by a function template the pipe its exit status arrives on.
     pub fn pidfd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
+        self.exit_pipe.as_ref().unwrap_or(&self.pidfd).as_fd()
     }
 
     /// How long each phase of the start took.
@@ -165,6 +176,20 @@ impl Sandbox {
         if let Some(e) = self.exit {
             return Ok(Some(e));
         }
+        if let Some(pipe) = &self.exit_pipe {
+            let Some(kind) = read_status(pipe, flags & libc::WNOHANG != 0)? else {
+                return Ok(None);
+            };
+            let usage = self.teardown();
+            let kind = match kind {
+                ExitKind::Signaled(libc::SIGKILL) if usage.oom_kills > 0 => ExitKind::Oom,
+                k => k,
+            };
+            let exit = Exit { kind, usage };
+            self.exit = Some(exit);
+            self.keep.take();
+            return Ok(Some(exit));
+        }
         // SAFETY: siginfo_t is plain data; waitid fills it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         loop {
@@ -225,6 +250,43 @@ impl Sandbox {
         }
         usage
     }
+}
+
+/// The wait status a function template wrote for its forked sandbox (see `exit_pipe`).
+fn read_status(pipe: &OwnedFd, nohang: bool) -> Result<Option<ExitKind>> {
+    let mut pfd = libc::pollfd {
+        fd: pipe.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: poll on one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, if nohang { 0 } else { -1 }) };
+        if rc > 0 {
+            break;
+        }
+        if rc == 0 {
+            return Ok(None);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(SandboxError::Sys { op: "poll", source: e });
+        }
+    }
+    let mut buf = [0u8; 4];
+    // SAFETY: reading into a buffer we own; the status is written in one 4-byte write.
+    let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), 4) };
+    if n != 4 {
+        // The template died (end of file): the kernel killed its pid namespace, this sandbox
+        // included.
+        return Ok(Some(ExitKind::Signaled(libc::SIGKILL)));
+    }
+    let status = i32::from_ne_bytes(buf);
+    Ok(Some(if libc::WIFEXITED(status) {
+        ExitKind::Exited(libc::WEXITSTATUS(status))
+    } else {
+        ExitKind::Signaled(libc::WTERMSIG(status))
+    }))
 }
 
 impl Drop for Sandbox {

@@ -76,6 +76,10 @@ const NS_FLAGS: &[u64] = &[
     libc::CLONE_NEWCGROUP as u64,
 ];
 
+/// Calls of [`DENIED`] a function template may make (see [`SeccompMode::Forker`]): it mounts
+/// its instances' /tmp and /proc and makes their namespaces (inside its own user namespace).
+const FORKER_ALLOWED: &[&str] = &["mount", "unshare"];
+
 /// The compiled filter.
 #[derive(Debug, Clone)]
 pub struct Filters {
@@ -224,10 +228,20 @@ pub fn compile(mode: SeccompMode) -> Result<Filters> {
     let jset = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
     let ret = (libc::BPF_RET | libc::BPF_K) as u16;
     let deny = match mode {
-        SeccompMode::Errno => libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        SeccompMode::Errno | SeccompMode::Forker => libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
         SeccompMode::Kill => libc::SECCOMP_RET_KILL_PROCESS,
     };
-    let mut entries: Vec<(u32, Leaf)> = DENIED.iter().map(|(_, nr)| (*nr as u32, Leaf::Deny)).collect();
+    let (denied, ns_flags): (Vec<_>, &[u64]) = match mode {
+        SeccompMode::Forker => (
+            DENIED
+                .iter()
+                .filter(|(name, _)| !FORKER_ALLOWED.contains(name))
+                .collect(),
+            &[libc::CLONE_NEWUSER as u64],
+        ),
+        _ => (DENIED.iter().collect(), NS_FLAGS),
+    };
+    let mut entries: Vec<(u32, Leaf)> = denied.iter().map(|(_, nr)| (*nr as u32, Leaf::Deny)).collect();
     entries.push((libc::SYS_clone as u32, Leaf::Clone));
     entries.push((libc::SYS_clone3 as u32, Leaf::NoSys));
     entries.sort_unstable_by_key(|e| e.0);
@@ -257,7 +271,7 @@ pub fn compile(mode: SeccompMode) -> Result<Filters> {
     });
     p.items.push(Item::Mark(native));
     p.search(&entries);
-    let ns_mask = NS_FLAGS.iter().fold(0u64, |m, f| m | f);
+    let ns_mask = ns_flags.iter().fold(0u64, |m, f| m | f);
     let ns_mask = u32::try_from(ns_mask).map_err(|_| err("namespace flags above bit 31"))?;
     // BPF jumps only go forward: the clone block, which jumps to allow and deny, comes first.
     for (leaf, body) in [
@@ -365,7 +379,7 @@ mod tests {
             .collect();
         rules.insert(libc::SYS_clone, clone_rules);
         let action = match mode {
-            SeccompMode::Errno => SeccompAction::Errno(libc::EPERM as u32),
+            SeccompMode::Errno | SeccompMode::Forker => SeccompAction::Errno(libc::EPERM as u32),
             SeccompMode::Kill => SeccompAction::KillProcess,
         };
         let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, TargetArch::x86_64).unwrap();
@@ -475,5 +489,28 @@ mod tests {
         ] {
             assert!(DENIED.iter().any(|(n, _)| *n == required), "{required} is denied");
         }
+    }
+
+    #[test]
+    fn the_forker_filter_allows_only_what_a_function_template_needs() {
+        let prog = compile(SeccompMode::Forker).unwrap().program;
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let call = |nr: libc::c_long, arg0: u64| run(&prog, &data(ARCH_X86_64, nr as u32, arg0));
+        assert_eq!(call(libc::SYS_mount, 0), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(
+            call(libc::SYS_unshare, libc::CLONE_NEWUSER as u64),
+            libc::SECCOMP_RET_ALLOW
+        );
+        let ns = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC) as u64;
+        assert_eq!(call(libc::SYS_clone, ns), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(call(libc::SYS_clone, ns | libc::CLONE_NEWUSER as u64), eperm);
+        for (name, nr) in DENIED.iter().filter(|(n, _)| !FORKER_ALLOWED.contains(n)) {
+            assert_eq!(call(*nr, 0), eperm, "{name} stays denied");
+        }
+        assert_eq!(call(libc::SYS_clone3, 0), libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+        // The strict filter still denies what the forker allows.
+        let strict = compile(SeccompMode::Errno).unwrap().program;
+        assert_eq!(run(&strict, &data(ARCH_X86_64, libc::SYS_mount as u32, 0)), eperm);
+        assert_eq!(run(&strict, &data(ARCH_X86_64, libc::SYS_clone as u32, ns)), eperm);
     }
 }

@@ -184,6 +184,11 @@ pub enum SeccompMode {
     Errno,
     /// The whole process is killed with SIGSYS.
     Kill,
+    /// A function template's filter (see `crate::fork`): like `Errno`, but `mount`,
+    /// `unshare` and the namespace flags of `clone` other than `CLONE_NEWUSER` are allowed.
+    /// The template runs in a user namespace of its own, where those calls only reach
+    /// namespaces it owns; every instance it forks stacks the strict filter on top.
+    Forker,
 }
 
 /// Per-phase timings of a sandbox start, for cold-start breakdowns.

@@ -134,8 +134,24 @@ fn wire_step(step: &Step) -> Result<serde_json::Value> {
     })
 }
 
+/// A seccomp program as the kernel reads it (8 bytes per instruction), for a template to load.
+pub(crate) fn seccomp_bytes(filters: &crate::seccomp::Filters) -> Vec<u8> {
+    filters
+        .program
+        .iter()
+        .flat_map(|i| {
+            let mut b = [0u8; 8];
+            b[..2].copy_from_slice(&i.code.to_ne_bytes());
+            b[2] = i.jt;
+            b[3] = i.jf;
+            b[4..].copy_from_slice(&i.k.to_ne_bytes());
+            b
+        })
+        .collect()
+}
+
 /// Send one datagram with descriptors.
-fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+pub(crate) fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
     let mut iov = libc::iovec {
         iov_base: data.as_ptr().cast_mut().cast(),
         iov_len: data.len(),
@@ -170,7 +186,7 @@ fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<()>
 }
 
 /// Receive one datagram (the template's answers are small JSON objects).
-fn recv(sock: RawFd) -> std::io::Result<Vec<u8>> {
+pub(crate) fn recv(sock: RawFd) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         // SAFETY: reading into a buffer we own.
@@ -286,19 +302,7 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
     let prepared = prepare(inner, &spec)?;
     let request = (|| -> Result<(Vec<u8>, u64, OwnedFd)> {
         let steps = prepared.plan.iter().map(wire_step).collect::<Result<Vec<_>>>()?;
-        let program: Vec<u8> = inner
-            .filter(spec.seccomp)
-            .program
-            .iter()
-            .flat_map(|i| {
-                let mut b = [0u8; 8];
-                b[..2].copy_from_slice(&i.code.to_ne_bytes());
-                b[2] = i.jt;
-                b[3] = i.jf;
-                b[4..].copy_from_slice(&i.k.to_ne_bytes());
-                b
-            })
-            .collect();
+        let program = seccomp_bytes(inner.filter(spec.seccomp));
         let mut targets: Vec<RawFd> = spec.fds.iter().map(|m| m.target).collect();
         for std_fd in 0..3 {
             if !targets.contains(&std_fd) {
@@ -458,7 +462,7 @@ fn memfd_with(data: &[u8]) -> std::io::Result<OwnedFd> {
     Ok(file.into())
 }
 
-fn hex_encode(b: &[u8]) -> String {
+pub(crate) fn hex_encode(b: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 2);
     for &x in b {

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strata_sandbox::{
-    Backend, BackendConfig, Exit, ExitKind, FdMapping, Limits, NetworkMode, SandboxSpec, SeccompMode, Template,
+    Backend, BackendConfig, BindMount, Exit, ExitKind, FdMapping, ForkServer, Limits, NetworkMode, SandboxSpec,
+    SeccompMode, Template,
 };
 
 fn backend() -> &'static Backend {
@@ -40,6 +41,9 @@ enum Via {
     Scratch,
     /// `Backend::spawn_from_template`: forked from the Python runtime template.
     Template,
+    /// `Backend::spawn_from_fork_server`: forked from a Python function template (itself
+    /// forked from the runtime template) started for this sandbox alone.
+    FunctionTemplate,
 }
 
 /// The Python runtime template of the repository (runtimes/python/zygote.py).
@@ -65,7 +69,42 @@ fn spawn_via(via: Via, spec: SandboxSpec) -> strata_sandbox::Result<strata_sandb
     match via {
         Via::Scratch => backend().spawn(spec),
         Via::Template => backend().spawn_from_template(template(), spec),
+        Via::FunctionTemplate => {
+            let server = Arc::new(function_template(&spec, "json:dumps"));
+            backend().spawn_from_fork_server(&server, spec)
+        }
     }
+}
+
+/// A function template (runtimes/python/fntemplate.py) with the code, mounts, limits, network
+/// and hostname of `spec`, importing `handler`.
+fn function_template(spec: &SandboxSpec, handler: &str) -> ForkServer {
+    let runtime = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../runtimes");
+    let mut server = SandboxSpec::new(
+        "/usr/bin/python3",
+        vec![
+            "python3".into(),
+            "-I".into(),
+            "-S".into(),
+            "/strata/runtime/python/fntemplate.py".into(),
+        ],
+    );
+    server.code = spec.code.clone();
+    server.mounts = spec.mounts.clone();
+    server.mounts.push(BindMount {
+        source: runtime,
+        target: "/strata/runtime".into(),
+    });
+    server.env.extend(spec.env.clone());
+    server.env.insert("STRATA_HANDLER".into(), handler.into());
+    server.limits = spec.limits.clone();
+    server.network = spec.network;
+    server.hostname = spec.hostname.clone();
+    let (server, hello) = backend()
+        .start_fork_server("test", Some(template()), server, Duration::from_secs(30))
+        .expect("function template");
+    assert_eq!(hello["ready"], true, "function template greeting: {hello}");
+    server
 }
 
 /// Both a scratch and a templated test of one check.
@@ -80,6 +119,10 @@ macro_rules! both_ways {
                 #[test]
                 fn template() {
                     super::$check(super::Via::Template)
+                }
+                #[test]
+                fn function_template() {
+                    super::$check(super::Via::FunctionTemplate)
                 }
             }
         )*
@@ -148,6 +191,7 @@ out = {}
 out["pid"] = os.getpid()
 out["procs"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 out["uid"] = os.getuid(); out["gid"] = os.getgid()
+out["uid_map"] = " ".join(open("/proc/self/uid_map").read().split())
 st = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
 out["capeff"] = st["CapEff"].strip(); out["capprm"] = st["CapPrm"].strip(); out["capbnd"] = st["CapBnd"].strip()
 out["nnp"] = st["NoNewPrivs"].strip(); out["seccomp"] = st["Seccomp"].strip()
@@ -200,6 +244,13 @@ fn isolation_seen_from_inside(via: Via) {
     assert_eq!(p["procs"], serde_json::json!([1]), "only itself in /proc");
     assert_ne!(p["uid"], 0);
     assert_ne!(p["gid"], 0);
+    let uid_map = match via {
+        // The host's user namespace.
+        Via::Scratch | Via::Template => "0 0 4294967295".to_owned(),
+        // The function template's: the sandbox's uid, mapped to itself and nothing else.
+        Via::FunctionTemplate => format!("{0} {0} 1", p["uid"]),
+    };
+    assert_eq!(p["uid_map"], uid_map.as_str());
     for cap in ["capeff", "capprm", "capbnd"] {
         assert_eq!(p[cap], "0000000000000000", "{cap}");
     }
@@ -703,4 +754,117 @@ print(found)
     assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
     assert_ne!(out.trim(), "0", "the scan finds a sandbox's own environment");
     a.terminate().unwrap();
+}
+
+/// `/proc/<pid>/task/<pid>/children`: the children a process has (zombies included).
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn function_template_instances_share_the_import_and_nothing_else() {
+    let code = code_dir(&[(
+        "mod.py",
+        "open('/tmp/from-template', 'w').write('x')\nSECRET = 'imported once'\ndef handle(event):\n    return SECRET\n",
+    )]);
+    let mut spec = python("");
+    spec.code = Some(code.path().to_path_buf());
+    let server = Arc::new(function_template(&spec, "mod:handle"));
+    let server_pid = server.pid();
+
+    let mut a = python(
+        "import os, sys, time\nopen('/tmp/a-was-here', 'w').write('x')\nprint(sys.modules['mod'].SECRET, flush=True)\ntime.sleep(60)",
+    );
+    a.code = spec.code.clone();
+    let (mut a_out, a_w) = pipe();
+    a.fds.push(FdMapping { fd: a_w, target: 1 });
+    let mut a = backend().spawn_from_fork_server(&server, a).unwrap();
+    let mut line = [0u8; 64];
+    let n = a_out.read(&mut line).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&line[..n]).trim(),
+        "imported once",
+        "the module is there, not imported again"
+    );
+
+    let (exit, out, err) = {
+        let b = python(
+            "import json, os, sys\nprint(json.dumps([sys.modules['mod'].SECRET, os.path.exists('/tmp/from-template'), os.path.exists('/tmp/a-was-here'), sorted(int(p) for p in os.listdir('/proc') if p.isdigit())]))",
+        );
+        let (mut out_r, out_w) = pipe();
+        let (mut err_r, err_w) = pipe();
+        let mut b = b;
+        b.fds.push(FdMapping { fd: out_w, target: 1 });
+        b.fds.push(FdMapping { fd: err_w, target: 2 });
+        let mut b = backend().spawn_from_fork_server(&server, b).unwrap();
+        let (mut out, mut err) = (String::new(), String::new());
+        out_r.read_to_string(&mut out).unwrap();
+        err_r.read_to_string(&mut err).unwrap();
+        (b.wait().unwrap(), out, err)
+    };
+    assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
+    let seen: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        seen,
+        serde_json::json!(["imported once", false, false, [1]]),
+        "the import is shared; the template's /tmp, a's /tmp and a's processes are not"
+    );
+
+    // The template reaps what it forked: no zombie is left under it.
+    let t = Instant::now();
+    while children_of(server_pid).len() > 1 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(children_of(server_pid).len(), 1, "only a is left");
+
+    // When the template goes, the kernel takes its instances along, and their exit says so.
+    server.kill();
+    let t = Instant::now();
+    let exit = a.wait().unwrap();
+    assert_eq!(exit.kind, ExitKind::Signaled(libc::SIGKILL));
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn function_template_spawn_kill_cycles_leave_nothing_behind() {
+    let spec = python("");
+    let server = Arc::new(function_template(&spec, "json:dumps"));
+    let server_pid = server.pid();
+    for i in 0..30 {
+        let mut sb = backend()
+            .spawn_from_fork_server(
+                &server,
+                python("import os, time\nif os.fork() == 0:\n    time.sleep(60)\ntime.sleep(60)"),
+            )
+            .unwrap();
+        if i % 2 == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let exit = sb.terminate().unwrap();
+        assert_eq!(exit.kind, ExitKind::Signaled(libc::SIGKILL), "cycle {i}");
+        assert!(sb.pids().is_empty(), "cycle {i}: its cgroup is empty");
+    }
+    let t = Instant::now();
+    while !children_of(server_pid).is_empty() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(children_of(server_pid), Vec::<i32>::new(), "every instance reaped");
+    assert!(server.is_alive());
+    // A failed setup names its step, and the template serves the next one.
+    let mut bad = python("print('never')");
+    bad.cwd = "/does/not/exist".into();
+    let err = backend().spawn_from_fork_server(&server, bad).unwrap_err();
+    assert!(err.to_string().contains("chdir"), "{err}");
+    let mut ok = python("print('after')");
+    let (out_r, out_w) = pipe();
+    ok.fds.push(FdMapping { fd: out_w, target: 1 });
+    let mut sb = backend().spawn_from_fork_server(&server, ok).unwrap();
+    let mut out = String::new();
+    { out_r }.read_to_string(&mut out).unwrap();
+    assert_eq!(sb.wait().unwrap().kind, ExitKind::Exited(0));
+    assert_eq!(out.trim(), "after");
 }

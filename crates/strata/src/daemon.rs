@@ -21,6 +21,10 @@ const RUNTIME_FILES: &[(&str, &str)] = &[
     ),
     ("python/strata.py", include_str!("../../../runtimes/python/strata.py")),
     ("python/zygote.py", include_str!("../../../runtimes/python/zygote.py")),
+    (
+        "python/fntemplate.py",
+        include_str!("../../../runtimes/python/fntemplate.py"),
+    ),
     ("node/bootstrap.js", include_str!("../../../runtimes/node/bootstrap.js")),
     ("node/strata.js", include_str!("../../../runtimes/node/strata.js")),
 ];
@@ -115,6 +119,7 @@ fn compile_python(dir: &Path) {
         .arg(dir.join("bootstrap.py"))
         .arg(dir.join("strata.py"))
         .arg(dir.join("zygote.py"))
+        .arg(dir.join("fntemplate.py"))
         .output();
     match out {
         Ok(o) if o.status.success() => {

@@ -1,0 +1,448 @@
+//! Fork servers: a sandbox whose process forks further sandboxes from its own state. A
+//! function template (SOCK's one-to-one template) is one: a sandbox of the function that has
+//! imported the handler and forks instances that skip the import.
+//!
+//! The fork server is an ordinary sandbox (from scratch or from a runtime template) under the
+//! [`SeccompMode::Forker`] filter, with a `SOCK_SEQPACKET` socket at fd 3. After loading
+//! whatever it loads (as the sandbox's unprivileged user) it announces itself with one
+//! datagram (its content is the caller's business, see [`Backend::start_fork_server`]) and
+//! moves into a user namespace of its own, mapping the sandbox's uid and gid to themselves.
+//! There it has capabilities over the namespaces it creates and over nothing it already has
+//! (its root, cgroup, network: all owned by the host's user namespace).
+//!
+//! Per sandbox the backend takes a cgroup with the spec's limits and sends a request: a JSON
+//! object with `id` (echoed), `argv`, `cwd`, `hostname`, `tmp` (tmpfs options of /tmp),
+//! `netns` (a network namespace of its own, loopback only), `rlimits`, `cap_last`, `seccomp`
+//! (the strict program as hex) and `targets`; the descriptors (`SCM_RIGHTS`): a "go" pipe's
+//! read end, a report pipe's write end, a status pipe's write end, then one per target. The
+//! server:
+//!
+//! 1. forks the new process with `clone(CLONE_NEWPID | NEWNS | NEWIPC | NEWUTS [| NEWNET])`,
+//!    so it is pid 1 of its own namespaces, all owned by the server's user namespace;
+//! 2. answers `{"id", "pid", "fork_us"}` with a pidfd of the process (or `{"id", "error",
+//!    "errno"}`); the backend reads the process's host pid from the pidfd, writes it to the
+//!    cgroup's `cgroup.procs` files, and writes "1" to the go pipe;
+//! 3. the new process, once released, makes its own cgroup namespace, mounts a fresh /tmp
+//!    (over the server's) and /proc, brings loopback up, sets hostname, working directory,
+//!    descriptors and rlimits, empties its bounding, ambient and effective capability sets
+//!    and locks the securebits, stacks the strict seccomp filter (`no_new_privs` is set
+//!    already) and reports "ok <mounts µs> <privileges µs>" or "step:errno" on the report pipe;
+//! 4. as the init of the pid namespace its children live in below their own, the server
+//!    reaps them and writes each one's wait status (4 bytes) to its status pipe: the daemon
+//!    is not their parent, so the [`Sandbox`] waits on that pipe instead of `waitid`.
+//!
+//! What a forked sandbox shares with its siblings, beyond what a templated one shares: the
+//! server's memory image (the function's own code and data as loaded, copy-on-write), its
+//! environment (the function's), its root filesystem and code, and the user namespace (one
+//! per server, uid and gid mapped to the same host ids every sandbox runs as). When the
+//! server ends, the kernel kills every sandbox it forked: a [`Sandbox`] keeps its server
+//! alive.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, Inner, rlimits};
+use crate::error::{Result, SandboxError};
+use crate::sandbox::Sandbox;
+use crate::spec::{FdMapping, NetworkMode, SandboxSpec, SeccompMode, SpawnTimings};
+use crate::template::{Template, hex_encode, recv, seccomp_bytes, send_with_fds};
+
+/// How long a forked sandbox may take to set itself up once released.
+const SETUP_LIMIT: Duration = Duration::from_secs(10);
+
+/// A running fork server. Dropping the last reference stops it, and with it every sandbox it
+/// forked (each holds a reference).
+pub struct ForkServer {
+    name: String,
+    sandbox: Mutex<Sandbox>,
+    sock: Mutex<OwnedFd>,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for ForkServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkServer").field("name", &self.name).finish()
+    }
+}
+
+impl ForkServer {
+    /// The name it was started with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the server's process is still running.
+    pub fn is_alive(&self) -> bool {
+        self.sandbox
+            .lock()
+            .map(|mut s| matches!(s.try_wait(), Ok(None)))
+            .unwrap_or(false)
+    }
+
+    /// Stop the server (and every sandbox it forked).
+    pub fn kill(&self) {
+        if let Ok(s) = self.sandbox.lock() {
+            s.kill();
+        }
+    }
+
+    /// The server's host pid.
+    pub fn pid(&self) -> i32 {
+        self.sandbox.lock().map(|s| s.pid()).unwrap_or(0)
+    }
+
+    /// The server's own resource usage (its cgroup: what it loaded, shared copy-on-write).
+    pub fn usage(&self) -> crate::spec::Usage {
+        self.sandbox.lock().map(|s| s.usage()).unwrap_or_default()
+    }
+}
+
+fn fork_err(msg: impl Into<String>) -> SandboxError {
+    SandboxError::Template(msg.into())
+}
+
+/// A pipe, both ends close-on-exec: (read, write).
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array with two new descriptors we own from here on.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(SandboxError::sys("pipe2"));
+    }
+    // SAFETY: as above.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Receive one datagram and at most one descriptor.
+fn recv_with_fd(sock: RawFd) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    let mut buf = vec![0u8; 64 << 10];
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; its pointers point into live buffers.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: as above; MSG_CMSG_CLOEXEC marks received descriptors close-on-exec.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut fd = None;
+        // SAFETY: walking the control messages the kernel wrote into our buffer.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                    let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                    for i in 0..count {
+                        let got = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                        if fd.is_none() {
+                            fd = Some(got);
+                        }
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        buf.truncate(n as usize);
+        return Ok((buf, fd));
+    }
+}
+
+/// The host pid of the process a pidfd refers to (from `/proc/self/fdinfo`).
+fn pid_of(pidfd: &OwnedFd) -> Result<i32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).map_err(|source| {
+        SandboxError::Sys {
+            op: "read a pidfd's fdinfo",
+            source,
+        }
+    })?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| fork_err("the forked process has no pid in this namespace"))
+}
+
+/// Wait up to `limit` for one short message on a pipe ("" at end of file).
+fn read_report(fd: &OwnedFd, limit: Duration) -> std::io::Result<String> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // SAFETY: poll on one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if rc > 0 {
+            break;
+        }
+        if rc == 0 {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    let mut buf = [0u8; 4096];
+    // SAFETY: reading into a buffer we own.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+}
+
+impl Backend {
+    /// Start a fork server: `spec` run as a sandbox (forked from `via` when given, else from
+    /// scratch) under the [`SeccompMode::Forker`] filter, with the control socket at fd 3.
+    /// Blocks until the server's first datagram (returned, parsed as JSON) or `startup`.
+    pub fn start_fork_server(
+        &self,
+        name: &str,
+        via: Option<&Arc<Template>>,
+        mut spec: SandboxSpec,
+        startup: Duration,
+    ) -> Result<(ForkServer, serde_json::Value)> {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair fills the two-element array.
+        if unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        } < 0
+        {
+            return Err(SandboxError::sys("socketpair"));
+        }
+        // SAFETY: both descriptors were just created and are owned from here on.
+        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        spec.fds.retain(|m| m.target != 3);
+        spec.fds.push(FdMapping { fd: theirs, target: 3 });
+        spec.seccomp = SeccompMode::Forker;
+        let sandbox = match via {
+            Some(t) => self.spawn_from_template(t, spec)?,
+            None => self.spawn(spec)?,
+        };
+        let tv = libc::timeval {
+            tv_sec: startup.as_secs() as _,
+            tv_usec: startup.subsec_micros() as _,
+        };
+        // SAFETY: setsockopt with a valid timeval.
+        unsafe {
+            libc::setsockopt(
+                ours.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        let server = ForkServer {
+            name: name.to_owned(),
+            sandbox: Mutex::new(sandbox),
+            sock: Mutex::new(ours),
+            seq: std::sync::atomic::AtomicU64::new(1),
+        };
+        let hello = recv(server.sock.lock().expect("sock lock").as_raw_fd())
+            .map_err(|e| fork_err(format!("fork server {name} did not start: {e}")))?;
+        let v =
+            serde_json::from_slice(&hello).map_err(|e| fork_err(format!("fork server {name}: bad greeting: {e}")))?;
+        Ok((server, v))
+    }
+
+    /// Fork a sandbox from a fork server: its own cgroup with the spec's limits, its own pid,
+    /// mount, IPC, UTS and (unless the spec asks for the host's) network namespaces, /tmp and
+    /// /proc, no capabilities, the spec's seccomp filter. The program, root, code and
+    /// environment are the server's (`spec.program`/`spec.args` only choose what the server
+    /// runs, see the runtime's fork server).
+    pub fn spawn_from_fork_server(&self, server: &Arc<ForkServer>, mut spec: SandboxSpec) -> Result<Sandbox> {
+        let inner = self.inner();
+        if spec.seccomp == SeccompMode::Forker {
+            return Err(SandboxError::InvalidSpec(
+                "a forked sandbox gets a strict seccomp filter".into(),
+            ));
+        }
+        if spec.fds.len() > 13 || spec.fds.iter().any(|m| !(0..64).contains(&m.target)) {
+            return Err(SandboxError::InvalidSpec(
+                "at most 13 descriptors, with targets below 64".into(),
+            ));
+        }
+        let t0 = Instant::now();
+        let (cgroup, procs) = crate::backend::take_cgroup(inner, &spec.limits)?;
+        let cgroup_time = t0.elapsed();
+        let give_back = |inner: &Inner, cgroup: crate::cgroup::Cgroup| {
+            let _ = cgroup.remove(inner.fs.as_ref());
+        };
+        let pipes = (|| Ok::<_, SandboxError>((pipe()?, pipe()?, pipe()?)))();
+        let ((go_r, go_w), (report_r, report_w), (status_r, status_w)) = match pipes {
+            Ok(p) => p,
+            Err(e) => {
+                give_back(inner, cgroup);
+                return Err(e);
+            }
+        };
+        let mut targets: Vec<RawFd> = spec.fds.iter().map(|m| m.target).collect();
+        for std_fd in 0..3 {
+            if !targets.contains(&std_fd) {
+                targets.push(std_fd);
+            }
+        }
+        let id = server.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut argv = vec![spec.program.display().to_string()];
+        argv.extend(spec.args.iter().skip(1).cloned());
+        let req = serde_json::json!({
+            "id": id,
+            "argv": argv,
+            "cwd": spec.cwd.display().to_string(),
+            "hostname": spec.hostname,
+            "tmp": crate::plan::tmp_options(&spec),
+            "netns": spec.network == NetworkMode::None,
+            "rlimits": rlimits(&spec),
+            "cap_last": inner.cap_last(),
+            "seccomp": hex_encode(&seccomp_bytes(inner.filter(spec.seccomp))),
+            "targets": targets,
+        });
+        let request = serde_json::to_vec(&req).expect("JSON of plain values");
+        let mut fds: Vec<RawFd> = vec![go_r.as_raw_fd(), report_w.as_raw_fd(), status_w.as_raw_fd()];
+        fds.extend(spec.fds.iter().map(|m| m.fd.as_raw_fd()));
+        for std_fd in 0..3 {
+            if !spec.fds.iter().any(|m| m.target == std_fd) {
+                fds.push(inner.devnull());
+            }
+        }
+        let t_fork = Instant::now();
+        let answer = {
+            let sock = server.sock.lock().expect("fork server socket lock");
+            send_with_fds(sock.as_raw_fd(), &request, &fds).and_then(|()| recv_with_fd(sock.as_raw_fd()))
+        };
+        drop((go_r, report_w, status_w));
+        spec.fds.clear();
+        let parsed = answer.map_err(|e| e.to_string()).and_then(|(a, fd)| {
+            let v: serde_json::Value = serde_json::from_slice(&a).map_err(|e| format!("bad answer: {e}"))?;
+            if v["id"].as_u64() != Some(id) {
+                return Err(format!("answer {} to request {id}: out of step", v["id"]));
+            }
+            Ok((v, fd))
+        });
+        let (v, pidfd) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                // Out of step: it can no longer be trusted. Its forked sandboxes die with it.
+                server.kill();
+                cgroup.kill_all(inner.fs.as_ref());
+                give_back(inner, cgroup);
+                return Err(fork_err(format!("fork server {}: {e}", server.name)));
+            }
+        };
+        let Some(pidfd) = pidfd else {
+            give_back(inner, cgroup);
+            let message = v["error"].as_str().unwrap_or("no pidfd in the answer").to_owned();
+            return Err(fork_err(format!("fork server {}: {message}", server.name)));
+        };
+        let fork_time = t_fork.elapsed();
+        // From here the process exists and waits on the go pipe: on any failure, closing the
+        // go pipe unwritten makes it exit, and its status arrives on the status pipe.
+        let fail = |e: SandboxError, cgroup: crate::cgroup::Cgroup| {
+            // SAFETY: pidfd_send_signal on a pidfd we own; no memory is passed.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    0usize,
+                    0u32,
+                );
+            }
+            let _ = read_report(&status_r, SETUP_LIMIT);
+            cgroup.kill_all(inner.fs.as_ref());
+            give_back(inner, cgroup);
+            e
+        };
+        let pid = match pid_of(&pidfd) {
+            Ok(p) => p,
+            Err(e) => return Err(fail(e, cgroup)),
+        };
+        for procs_file in &procs {
+            let line = pid.to_string();
+            // SAFETY: writing a short buffer to a descriptor we own.
+            let n = unsafe { libc::write(procs_file.as_raw_fd(), line.as_ptr().cast(), line.len()) };
+            if n < 0 {
+                return Err(fail(SandboxError::sys("move a forked sandbox into its cgroup"), cgroup));
+            }
+        }
+        // SAFETY: writing one byte to the go pipe we own.
+        if unsafe { libc::write(go_w.as_raw_fd(), b"1".as_ptr().cast(), 1) } != 1 {
+            return Err(fail(SandboxError::sys("release a forked sandbox"), cgroup));
+        }
+        drop(go_w);
+        let report = match read_report(&report_r, SETUP_LIMIT) {
+            Ok(r) => r,
+            Err(source) => {
+                return Err(fail(
+                    SandboxError::Sys {
+                        op: "wait for a forked sandbox's setup",
+                        source,
+                    },
+                    cgroup,
+                ));
+            }
+        };
+        let (mounts, privileges) = match report.strip_prefix("ok ") {
+            Some(times) => {
+                let mut it = times.split_whitespace().map(|t| t.parse::<u64>().unwrap_or(0));
+                (
+                    Duration::from_micros(it.next().unwrap_or(0)),
+                    Duration::from_micros(it.next().unwrap_or(0)),
+                )
+            }
+            None => {
+                let (step, rest) = report.split_once(':').unwrap_or(("setup", ""));
+                let errno = rest.split(':').next().and_then(|e| e.parse::<i32>().ok()).unwrap_or(0);
+                let e = if errno > 0 {
+                    SandboxError::Setup {
+                        step: step.to_owned(),
+                        source: std::io::Error::from_raw_os_error(errno),
+                    }
+                } else {
+                    fork_err(format!("forked sandbox setup failed: {report:?}"))
+                };
+                return Err(fail(e, cgroup));
+            }
+        };
+        let mut sandbox = Sandbox::new(Arc::clone(inner), pid, pidfd, cgroup);
+        sandbox.exit_pipe = Some(status_r);
+        sandbox.keep = Some(Arc::clone(server) as Arc<dyn std::any::Any + Send + Sync>);
+        sandbox.timings = SpawnTimings {
+            cgroup: cgroup_time,
+            netns: Duration::ZERO,
+            namespaces: fork_time,
+            mounts,
+            privileges,
+            exec: Duration::ZERO,
+            total: t0.elapsed(),
+        };
+        Ok(sandbox)
+    }
+}
