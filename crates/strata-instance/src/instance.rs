@@ -200,6 +200,128 @@ fn command(spec: &FunctionSpec) -> (PathBuf, Vec<String>) {
     }
 }
 
+/// The sandbox of a function's process (code, runtime, dependency layer, environment, limits,
+/// network, hostname), without descriptors.
+fn sandbox_spec(runtimes: &Runtimes, launch: &LaunchSpec, (program, args): (PathBuf, Vec<String>)) -> SandboxSpec {
+    let spec = &launch.spec;
+    let mut sb = SandboxSpec::new(program, args);
+    sb.code = Some(launch.code_dir.clone());
+    sb.cwd = "/code".into();
+    sb.mounts.push(BindMount {
+        source: runtimes.dir.clone(),
+        target: "/strata/runtime".into(),
+    });
+    if spec.runtime == Runtime::Exec && spec.mode == ExecMode::Stdio {
+        sb.mounts.push(BindMount {
+            source: runtimes.strata_bin.clone(),
+            target: "/strata/bin/strata".into(),
+        });
+    }
+    sb.env.extend(spec.env.clone());
+    // After the manifest's environment: a variable of the same name cannot unhook the layer.
+    if let Some(deps) = &launch.deps {
+        sb.mounts.push(BindMount {
+            source: deps.clone(),
+            target: crate::deps::IN_SANDBOX.into(),
+        });
+        let eco = if spec.runtime == Runtime::Node {
+            crate::deps::Ecosystem::Node
+        } else {
+            crate::deps::Ecosystem::Python
+        };
+        let (k, v) = eco.env();
+        sb.env.insert(k.into(), v);
+    }
+    for (k, v) in [
+        ("STRATA_HANDLER", spec.handler.clone()),
+        ("STRATA_CODE_DIR", "/code".into()),
+        ("STRATA_CONCURRENCY", spec.concurrency.to_string()),
+        ("STRATA_FUNCTION", spec.name.clone()),
+        ("STRATA_VERSION", launch.version.clone()),
+    ] {
+        sb.env.insert(k.into(), v);
+    }
+    sb.limits = Limits {
+        memory_bytes: spec.memory_bytes,
+        cpu_millis: spec.cpu_millis,
+        // 128: Node starts ~11 threads, a Python thread pool a few dozen; a fork bomb
+        // still stops far below anything the host notices.
+        pids: 128,
+        ..Limits::default()
+    };
+    sb.network = match spec.network {
+        Network::None => NetworkMode::None,
+        Network::Host => NetworkMode::Host,
+    };
+    sb.netns_key = Some(format!("{}@{}", spec.name, launch.version));
+    sb.hostname = spec.name.clone();
+    sb
+}
+
+/// A Python function template's sandbox: the function's, running the template program, its
+/// output going to the function's log.
+fn template_spec(runtimes: &Runtimes, launch: &LaunchSpec, log: LogSink) -> std::io::Result<SandboxSpec> {
+    let mut sb = sandbox_spec(
+        runtimes,
+        launch,
+        (
+            "/usr/bin/python3".into(),
+            vec![
+                "python3".into(),
+                "-I".into(),
+                "-S".into(),
+                "/strata/runtime/python/fntemplate.py".into(),
+            ],
+        ),
+    );
+    // Its own network namespace, not one of the version's reusable ones: its instances make
+    // theirs.
+    sb.netns_key = None;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    sb.fds = vec![FdMapping { fd: out_w, target: 1 }, FdMapping { fd: err_w, target: 2 }];
+    for (fd, stream) in [(out_r, LogStream::Stdout), (err_r, LogStream::Stderr)] {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+                return;
+            };
+            let mut lines = BufReader::new(rx).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                log(None, stream, line);
+            }
+        });
+    }
+    Ok(sb)
+}
+
+/// Start a sandbox from the runtime template when there is one (falling back to scratch if
+/// the template fails), else from scratch.
+fn spawn_fresh(
+    backend: &Backend,
+    templates: Option<Arc<crate::Templates>>,
+    sb: SandboxSpec,
+) -> Result<(Sandbox, ColdPath), strata_sandbox::SandboxError> {
+    match templates.and_then(|t| t.python()) {
+        Some(template) => {
+            // Kept to start from scratch should the template fail (not the sandbox setup).
+            let fallback = sb.try_clone();
+            match backend.spawn_from_template(&template, sb) {
+                Err(strata_sandbox::SandboxError::Template(msg)) => {
+                    tracing::warn!(error = %msg, "runtime template failed; starting from scratch");
+                    let spec = fallback.map_err(|source| strata_sandbox::SandboxError::Sys {
+                        op: "duplicate descriptors",
+                        source,
+                    })?;
+                    backend.spawn(spec).map(|s| (s, ColdPath::Scratch))
+                }
+                r => r.map(|s| (s, ColdPath::RuntimeTemplate)),
+            }
+        }
+        None => backend.spawn(sb).map(|s| (s, ColdPath::Scratch)),
+    }
+}
+
 impl Instance {
     /// Start an instance and wait until its handler is loaded.
     pub async fn launch(
@@ -219,58 +341,7 @@ impl Instance {
         ours.set_nonblocking(true)?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        let (program, args) = command(spec);
-        let mut sb = SandboxSpec::new(program, args);
-        sb.code = Some(launch.code_dir.clone());
-        sb.cwd = "/code".into();
-        sb.mounts.push(BindMount {
-            source: runtimes.dir.clone(),
-            target: "/strata/runtime".into(),
-        });
-        if spec.runtime == Runtime::Exec && spec.mode == ExecMode::Stdio {
-            sb.mounts.push(BindMount {
-                source: runtimes.strata_bin.clone(),
-                target: "/strata/bin/strata".into(),
-            });
-        }
-        sb.env.extend(spec.env.clone());
-        // After the manifest's environment: a variable of the same name cannot unhook the layer.
-        if let Some(deps) = &launch.deps {
-            sb.mounts.push(BindMount {
-                source: deps.clone(),
-                target: crate::deps::IN_SANDBOX.into(),
-            });
-            let eco = if spec.runtime == Runtime::Node {
-                crate::deps::Ecosystem::Node
-            } else {
-                crate::deps::Ecosystem::Python
-            };
-            let (k, v) = eco.env();
-            sb.env.insert(k.into(), v);
-        }
-        for (k, v) in [
-            ("STRATA_HANDLER", spec.handler.clone()),
-            ("STRATA_CODE_DIR", "/code".into()),
-            ("STRATA_CONCURRENCY", spec.concurrency.to_string()),
-            ("STRATA_FUNCTION", spec.name.clone()),
-            ("STRATA_VERSION", launch.version.clone()),
-        ] {
-            sb.env.insert(k.into(), v);
-        }
-        sb.limits = Limits {
-            memory_bytes: spec.memory_bytes,
-            cpu_millis: spec.cpu_millis,
-            // 128: Node starts ~11 threads, a Python thread pool a few dozen; a fork bomb
-            // still stops far below anything the host notices.
-            pids: 128,
-            ..Limits::default()
-        };
-        sb.network = match spec.network {
-            Network::None => NetworkMode::None,
-            Network::Host => NetworkMode::Host,
-        };
-        sb.netns_key = Some(format!("{}@{}", spec.name, launch.version));
-        sb.hostname = spec.name.clone();
+        let mut sb = sandbox_spec(runtimes, launch, command(spec));
         sb.fds = vec![
             FdMapping {
                 fd: OwnedFd::from(theirs),
@@ -279,32 +350,62 @@ impl Instance {
             FdMapping { fd: out_w, target: 1 },
             FdMapping { fd: err_w, target: 2 },
         ];
-        let backend = backend.clone();
-        let templates = match spec.runtime {
-            Runtime::Python => runtimes.templates.clone(),
+        let startup = Duration::from_millis(spec.timeout_ms).max(Duration::from_secs(30));
+        let t0 = Instant::now();
+        // A function template first (Python): the handler imported once, forked.
+        let mut from_template: Option<(Duration, f64)> = None;
+        let mut forked = None;
+        let functions = match spec.runtime {
+            Runtime::Python => runtimes.templates.as_ref().filter(|t| t.functions().is_some()),
             _ => None,
         };
-        let t0 = Instant::now();
-        let (sandbox, path) = tokio::task::spawn_blocking(move || match templates.and_then(|t| t.python()) {
-            Some(template) => {
-                // Kept to start from scratch should the template fail (not the sandbox setup).
-                let fallback = sb.try_clone();
-                match backend.spawn_from_template(&template, sb) {
-                    Err(strata_sandbox::SandboxError::Template(msg)) => {
-                        tracing::warn!(error = %msg, "runtime template failed; starting from scratch");
-                        let spec = fallback.map_err(|source| strata_sandbox::SandboxError::Sys {
-                            op: "duplicate descriptors",
-                            source,
-                        })?;
-                        backend.spawn(spec).map(|s| (s, ColdPath::Scratch))
+        if let Some(templates) = functions {
+            let fts = templates.functions().expect("checked above");
+            let key = format!("{}@{}", spec.name, launch.version);
+            let runtime = {
+                let t = Arc::clone(templates);
+                tokio::task::spawn_blocking(move || t.python()).await.ok().flatten()
+            };
+            let log_t = log.clone();
+            let template_spec = || template_spec(runtimes, launch, log_t);
+            match fts.get(&key, runtime, template_spec, startup).await {
+                crate::FunctionTemplate::InitError(message) => return Err(LaunchError::Init(message)),
+                crate::FunctionTemplate::Unavailable => {}
+                crate::FunctionTemplate::Ready { server, started } => {
+                    let fallback = sb.try_clone()?;
+                    let b = backend.clone();
+                    let s = Arc::clone(&server);
+                    match tokio::task::spawn_blocking(move || b.spawn_from_fork_server(&s, sb))
+                        .await
+                        .map_err(|e| std::io::Error::other(e.to_string()))?
+                    {
+                        Ok(sandbox) => {
+                            from_template = started;
+                            forked = Some(sandbox);
+                        }
+                        Err(strata_sandbox::SandboxError::Template(msg)) => {
+                            tracing::warn!(function = %spec.name, error = %msg, "function template failed; forking from the runtime template");
+                            fts.discard(&key, &server);
+                        }
+                        Err(e) => return Err(e.into()),
                     }
-                    r => r.map(|s| (s, ColdPath::RuntimeTemplate)),
+                    sb = fallback;
                 }
             }
-            None => backend.spawn(sb).map(|s| (s, ColdPath::Scratch)),
-        })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        }
+        let (sandbox, path) = match forked {
+            Some(sandbox) => (sandbox, ColdPath::FunctionTemplate),
+            None => {
+                let backend = backend.clone();
+                let templates = match spec.runtime {
+                    Runtime::Python => runtimes.templates.clone(),
+                    _ => None,
+                };
+                tokio::task::spawn_blocking(move || spawn_fresh(&backend, templates, sb))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))??
+            }
+        };
         let sandbox_time = sandbox.timings().total;
         let spawned = Instant::now();
         let pidfd = sandbox.pidfd().try_clone_to_owned()?;
@@ -334,9 +435,8 @@ impl Instance {
             timeout: Duration::from_millis(spec.timeout_ms),
             cold: ColdStart::default(),
         };
-        // Start-up gets at least 30 s: a first import of a large library can be slow even
-        // when the per-call timeout is short.
-        let startup = instance.timeout.max(Duration::from_secs(30));
+        // Start-up gets at least 30 s (`startup`): a first import of a large library can be
+        // slow even when the per-call timeout is short.
         let mut death_rx = shared.death.subscribe();
         let ready = tokio::select! {
             r = tokio::time::timeout(startup, instance.read_until_ready()) => match r {
@@ -360,6 +460,11 @@ impl Instance {
                     import_ms,
                     ..ColdStart::default()
                 };
+                if let Some((took, template_import_ms)) = from_template {
+                    // This cold start made the function template: its import is this one's.
+                    instance.cold.template_ms = took.as_secs_f64() * 1000.0;
+                    instance.cold.import_ms = template_import_ms;
+                }
                 let _ = t0;
                 instance
                     .shared

@@ -1,14 +1,26 @@
-//! The runtime templates instances are forked from (one per runtime that has one: Python).
+//! The templates instances are forked from.
 //!
-//! A template is started once, kept while it lives, and restarted on demand after it died;
-//! after a start that failed, the next attempt waits [`RESTART_BACKOFF`]. While none is
-//! available, instances start from scratch.
+//! A **runtime template** (one per runtime that has one: Python) has the runtime and the
+//! bootstrap loaded, never a function's code. It is started once, kept while it lives, and
+//! restarted on demand after it died; after a start that failed, the next attempt waits
+//! [`RESTART_BACKOFF`]. While none is available, instances start from scratch.
+//!
+//! A **function template** (one per function version, Python) is a sandbox of the function,
+//! forked from the runtime template, that has imported the handler and its dependencies once
+//! and forks the function's instances (see `strata_sandbox::ForkServer` and
+//! runtimes/python/fntemplate.py): a scale-out or a cold start after the first skips the
+//! import. It is started by the first cold start of the version (concurrent cold starts wait
+//! for the same one, so a burst pays one import), lives while any of its instances lives, and
+//! is stopped once it has forked nothing for [`FunctionTemplates::idle`]. A version whose
+//! template cannot be made (its import starts threads, for one) starts its instances from the
+//! runtime template.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strata_sandbox::{Backend, Template};
+use strata_sandbox::{Backend, ForkServer, SandboxSpec, Template};
 
 /// The least time between a failed attempt to start a template and the next.
 pub const RESTART_BACKOFF: Duration = Duration::from_secs(5);
@@ -19,6 +31,8 @@ pub struct Templates {
     /// `zygote.py` in the host's runtime folder.
     python_zygote: PathBuf,
     python: Mutex<Slot>,
+    /// Function templates; `None`: instances fork from the runtime template only.
+    functions: Option<FunctionTemplates>,
 }
 
 #[derive(Default)]
@@ -42,7 +56,19 @@ impl Templates {
             backend,
             python_zygote: runtime_dir.join("python").join("zygote.py"),
             python: Mutex::new(Slot::default()),
+            functions: None,
         }
+    }
+
+    /// Also keep function templates, each stopped after `idle` without forking.
+    pub fn with_function_templates(mut self, idle: Duration) -> Self {
+        self.functions = Some(FunctionTemplates::new(self.backend.clone(), idle));
+        self
+    }
+
+    /// The function templates, when kept.
+    pub fn functions(&self) -> Option<&FunctionTemplates> {
+        self.functions.as_ref()
     }
 
     /// The Python template: the running one, or a new one if it is gone and the back-off
@@ -81,5 +107,157 @@ impl Templates {
                 None
             }
         }
+    }
+}
+
+/// How long a function template that forks nothing is kept by default.
+pub const FUNCTION_TEMPLATE_IDLE: Duration = Duration::from_secs(600);
+
+/// The function templates of one daemon, by function version.
+pub struct FunctionTemplates {
+    backend: Backend,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<FnSlot>>>>,
+    /// A template that has forked nothing for this long is stopped (once no instance of it
+    /// is left).
+    pub idle: Duration,
+}
+
+#[derive(Default)]
+struct FnSlot {
+    server: Option<Arc<ForkServer>>,
+    last_used: Option<Instant>,
+    /// Why this version has no template (a failure other than the handler's import).
+    unusable: Option<String>,
+}
+
+impl std::fmt::Debug for FunctionTemplates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionTemplates").field("idle", &self.idle).finish()
+    }
+}
+
+/// What [`FunctionTemplates::get`] found.
+pub enum FunctionTemplate {
+    /// A running template; `started`: this call started it, taking this long, of which
+    /// the import took `import_ms`.
+    Ready {
+        /// The template.
+        server: Arc<ForkServer>,
+        /// (start-up time, import ms) when this call started it.
+        started: Option<(Duration, f64)>,
+    },
+    /// The handler failed to load (the message says why): the instance would fail the same.
+    InitError(String),
+    /// No template for this version: start the instance another way.
+    Unavailable,
+}
+
+impl FunctionTemplates {
+    /// An empty set.
+    pub fn new(backend: Backend, idle: Duration) -> Self {
+        FunctionTemplates {
+            backend,
+            slots: Mutex::new(HashMap::new()),
+            idle,
+        }
+    }
+
+    /// The template of `key` (a function version), started from `spec` (a sandbox spec of the
+    /// function running the runtime's function template program) through `runtime` when
+    /// there is none. Concurrent callers for one key wait for the same start.
+    pub async fn get(
+        &self,
+        key: &str,
+        runtime: Option<Arc<Template>>,
+        spec: impl FnOnce() -> std::io::Result<SandboxSpec>,
+        startup: Duration,
+    ) -> FunctionTemplate {
+        self.sweep();
+        let slot = Arc::clone(
+            self.slots
+                .lock()
+                .expect("template slots lock")
+                .entry(key.to_owned())
+                .or_default(),
+        );
+        let mut slot = slot.lock().await;
+        slot.last_used = Some(Instant::now());
+        if slot.unusable.is_some() {
+            return FunctionTemplate::Unavailable;
+        }
+        if let Some(server) = &slot.server {
+            if server.is_alive() {
+                return FunctionTemplate::Ready {
+                    server: Arc::clone(server),
+                    started: None,
+                };
+            }
+            tracing::warn!(function = key, "the function template died; starting another");
+            slot.server = None;
+        }
+        let spec = match spec() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(function = key, error = %e, "no function template");
+                return FunctionTemplate::Unavailable;
+            }
+        };
+        let backend = self.backend.clone();
+        let name = key.to_owned();
+        let t0 = Instant::now();
+        let started =
+            tokio::task::spawn_blocking(move || backend.start_fork_server(&name, runtime.as_ref(), spec, startup))
+                .await;
+        let (server, hello) = match started {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                // A broken runtime template, most likely: try again next time.
+                tracing::warn!(function = key, error = %e, "function template did not start");
+                return FunctionTemplate::Unavailable;
+            }
+            Err(e) => {
+                tracing::warn!(function = key, error = %e, "function template start panicked");
+                return FunctionTemplate::Unavailable;
+            }
+        };
+        if hello["ready"] == true {
+            let server = Arc::new(server);
+            slot.server = Some(Arc::clone(&server));
+            let import_ms = hello["import_ms"].as_f64().unwrap_or(0.0);
+            tracing::info!(function = key, pid = server.pid(), import_ms, "function template ready");
+            return FunctionTemplate::Ready {
+                server,
+                started: Some((t0.elapsed(), import_ms)),
+            };
+        }
+        if let Some(msg) = hello["init_error"].as_str() {
+            return FunctionTemplate::InitError(msg.to_owned());
+        }
+        let why = hello["error"].as_str().unwrap_or("unexpected greeting").to_owned();
+        tracing::warn!(function = key, error = %why, "this function version gets no template");
+        slot.unusable = Some(why);
+        FunctionTemplate::Unavailable
+    }
+
+    /// Forget a template whose fork failed in a way that says it is broken.
+    pub fn discard(&self, key: &str, server: &Arc<ForkServer>) {
+        server.kill();
+        let slot = self.slots.lock().expect("template slots lock").get(key).cloned();
+        if let Some(slot) = slot
+            && let Ok(mut slot) = slot.try_lock()
+            && slot.server.as_ref().is_some_and(|s| Arc::ptr_eq(s, server))
+        {
+            slot.server = None;
+        }
+    }
+
+    /// Stop templates that have forked nothing for [`FunctionTemplates::idle`]: the slot's
+    /// reference goes; the process ends when the last instance forked from it does.
+    pub fn sweep(&self) {
+        let mut slots = self.slots.lock().expect("template slots lock");
+        slots.retain(|_, slot| match slot.try_lock() {
+            Ok(s) => s.last_used.is_some_and(|t| t.elapsed() < self.idle),
+            Err(_) => true, // in use right now
+        });
     }
 }

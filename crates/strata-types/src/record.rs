@@ -14,6 +14,10 @@ pub struct ColdStart {
     /// Which way the instance came to be.
     #[serde(default)]
     pub path: ColdPath,
+    /// Python: starting the function's template (its import included) when this cold start
+    /// had to; 0 when one was running.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub template_ms: f64,
     /// wasm: compiling the component to machine code (at deploy; 0 when it came from the
     /// artifact cache).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -44,6 +48,8 @@ pub enum ColdPath {
     Wasm,
     /// A new sandbox forked from the runtime's template (runtime and bootstrap loaded).
     RuntimeTemplate,
+    /// A new sandbox forked from the function's template (its handler already imported).
+    FunctionTemplate,
 }
 
 /// Where a wasm function's machine code came from when it was loaded.

@@ -148,7 +148,23 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let wasm = crate::wasm::Tier::new(&data).context("preparing the wasm tier")?;
     // STRATA_RUNTIME_TEMPLATES=0 starts every Python instance from scratch (for comparisons).
     let templates = (std::env::var("STRATA_RUNTIME_TEMPLATES").as_deref() != Ok("0")).then(|| {
-        let t = Arc::new(strata_instance::Templates::new(backend.clone(), &runtime_dir));
+        let mut t = strata_instance::Templates::new(backend.clone(), &runtime_dir);
+        // STRATA_FUNCTION_TEMPLATES=0: Python instances fork from the runtime template only.
+        if std::env::var("STRATA_FUNCTION_TEMPLATES").as_deref() != Ok("0") {
+            t = t.with_function_templates(strata_instance::FUNCTION_TEMPLATE_IDLE);
+        }
+        let t = Arc::new(t);
+        let sweeper = Arc::clone(&t);
+        tokio::spawn(async move {
+            // Function templates unused for their idle time go even when nothing launches.
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                if let Some(f) = sweeper.functions() {
+                    f.sweep();
+                }
+            }
+        });
         // Started now, so the first cold start does not wait for it.
         let _ = t.python();
         t

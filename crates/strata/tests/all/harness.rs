@@ -38,6 +38,7 @@ pub struct Daemon {
     pub data: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -54,6 +55,11 @@ impl Daemon {
     }
 
     pub fn start_with(args: &[&str]) -> Daemon {
+        Self::start_env(args, &[])
+    }
+
+    /// Started with `args` and the environment variables `env`.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
         let mut d = Daemon {
@@ -62,6 +68,7 @@ impl Daemon {
             data,
             _tmp: Some(tmp),
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         d.launch();
         d
@@ -75,6 +82,7 @@ impl Daemon {
             .arg(&self.data)
             .args(&self.args)
             .env("STRATA_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

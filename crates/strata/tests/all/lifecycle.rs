@@ -276,7 +276,16 @@ fn bad_keep_alive_flags_are_named() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_instances_fork_from_the_runtime_template_and_share_nothing() {
-    let d = Daemon::start();
+    templated_instances_share_nothing(&[("STRATA_FUNCTION_TEMPLATES", "0")], "runtime_template").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_instances_fork_from_function_templates_and_share_nothing() {
+    templated_instances_share_nothing(&[], "function_template").await;
+}
+
+async fn templated_instances_share_nothing(env: &[(&str, &str)], path: &str) {
+    let d = Daemon::start_env(&[], env);
     // Two functions: `a` changes the state it inherited from the template (a preloaded
     // module, /tmp), `b` looks for it.
     let a = function_dir(&[
@@ -312,13 +321,13 @@ async fn python_instances_fork_from_the_runtime_template_and_share_nothing() {
     );
     for name in ["tpl-a", "tpl-b"] {
         let recs = records(&d, name, 1).await;
-        assert_eq!(recs[0]["cold_start"]["path"], "runtime_template", "{name}: {}", recs[0]);
+        assert_eq!(recs[0]["cold_start"]["path"], path, "{name}: {}", recs[0]);
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_runtime_template_is_replaced_and_calls_go_on() {
-    let d = Daemon::start();
+    let d = Daemon::start_env(&[], &[("STRATA_FUNCTION_TEMPLATES", "0")]);
     let f = function_dir(&[
         (
             "strata.toml",
@@ -333,18 +342,7 @@ async fn a_killed_runtime_template_is_replaced_and_calls_go_on() {
         "up"
     );
     // The template: the daemon's child running zygote.py.
-    let daemon = d.pid_raw().to_string();
-    let zygotes: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
-            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
-            let cmdline = std::fs::read_to_string(e.path().join("cmdline")).ok()?;
-            let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim().to_owned();
-            (ppid == daemon && cmdline.contains("zygote.py")).then_some(pid)
-        })
-        .collect();
+    let zygotes = children_with(d.pid_raw(), "zygote.py");
     assert_eq!(zygotes.len(), 1, "one runtime template");
     // SAFETY: kill(2) of the template process found above.
     unsafe { libc::kill(zygotes[0], libc::SIGKILL) };
@@ -359,5 +357,124 @@ async fn a_killed_runtime_template_is_replaced_and_calls_go_on() {
         recs[0]["cold_start"]["path"], "runtime_template",
         "a new template: {}",
         recs[0]
+    );
+}
+
+/// The processes whose parent is `ppid` and whose command line contains `needle`.
+fn children_with(ppid: i32, needle: &str) -> Vec<i32> {
+    let ppid = ppid.to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let cmdline = std::fs::read_to_string(e.path().join("cmdline")).ok()?;
+            let parent = status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim().to_owned();
+            (parent == ppid && cmdline.contains(needle)).then_some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_on_a_cold_function_pays_one_import() {
+    let d = Daemon::start();
+    // The import takes 200 ms and says so in the log; each call holds its instance 300 ms,
+    // so the burst needs many instances at once.
+    let f = function_dir(&[
+        (
+            "strata.toml",
+            "name = \"burst\"\nruntime = \"python\"\nhandler = \"main:handle\"\n",
+        ),
+        (
+            "main.py",
+            "import time\ntime.sleep(0.2)\nprint('imported', flush=True)\nSTATE = []\n\ndef handle(r):\n    STATE.append(1)\n    time.sleep(0.3)\n    return len(STATE)\n",
+        ),
+    ]);
+    d.deploy(f.path());
+    let c = d.client();
+    let calls = (0..20).map(|_| {
+        let c = c.clone();
+        let url = d.fn_url("burst");
+        tokio::spawn(async move { c.post(url).send().await.unwrap() })
+    });
+    let mut bodies = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        let r = call.await.unwrap();
+        assert_eq!(r.status(), 200);
+        bodies.push(r.text().await.unwrap());
+    }
+    let recs = records(&d, "burst", 20).await;
+    let cold: Vec<&serde_json::Value> = recs.iter().filter(|r| r["cold"] == true).collect();
+    assert!(cold.len() >= 2, "the burst scaled out: {} cold starts", cold.len());
+    for r in &cold {
+        assert_eq!(r["cold_start"]["path"], "function_template", "{r}");
+    }
+    let imports: Vec<f64> = cold
+        .iter()
+        .map(|r| r["cold_start"]["import_ms"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        imports.iter().filter(|ms| **ms >= 200.0).count(),
+        1,
+        "one cold start paid the import, the others forked: {imports:?}"
+    );
+    let log = get_text(&d, "/api/v1/functions/burst/logs").await;
+    assert_eq!(log.matches("imported").count(), 1, "{log}");
+    // Each instance has its own state, though they forked from one import.
+    let firsts = bodies.iter().filter(|b| b.as_str() == "1").count();
+    assert_eq!(firsts, cold.len(), "{bodies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_function_template_is_replaced_and_calls_go_on() {
+    let d = Daemon::start();
+    let f = function_dir(&[
+        (
+            "strata.toml",
+            "name = \"hydra\"\nruntime = \"python\"\nhandler = \"main:handle\"\nkeep_alive = \"0s\"\n",
+        ),
+        (
+            "main.py",
+            "print('imported', flush=True)\n\ndef handle(r):\n    return 'up'\n",
+        ),
+    ]);
+    d.deploy(f.path());
+    let c = d.client();
+    assert_eq!(
+        c.get(d.fn_url("hydra")).send().await.unwrap().text().await.unwrap(),
+        "up"
+    );
+    // The function template: a child of the daemon (forked from the runtime template, so its
+    // command line is the zygote's) that leads a pid namespace of its own, where the runtime
+    // template is in the host's. With keep_alive 0 no instance is left to confuse it with.
+    let zygote_like = children_with(d.pid_raw(), "zygote.py");
+    let templates: Vec<i32> = zygote_like
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .map(|s| {
+                    s.lines()
+                        .any(|l| l.starts_with("NSpid:") && l.split_whitespace().count() > 2)
+                })
+                .unwrap_or(false)
+        })
+        .collect();
+    assert_eq!(templates.len(), 1, "one function template");
+    // SAFETY: kill(2) of the template process found above.
+    unsafe { libc::kill(templates[0], libc::SIGKILL) };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        let r = c.get(d.fn_url("hydra")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "up");
+    }
+    let recs = records(&d, "hydra", 4).await;
+    assert_eq!(recs[0]["cold_start"]["path"], "function_template", "{}", recs[0]);
+    let log = get_text(&d, "/api/v1/functions/hydra/logs").await;
+    assert_eq!(
+        log.matches("imported").count(),
+        2,
+        "a new template imported again: {log}"
     );
 }
