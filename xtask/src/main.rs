@@ -87,7 +87,7 @@ fn build_examples() -> anyhow::Result<()> {
 }
 
 /// The WebAssembly guests in `guests/` (their own workspace), built for wasm32-wasip2 (and
-/// `upper` for wasip1); the hello example is copied into `examples/hello-wasm`.
+/// `upper` and `preinit` for wasip1); the hello example is copied into `examples/hello-wasm`.
 fn build_wasm_guests() -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
@@ -115,7 +115,7 @@ fn build_wasm_guests() -> anyhow::Result<()> {
         run(&mut cargo)
     };
     build("wasm32-wasip2", &["hello", "probe"])?;
-    build("wasm32-wasip1", &["upper"])?;
+    build("wasm32-wasip1", &["upper", "preinit"])?;
     let out = guests.join("target/wasm32-wasip2/release");
     std::fs::copy(out.join("hello.wasm"), repo().join("examples/hello-wasm/hello.wasm"))?;
     // An example only (no test needs it): a PyPI outage must not fail the build.

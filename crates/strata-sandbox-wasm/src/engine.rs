@@ -94,6 +94,9 @@ pub struct LoadInfo {
     pub source: ArtifactSource,
     /// Reading, verifying and mapping the artifact, plus linking, milliseconds.
     pub load_ms: f64,
+    /// Running the module's `wizer-initialize` and snapshotting it (part of a compile; 0 when
+    /// it has none or the artifact came from the cache), milliseconds.
+    pub preinit_ms: f64,
 }
 
 impl LoadInfo {
@@ -297,6 +300,7 @@ impl WasmEngine {
                             key,
                             source: ArtifactSource::Cached,
                             load_ms: started.elapsed().as_secs_f64() * 1000.0,
+                            preinit_ms: 0.0,
                         };
                         return Ok((c, info));
                     }
@@ -310,6 +314,16 @@ impl WasmEngine {
             tracing::warn!(key, why, "compiled artifact not usable; compiling again");
         }
         let compile_started = Instant::now();
+        let mut preinit_ms = 0.0;
+        let preinitialized;
+        let wasm = if crate::preinit::wants_preinit(wasm) {
+            let t = Instant::now();
+            preinitialized = crate::preinit::preinitialize(&self.inner.engine, self.inner.tick, wasm)?;
+            preinit_ms = t.elapsed().as_secs_f64() * 1000.0;
+            &preinitialized[..]
+        } else {
+            wasm
+        };
         let wasm = adapt(wasm)?;
         let artifact = self
             .inner
@@ -332,6 +346,7 @@ impl WasmEngine {
             key,
             source,
             load_ms: load_started.elapsed().as_secs_f64() * 1000.0,
+            preinit_ms,
         };
         Ok((component, info))
     }

@@ -5,6 +5,9 @@
 //!   time; the artifact is cached on disk under the component's content hash and the
 //!   engine's configuration ([`cache`]), so a restart loads machine code instead of
 //!   compiling. Damaged or foreign cache files are detected and rebuilt, never loaded.
+//! - **Initialise once.** A core module that exports `wizer-initialize` has it run at deploy
+//!   and its state snapshotted into the module ([`preinit`], wasmtime-wizer), so expensive
+//!   set-up is not redone by every fresh instance.
 //! - **Instantiate per request.** [`WasmFunction::call`] creates a store and an instance from
 //!   an `InstancePre` on the pooling allocator (copy-on-write memory images), runs
 //!   `wasi:http/incoming-handler.handle`, and drops both. Nothing survives from one call to
@@ -22,6 +25,7 @@ pub mod cache;
 mod call;
 mod capture;
 mod engine;
+pub mod preinit;
 
 pub use call::{CallError, CallReport, HttpCall, Reply};
 pub use engine::{ArtifactSource, EngineConfig, Limits, LoadInfo, WasmEngine, WasmFunction};

@@ -315,3 +315,51 @@ async fn a_thousand_concurrent_calls_are_all_answered() {
     }
     assert_eq!(n, 1000);
 }
+
+fn preinit_engine() -> wasmtime::Engine {
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    wasmtime::Engine::new(&config).unwrap()
+}
+
+#[test]
+fn preinitialisation_snapshots_what_the_initialiser_did() {
+    let wasm = wat::parse_str(
+        r#"(module
+            (memory (export "memory") 1)
+            (global $g (mut i32) (i32.const 0))
+            (func (export "wizer-initialize")
+                (global.set $g (i32.const 42))
+                (i32.store (i32.const 8) (i32.const 7)))
+            (func (export "get") (result i32)
+                (i32.add (global.get $g) (i32.load (i32.const 8)))))"#,
+    )
+    .unwrap();
+    assert!(strata_sandbox_wasm::preinit::wants_preinit(&wasm));
+    let engine = preinit_engine();
+    let out = strata_sandbox_wasm::preinit::preinitialize(&engine, Duration::from_millis(1), &wasm).unwrap();
+    assert!(
+        !strata_sandbox_wasm::preinit::wants_preinit(&out),
+        "the initialiser is not exported any more"
+    );
+    let module = wasmtime::Module::new(&engine, &out).unwrap();
+    let mut store = wasmtime::Store::new(&engine, ());
+    store.set_epoch_deadline(1_000_000);
+    let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+    let get = instance.get_typed_func::<(), i32>(&mut store, "get").unwrap();
+    assert_eq!(get.call(&mut store, ()).unwrap(), 49, "the global and the memory as initialised");
+}
+
+#[test]
+fn an_initialiser_that_calls_an_import_fails_the_deploy_clearly() {
+    let wasm = wat::parse_str(
+        r#"(module
+            (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))
+            (func (export "wizer-initialize") (drop (call $yield))))"#,
+    )
+    .unwrap();
+    let err = strata_sandbox_wasm::preinit::preinitialize(&preinit_engine(), Duration::from_millis(1), &wasm)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("wizer-initialize failed") && err.contains("may not call imports"), "{err}");
+}

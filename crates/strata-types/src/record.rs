@@ -22,6 +22,10 @@ pub struct ColdStart {
     /// artifact cache).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub compile_ms: f64,
+    /// wasm: running the module's `wizer-initialize` and snapshotting its state, at deploy
+    /// (part of `compile_ms`; 0 when it has none or the artifact came from the cache).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub preinit_ms: f64,
     /// wasm: reading, verifying and mapping the compiled artifact, and linking it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub load_ms: f64,

@@ -40,11 +40,19 @@ impl DirectTier for Tier {
             .engine
             .prepare(&code_dir.join(&spec.handler))
             .map_err(|e| e.to_string())?;
+        let preinit = if info.preinit_ms > 0.0 {
+            format!(
+                " (wizer-initialize run and snapshotted first, {:.0} ms of it)",
+                info.preinit_ms
+            )
+        } else {
+            String::new()
+        };
         Ok(match info.source {
-            ArtifactSource::Compiled { ms } => format!("compiled to machine code in {ms:.0} ms"),
+            ArtifactSource::Compiled { ms } => format!("compiled to machine code in {ms:.0} ms{preinit}"),
             ArtifactSource::Cached => "compiled artifact found in the cache, nothing to compile".into(),
             ArtifactSource::Rebuilt { reason, ms } => {
-                format!("cached artifact rejected ({reason}), compiled again in {ms:.0} ms")
+                format!("cached artifact rejected ({reason}), compiled again in {ms:.0} ms{preinit}")
             }
         })
     }
@@ -154,6 +162,7 @@ impl Loaded {
             ColdStart {
                 path: ColdPath::Wasm,
                 compile_ms: info.compile_ms(),
+                preinit_ms: info.preinit_ms,
                 load_ms: info.load_ms,
                 instantiate_ms: report.instantiate.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
                 artifact: Some(match info.source {

@@ -366,3 +366,35 @@ async fn wasip1_command_modules_are_adapted() {
     let r = c.post(d.fn_url("upper")).body("fail").send().await.unwrap();
     assert_eq!(code_of(r).await, (500, "function_error".into()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_exporting_wizer_initialize_is_initialised_once_at_deploy() {
+    let d = Daemon::start();
+    let f = function_dir(&[(
+        "strata.toml",
+        "name = \"primes\"\nruntime = \"wasm\"\nhandler = \"preinit.wasm\"\n",
+    )]);
+    let module = repo().join("guests/target/wasm32-wasip1/release/preinit.wasm");
+    assert!(
+        module.exists(),
+        "{} is missing: run `cargo xtask examples` first",
+        module.display()
+    );
+    std::fs::copy(module, f.path().join("preinit.wasm")).unwrap();
+    let out = d.deploy(f.path());
+    assert!(out.contains("wizer-initialize run and snapshotted"), "{out}");
+    let c = d.client();
+    // A fresh instance per request, each starting from the snapshot: the table is there
+    // before the request runs, every time.
+    for _ in 0..3 {
+        let r = c.post(d.fn_url("primes")).body("10").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            body_json(r).await,
+            serde_json::json!({"preinitialized": true, "primes": 148933, "nth": 29})
+        );
+    }
+    let recs = records(&d, "primes", 1).await;
+    let cold = &recs.last().unwrap()["cold_start"];
+    assert!(cold["preinit_ms"].as_f64().unwrap() > 0.0, "{cold}");
+}
