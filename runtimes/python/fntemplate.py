@@ -16,8 +16,10 @@ socket to the backend (crates/strata-sandbox/src/fork.rs documents the protocol)
    and rlimits, drops every capability, stacks the strict seccomp filter and serves calls with
    the handler this process imported: no import on its cold path.
 
-It is the pid namespace's init: it reaps the instances and writes each one's wait status to
-the pipe the backend gave for it. When the backend closes the socket it exits, and the kernel
+It is the pid namespace's init: it reaps the instances (watched through pidfds) and writes
+each one's wait status to the pipe the backend gave for it. After each request it forks the
+next instance ahead of time, up to its loopback and hostname, so a request that finds it
+only hands it its descriptors and waits for its cgroup. When the backend closes the socket it exits, and the kernel
 kills every instance with it.
 """
 
@@ -27,7 +29,7 @@ import gc
 import json
 import os
 import random
-import signal
+import select
 import socket
 import struct
 import sys
@@ -71,21 +73,32 @@ def _enter_user_namespace():
     _write_file("/proc/self/gid_map", "%d %d 1" % (gid, gid))
 
 
-def _reap(_signum, _frame):
-    while True:
+_poller = None  # select.poll over the control socket and every child's pidfd
+_children = {}  # pidfd -> pid, for every instance forked and not yet reaped
+
+
+def _watch(pid):
+    """Reap `pid` when it exits (see _reap). Children are watched through pidfds, not
+    SIGCHLD: a signal can be coalesced with another or land while one is blocked, and a
+    missed one would leave an instance unreaped with the daemon waiting for its status."""
+    pidfd = os.pidfd_open(pid)
+    _children[pidfd] = pid
+    _poller.register(pidfd, select.POLLIN)
+
+
+def _reap(pidfd):
+    """A watched child has exited: reap it and write its wait status to its status pipe."""
+    pid = _children.pop(pidfd)
+    _poller.unregister(pidfd)
+    os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    fd = _status.pop(pid, None)
+    if fd is not None:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        fd = _status.pop(pid, None)
-        if fd is not None:
-            try:
-                os.write(fd, struct.pack("i", status))
-            except OSError:
-                pass
-            os.close(fd)
+            os.write(fd, struct.pack("i", status))
+        except OSError:
+            pass
+        os.close(fd)
 
 
 def _lo_up():
@@ -106,27 +119,40 @@ def _await_go(fd):
         raise zygote.StepError("cgroup", 125)  # ECANCELED: the backend gave up
 
 
-def _prepare(req, fds, report_w):
-    """The instance's steps, as (function, arguments, step name) lists: mounts, then the rest.
-    Built before the clone, like the runtime template's (see zygote._prepare)."""
+def _shape(req):
+    """What a pre-forked instance is made for: requests of the same shape can have it."""
+    return (req["tmp"], bool(req["netns"]), req["hostname"])
+
+
+def _early_ops(req):
+    """What an instance can do before it has a request: its namespaces are made by the clone;
+    here its /tmp, /proc, loopback and hostname. (Kernel objects made now are charged to this
+    template's cgroup, not the instance's: a tmpfs superblock, a network namespace.)"""
     mount = zygote._mount_op
-    go_r = fds[0]
-    mounts = [
-        (_await_go, (go_r,), "cgroup"),
-        (_libc.unshare, (zygote.CLONE_NEWCGROUP,), "cgroup-ns"),
+    ops = [
         (os.umask, (0o022,), "umask"),
         mount("tmpfs", "/tmp", "tmpfs", zygote.MS_NOSUID | zygote.MS_NODEV, req["tmp"], "tmpfs"),
         mount("proc", "/proc", "proc", zygote.MS_NOSUID | zygote.MS_NODEV | zygote.MS_NOEXEC, None, "proc"),
     ]
     if req["netns"]:
-        mounts.append((_lo_up, (), "loopback"))
+        ops.append((_lo_up, (), "loopback"))
     host = req["hostname"].encode()
-    ops = [
-        (_libc.sethostname, (host, len(host)), "hostname"),
-        (os.chdir, (req["cwd"],), "chdir"),
+    ops.append((_libc.sethostname, (host, len(host)), "hostname"))
+    return ops
+
+
+def _late_ops(req, fds, report_w):
+    """What an instance does once it has its request: wait for its cgroup, root a cgroup
+    namespace there, working directory, descriptors, rlimits, capabilities, seccomp.
+    fds: go (read end), report (write end), then the instance's descriptors in `targets`
+    order."""
+    setup = [
+        (_await_go, (fds[0],), "cgroup"),
+        (_libc.unshare, (zygote.CLONE_NEWCGROUP,), "cgroup-ns"),
     ]
+    ops = [(os.chdir, (req["cwd"],), "chdir")]
     targets = req["targets"]
-    rest = fds[3:]
+    rest = fds[2:]
     if len(rest) != len(targets):
         raise ValueError("%d descriptors for %d targets" % (len(rest), len(targets)))
     for src, target in zip(rest, targets):
@@ -156,78 +182,165 @@ def _prepare(req, fds, report_w):
             "seccomp",
         ),
     ]
-    return mounts, ops
+    return setup, ops
 
 
-def _instance(ops, report_w, argv, handler, concurrency):
-    """The forked instance (pid 1 of its namespaces); never returns."""
-    mounts, rest = ops
+def _high(fds):
+    """The received descriptors moved above every possible target (< 64)."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    return high
+
+
+def _instance(early, conn, handler, concurrency):
+    """A forked instance (pid 1 of its namespaces); never returns. `early`: its steps before
+    a request; `conn`: its end of the socket its request arrives on from this template."""
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
         _status.clear()
+        _children.clear()
+        # Nothing of the template's but the standard streams (replaced later) and the socket.
+        os.closerange(3, conn)
+        os.closerange(conn + 1, 1 << 20)
+        zygote._execute(early)
+        os.write(conn, b"r")
+        data, anc, _flags, _addr = socket.socket(fileno=conn).recvmsg(1 << 20, socket.CMSG_SPACE(64 * 4))
+    except BaseException:
+        os._exit(127)
+    if not data:
+        os._exit(0)  # the template let its spare go
+    fds = []
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            n = len(payload) // 4
+            fds.extend(struct.unpack("%di" % n, payload[: n * 4]))
+    report_w = None
+    try:
+        req = json.loads(data)
+        fds = _high(fds)
+        report_w = fds[1]
+        setup, ops = _late_ops(req, fds, report_w)
         t0 = time.perf_counter()
-        zygote._execute(mounts)
+        zygote._execute(setup)
         t1 = time.perf_counter()
-        zygote._execute(rest)
+        zygote._execute(ops)
         t2 = time.perf_counter()
     except zygote.StepError as e:
-        os.write(report_w, ("%s:%d" % (e.step, e.errno or 0)).encode())
+        if report_w is not None:
+            os.write(report_w, ("%s:%d" % (e.step, e.errno or 0)).encode())
         os._exit(127)
     except BaseException as e:
-        os.write(report_w, ("setup:0:%s" % e).encode()[:4000])
+        if report_w is not None:
+            os.write(report_w, ("setup:0:%s" % e).encode()[:4000])
         os._exit(127)
     random.seed()
     os.write(report_w, b"ok %d %d" % ((t1 - t0) * 1e6, (t2 - t1) * 1e6))
     os.close(report_w)
+    argv = req["argv"]
     if argv and argv[-1] == BOOTSTRAP:
         bootstrap.serve(handler, concurrency, 0.0)
         bootstrap._die(0)
     zygote._run(argv)
 
 
-def _fork_one(req, fds, handler, concurrency):
-    """fds: go (read end), report (write end), status (write end), then the instance's
-    descriptors in `targets` order."""
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]
-    for fd in fds:
-        os.close(fd)
-    fds = high
-    report_w, status_w = fds[1], fds[2]
-    try:
-        ops = _prepare(req, fds, report_w)
-    except Exception:
-        for fd in fds:
-            os.close(fd)
-        raise
+class _Spare:
+    """An instance forked ahead of its request, waiting on `conn` (see _instance)."""
+
+    def __init__(self, pid, conn, shape):
+        self.pid, self.conn, self.shape = pid, conn, shape
+
+    def take(self, wait):
+        """Whether it is set up and alive, waiting up to `wait` seconds for it."""
+        self.conn.settimeout(wait)
+        try:
+            return self.conn.recv(1) == b"r"
+        except OSError:
+            return False
+        finally:
+            self.conn.settimeout(None)
+
+    def drop(self):
+        self.conn.close()  # it exits on end of file; the reaper collects it
+
+
+def _fork(req, handler, concurrency):
+    """Fork an instance for requests shaped like `req`: (_Spare) or an error answer."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    early = _early_ops(req)
     for s in (sys.__stdout__, sys.__stderr__):
         s.flush()
-    t0 = time.perf_counter()
-    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
-    try:
-        pid = zygote._clone(
-            zygote.CLONE_NEWPID
-            | zygote.CLONE_NEWNS
-            | zygote.CLONE_NEWIPC
-            | zygote.CLONE_NEWUTS
-            | (zygote.CLONE_NEWNET if req["netns"] else 0)
-            | zygote.SIGCHLD
-        )
-        if pid == 0:
-            _instance(ops, report_w, req["argv"], handler, concurrency)
-            os._exit(127)
-        if pid > 0:
-            _status[pid] = status_w
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
-    for fd in fds:
-        if not (pid > 0 and fd == status_w):
-            os.close(fd)
+    conn = theirs.fileno()
+    pid = zygote._clone(
+        zygote.CLONE_NEWPID
+        | zygote.CLONE_NEWNS
+        | zygote.CLONE_NEWIPC
+        | zygote.CLONE_NEWUTS
+        | (zygote.CLONE_NEWNET if req["netns"] else 0)
+        | zygote.SIGCHLD
+    )
+    if pid == 0:
+        _instance(early, conn, handler, concurrency)
+        os._exit(127)
+    theirs.close()
     if pid < 0:
+        ours.close()
         e = ctypes.get_errno()
-        return {"error": "clone: %s" % os.strerror(e), "errno": e}, None
-    pidfd = os.pidfd_open(pid)
-    return {"pid": pid, "fork_us": int((time.perf_counter() - t0) * 1e6)}, pidfd
+        return None, {"error": "clone: %s" % os.strerror(e), "errno": e}
+    _watch(pid)
+    return _Spare(pid, ours, _shape(req)), None
+
+
+_spare = None  # the instance forked ahead for the next request
+
+
+def _serve(req, fds, handler, concurrency):
+    """Give one request an instance: the spare when it fits, else a new fork. fds: go (read
+    end), report (write end), status (write end), the instance's descriptors. Returns the
+    answer and the instance's pidfd."""
+    global _spare
+    t0 = time.perf_counter()
+    status_w = fds[2]
+    passed = fds[:2] + fds[3:]
+    spare, _spare = _spare, None
+    if spare is not None and not (spare.shape == _shape(req) and spare.take(0.1)):
+        spare.drop()
+        spare = None
+    prefork = spare is not None
+    if spare is None:
+        spare, error = _fork(req, handler, concurrency)
+        if spare is None:
+            for fd in fds:
+                os.close(fd)
+            return error, None
+        if not spare.take(10):
+            spare.drop()
+            for fd in fds:
+                os.close(fd)
+            return {"error": "the forked instance died setting up", "errno": 0}, None
+    try:
+        _status[spare.pid] = status_w
+        pidfd = os.pidfd_open(spare.pid)
+        spare.conn.sendmsg(
+            [json.dumps(req).encode()],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(passed), *passed))],
+        )
+    except OSError as e:
+        _status.pop(spare.pid, None)
+        for fd in fds:
+            os.close(fd)
+        spare.drop()
+        return {"error": "handing the request to the instance: %s" % e, "errno": 0}, None
+    for fd in passed:
+        os.close(fd)
+    spare.conn.close()
+    return {"pid": spare.pid, "fork_us": int((time.perf_counter() - t0) * 1e6), "prefork": prefork}, pidfd
+
+
+def _prefork(req, handler, concurrency):
+    """After answering: fork the next request's instance ahead of time."""
+    global _spare
+    if _spare is None:
+        _spare, _ = _fork(req, handler, concurrency)
 
 
 def main():
@@ -243,12 +356,20 @@ def main():
         # Threads started by the import, for one, make unshare fail: no template then.
         sock.send(json.dumps({"error": "user namespace: %s" % e}).encode())
         bootstrap._die(1)
-    signal.signal(signal.SIGCHLD, _reap)
+    global _poller
+    _poller = select.poll()
+    _poller.register(CTRL_FD, select.POLLIN)
     gc.collect()
     gc.freeze()
     sock.send(json.dumps({"ready": True, "import_ms": got}).encode())
     fd_space = socket.CMSG_SPACE(64 * 4)
     while True:
+        ready = [fd for fd, _ in _poller.poll()]
+        for fd in ready:
+            if fd != CTRL_FD:
+                _reap(fd)
+        if CTRL_FD not in ready:
+            continue
         try:
             data, anc, _flags, _addr = sock.recvmsg(1 << 20, fd_space)
         except OSError:
@@ -263,7 +384,7 @@ def main():
         req, pidfd = None, None
         try:
             req = json.loads(data)
-            answer, pidfd = _fork_one(req, fds, handler, concurrency)
+            answer, pidfd = _serve(req, _high(fds), handler, concurrency)
         except Exception as e:
             for fd in fds:
                 try:
@@ -278,6 +399,10 @@ def main():
         else:
             sock.sendmsg([out], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))])
             os.close(pidfd)
+            try:
+                _prefork(req, handler, concurrency)
+            except Exception:
+                pass
     bootstrap._die(0)
 
 

@@ -85,7 +85,9 @@ pub fn preinitialize(engine: &Engine, tick: Duration, wasm: &[u8]) -> Result<Vec
     let fail = |what: &str, e: &dyn std::fmt::Display| WasmError::Invalid(format!("pre-initialisation: {what}: {e}"));
     let mut wizer = Wizer::new();
     wizer.init_func(INIT_EXPORT);
-    let (cx, instrumented) = wizer.instrument(wasm).map_err(|e| fail("instrument", &format!("{e:#}")))?;
+    let (cx, instrumented) = wizer
+        .instrument(wasm)
+        .map_err(|e| fail("instrument", &format!("{e:#}")))?;
     let module = Module::new(engine, &instrumented).map_err(|e| fail("compile", &format!("{e:#}")))?;
     let mut linker = Linker::<()>::new(engine);
     linker

@@ -347,7 +347,11 @@ fn preinitialisation_snapshots_what_the_initialiser_did() {
     store.set_epoch_deadline(1_000_000);
     let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
     let get = instance.get_typed_func::<(), i32>(&mut store, "get").unwrap();
-    assert_eq!(get.call(&mut store, ()).unwrap(), 49, "the global and the memory as initialised");
+    assert_eq!(
+        get.call(&mut store, ()).unwrap(),
+        49,
+        "the global and the memory as initialised"
+    );
 }
 
 #[test]
@@ -361,5 +365,8 @@ fn an_initialiser_that_calls_an_import_fails_the_deploy_clearly() {
     let err = strata_sandbox_wasm::preinit::preinitialize(&preinit_engine(), Duration::from_millis(1), &wasm)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("wizer-initialize failed") && err.contains("may not call imports"), "{err}");
+    assert!(
+        err.contains("wizer-initialize failed") && err.contains("may not call imports"),
+        "{err}"
+    );
 }

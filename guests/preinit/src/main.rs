@@ -14,7 +14,8 @@ fn sieve(below: usize) -> Vec<u32> {
     for n in 2..below {
         if !composite[n] {
             primes.push(n as u32);
-            let mut m = n * n;
+            // n² fits a 32-bit usize only for small n; larger n have no multiples left to mark.
+            let mut m = n.checked_mul(n).unwrap_or(below);
             while m < below {
                 composite[m] = true;
                 m += n;
