@@ -317,6 +317,7 @@ def _serve(req, fds, handler, concurrency):
             for fd in fds:
                 os.close(fd)
             return {"error": "the forked instance died setting up", "errno": 0}, None
+    pidfd = None
     try:
         _status[spare.pid] = status_w
         pidfd = os.pidfd_open(spare.pid)
@@ -326,7 +327,7 @@ def _serve(req, fds, handler, concurrency):
         )
     except OSError as e:
         _status.pop(spare.pid, None)
-        for fd in fds:
+        for fd in fds + ([pidfd] if pidfd is not None else []):
             os.close(fd)
         spare.drop()
         return {"error": "handing the request to the instance: %s" % e, "errno": 0}, None

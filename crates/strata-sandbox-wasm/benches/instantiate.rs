@@ -8,6 +8,10 @@
 //! - `on_demand`: the same engine without the pool (mmap per instance), the baseline the
 //!   pool is measured against.
 //!
+//! And the `preinit` guest (a wasip1 module whose set-up, a table of primes, is exported as
+//! `wizer-initialize`), loaded as is (pre-initialised at load) and with the export renamed
+//! (no pre-initialisation: every fresh instance builds the table), same call.
+//!
 //! Needs the guests: `cargo xtask examples`, then `cargo bench -p strata-sandbox-wasm`.
 
 use std::path::PathBuf;
@@ -30,6 +34,10 @@ fn component() -> PathBuf {
 }
 
 fn function(dir: &std::path::Path, pooling: bool) -> WasmFunction {
+    load(dir, pooling, &component())
+}
+
+fn load(dir: &std::path::Path, pooling: bool, wasm: &std::path::Path) -> WasmFunction {
     let mut cfg = EngineConfig::new(dir.join(if pooling { "pooled" } else { "on-demand" }));
     cfg.pooling = pooling;
     let engine = WasmEngine::new(cfg).expect("engine");
@@ -42,7 +50,23 @@ fn function(dir: &std::path::Path, pooling: bool) -> WasmFunction {
         max_output_bytes: 1 << 20,
         max_response_bytes: 1 << 20,
     };
-    engine.load(&component(), limits).expect("load")
+    engine.load(wasm, limits).expect("load")
+}
+
+/// The preinit guest as built, and a copy whose `wizer-initialize` export is renamed.
+fn preinit_modules(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guests/target/wasm32-wasip1/release/preinit.wasm");
+    let wasm = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}: run `cargo xtask examples` first", p.display()));
+    let (from, to) = (b"wizer-initialize", b"wizer_initialize");
+    let mut renamed = wasm.clone();
+    let at = renamed
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("the guest exports wizer-initialize");
+    renamed[at..at + from.len()].copy_from_slice(to);
+    let plain = dir.join("preinit-plain.wasm");
+    std::fs::write(&plain, renamed).expect("write");
+    (p, plain)
 }
 
 struct Series {
@@ -79,6 +103,47 @@ fn bench(c: &mut Criterion) {
                     let r = rt.block_on(f.call(call.clone()));
                     let took = t.elapsed();
                     assert!(r.result.is_ok(), "{:?}", r.result);
+                    sum += took;
+                    let _ = total.record(took.as_nanos() as u64);
+                    if let Some(i) = r.instantiate {
+                        let _ = instantiate.record(i.as_nanos() as u64);
+                    }
+                }
+                sum
+            })
+        });
+        SERIES.lock().expect("series").push(Series {
+            name,
+            total,
+            instantiate,
+        });
+    }
+    let (pre, plain) = preinit_modules(dir.path());
+    let primes = HttpCall {
+        method: "POST".into(),
+        path_with_query: "/".into(),
+        headers: Vec::new(),
+        body: Bytes::from_static(b"10"),
+    };
+    for (name, wasm, want) in [
+        ("preinit", &pre, "\"preinitialized\":true"),
+        ("no_preinit", &plain, "\"preinitialized\":false"),
+    ] {
+        let f = load(dir.path(), true, wasm);
+        let mut total = Histogram::<u64>::new(3).expect("histogram");
+        let mut instantiate = Histogram::<u64>::new(3).expect("histogram");
+        group.bench_function(format!("primes/{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut sum = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let r = rt.block_on(f.call(primes.clone()));
+                    let took = t.elapsed();
+                    let body = match &r.result {
+                        Ok(reply) => String::from_utf8_lossy(&reply.body).into_owned(),
+                        Err(e) => panic!("{e:?}"),
+                    };
+                    assert!(body.contains(want), "{body}");
                     sum += took;
                     let _ = total.record(took.as_nanos() as u64);
                     if let Some(i) = r.instantiate {

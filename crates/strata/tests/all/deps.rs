@@ -208,3 +208,31 @@ async fn a_layer_over_the_size_limit_fails_the_deploy() {
     let r = d.client().get(d.fn_url("big")).send().await.unwrap();
     assert_eq!(r.status(), 404, "nothing was activated");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_native_addon_loads_inside_the_sandbox() {
+    // @node-rs/crc32 is a compiled addon (a `.node` shared library), shipped prebuilt for
+    // each platform as an optional dependency: no install script needed.
+    let d = Daemon::start();
+    let f = function_dir(&[
+        (
+            "strata.toml",
+            "name = \"crc\"\nruntime = \"node\"\nhandler = \"index:handle\"\n",
+        ),
+        (
+            "package.json",
+            "{\"name\": \"crc\", \"version\": \"1.0.0\", \"dependencies\": {\"@node-rs/crc32\": \"1.10.6\"}}\n",
+        ),
+        (
+            "index.js",
+            "const { crc32 } = require('@node-rs/crc32');\nconst addon = require.resolve('@node-rs/crc32-linux-x64-gnu');\nexports.handle = async (req) => ({ crc: crc32(req.text()), addon: addon.endsWith('.node') });\n",
+        ),
+    ]);
+    d.deploy(f.path());
+    let r = d.client().post(d.fn_url("crc")).body("hello").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        body_json(r).await,
+        serde_json::json!({"crc": 907060870u32, "addon": true})
+    );
+}
