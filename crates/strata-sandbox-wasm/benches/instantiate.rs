@@ -93,30 +93,7 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     for (name, pooling) in [("pooled", true), ("on_demand", false)] {
         let f = function(dir.path(), pooling);
-        let mut total = Histogram::<u64>::new(3).expect("histogram");
-        let mut instantiate = Histogram::<u64>::new(3).expect("histogram");
-        group.bench_function(format!("instantiate_and_call/{name}"), |b| {
-            b.iter_custom(|iters| {
-                let mut sum = Duration::ZERO;
-                for _ in 0..iters {
-                    let t = Instant::now();
-                    let r = rt.block_on(f.call(call.clone()));
-                    let took = t.elapsed();
-                    assert!(r.result.is_ok(), "{:?}", r.result);
-                    sum += took;
-                    let _ = total.record(took.as_nanos() as u64);
-                    if let Some(i) = r.instantiate {
-                        let _ = instantiate.record(i.as_nanos() as u64);
-                    }
-                }
-                sum
-            })
-        });
-        SERIES.lock().expect("series").push(Series {
-            name,
-            total,
-            instantiate,
-        });
+        measure(&mut group, &rt, "instantiate_and_call", name, &f, &call, "Hello");
     }
     let (pre, plain) = preinit_modules(dir.path());
     let primes = HttpCall {
@@ -130,37 +107,50 @@ fn bench(c: &mut Criterion) {
         ("no_preinit", &plain, "\"preinitialized\":false"),
     ] {
         let f = load(dir.path(), true, wasm);
-        let mut total = Histogram::<u64>::new(3).expect("histogram");
-        let mut instantiate = Histogram::<u64>::new(3).expect("histogram");
-        group.bench_function(format!("primes/{name}"), |b| {
-            b.iter_custom(|iters| {
-                let mut sum = Duration::ZERO;
-                for _ in 0..iters {
-                    let t = Instant::now();
-                    let r = rt.block_on(f.call(primes.clone()));
-                    let took = t.elapsed();
-                    let body = match &r.result {
-                        Ok(reply) => String::from_utf8_lossy(&reply.body).into_owned(),
-                        Err(e) => panic!("{e:?}"),
-                    };
-                    assert!(body.contains(want), "{body}");
-                    sum += took;
-                    let _ = total.record(took.as_nanos() as u64);
-                    if let Some(i) = r.instantiate {
-                        let _ = instantiate.record(i.as_nanos() as u64);
-                    }
-                }
-                sum
-            })
-        });
-        SERIES.lock().expect("series").push(Series {
-            name,
-            total,
-            instantiate,
-        });
+        measure(&mut group, &rt, "primes", name, &f, &primes, want);
     }
     group.finish();
     report();
+}
+
+/// Criterion's measurement of `call` on `f`, every iteration also in the series `name`'s
+/// histograms; each answer must contain `want`.
+fn measure(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    what: &str,
+    name: &'static str,
+    f: &WasmFunction,
+    call: &HttpCall,
+    want: &str,
+) {
+    let mut total = Histogram::<u64>::new(3).expect("histogram");
+    let mut instantiate = Histogram::<u64>::new(3).expect("histogram");
+    group.bench_function(format!("{what}/{name}"), |b| {
+        b.iter_custom(|iters| {
+            let mut sum = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let r = rt.block_on(f.call(call.clone()));
+                let took = t.elapsed();
+                match &r.result {
+                    Ok(reply) => assert!(String::from_utf8_lossy(&reply.body).contains(want), "{:?}", reply.body),
+                    Err(e) => panic!("{e:?}"),
+                }
+                sum += took;
+                let _ = total.record(took.as_nanos() as u64);
+                if let Some(i) = r.instantiate {
+                    let _ = instantiate.record(i.as_nanos() as u64);
+                }
+            }
+            sum
+        })
+    });
+    SERIES.lock().expect("series").push(Series {
+        name,
+        total,
+        instantiate,
+    });
 }
 
 fn report() {
