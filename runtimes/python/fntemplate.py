@@ -53,6 +53,7 @@ SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 
 _libc = zygote._libc
+_pyapi = ctypes.pythonapi
 _status = {}  # instance pid (in this namespace) -> the write end of its status pipe
 
 
@@ -270,6 +271,10 @@ def _fork(req, handler, concurrency):
     for s in (sys.__stdout__, sys.__stderr__):
         s.flush()
     conn = theirs.fileno()
+    # What os.fork() does around fork(2): the interpreter's own bookkeeping (import lock,
+    # threads) and the libraries' os.register_at_fork handlers (random reseeds, for one), so
+    # the function's imported modules know they were forked.
+    _pyapi.PyOS_BeforeFork()
     pid = zygote._clone(
         zygote.CLONE_NEWPID
         | zygote.CLONE_NEWNS
@@ -279,14 +284,23 @@ def _fork(req, handler, concurrency):
         | zygote.SIGCHLD
     )
     if pid == 0:
+        _pyapi.PyOS_AfterFork_Child()
         _instance(early, conn, handler, concurrency)
         os._exit(127)
+    _pyapi.PyOS_AfterFork_Parent()
     theirs.close()
     if pid < 0:
         ours.close()
         e = ctypes.get_errno()
         return None, {"error": "clone: %s" % os.strerror(e), "errno": e}
-    _watch(pid)
+    try:
+        _watch(pid)
+    except OSError as e:
+        # Unwatched, it would never be reaped: take it down now.
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        ours.close()
+        return None, {"error": "watching the forked instance: %s" % e, "errno": e.errno or 0}
     return _Spare(pid, ours, _shape(req)), None
 
 
@@ -384,8 +398,9 @@ def main():
                 fds.extend(struct.unpack("%di" % n, payload[: n * 4]))
         req, pidfd = None, None
         try:
+            fds = _high(fds)
             req = json.loads(data)
-            answer, pidfd = _serve(req, _high(fds), handler, concurrency)
+            answer, pidfd = _serve(req, fds, handler, concurrency)
         except Exception as e:
             for fd in fds:
                 try:

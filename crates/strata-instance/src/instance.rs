@@ -373,23 +373,33 @@ impl Instance {
                 crate::FunctionTemplate::Unavailable => {}
                 crate::FunctionTemplate::Ready { server, started } => {
                     let fallback = sb.try_clone()?;
+                    // `sb` becomes the fallback again if this fork fails; on success it is
+                    // never used (an empty placeholder holding no descriptor).
+                    let ours = std::mem::replace(&mut sb, SandboxSpec::new("/", Vec::new()));
                     let b = backend.clone();
                     let s = Arc::clone(&server);
-                    match tokio::task::spawn_blocking(move || b.spawn_from_fork_server(&s, sb))
+                    match tokio::task::spawn_blocking(move || b.spawn_from_fork_server(&s, ours))
                         .await
                         .map_err(|e| std::io::Error::other(e.to_string()))?
                     {
                         Ok(sandbox) => {
                             from_template = started;
                             forked = Some(sandbox);
+                            // The duplicates go now: while the instance starts, the daemon
+                            // must hold no other copy of its descriptors.
+                            drop(fallback);
                         }
                         Err(strata_sandbox::SandboxError::Template(msg)) => {
                             tracing::warn!(function = %spec.name, error = %msg, "function template failed; forking from the runtime template");
-                            fts.discard(&key, &server);
+                            // A template that answered out of step is stopped by the sandbox
+                            // crate; one that only failed this fork keeps serving the others.
+                            if !server.is_alive() {
+                                fts.discard(&key, &server);
+                            }
+                            sb = fallback;
                         }
                         Err(e) => return Err(e.into()),
                     }
-                    sb = fallback;
                 }
             }
         }

@@ -128,7 +128,13 @@ struct FnSlot {
     last_used: Option<Instant>,
     /// Why this version has no template (a failure other than the handler's import).
     unusable: Option<String>,
+    /// The last failed start and when: callers within [`RETRY_AFTER`] get its outcome instead
+    /// of each starting (and failing) again, one after the other.
+    failed: Option<(Instant, Option<String>)>,
 }
+
+/// How long a failed function-template start answers for the next callers.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for FunctionTemplates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,17 +179,28 @@ impl FunctionTemplates {
         startup: Duration,
     ) -> FunctionTemplate {
         self.sweep();
-        let slot = Arc::clone(
-            self.slots
-                .lock()
-                .expect("template slots lock")
-                .entry(key.to_owned())
-                .or_default(),
-        );
+        let slot = {
+            let mut slots = self.slots.lock().expect("template slots lock");
+            if !slots.contains_key(key) {
+                // A new version of the function: its older versions' templates go (each
+                // process ends with the last instance forked from it).
+                let function = key.rsplit_once('@').map_or(key, |(f, _)| f);
+                slots.retain(|k, _| k.rsplit_once('@').map_or(k.as_str(), |(f, _)| f) != function);
+            }
+            Arc::clone(slots.entry(key.to_owned()).or_default())
+        };
         let mut slot = slot.lock().await;
         slot.last_used = Some(Instant::now());
         if slot.unusable.is_some() {
             return FunctionTemplate::Unavailable;
+        }
+        if let Some((at, init_error)) = &slot.failed
+            && at.elapsed() < RETRY_AFTER
+        {
+            return match init_error {
+                Some(message) => FunctionTemplate::InitError(message.clone()),
+                None => FunctionTemplate::Unavailable,
+            };
         }
         if let Some(server) = &slot.server {
             if server.is_alive() {
@@ -211,16 +228,19 @@ impl FunctionTemplates {
         let (server, hello) = match started {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                // A broken runtime template, most likely: try again next time.
+                // A broken runtime template or a start that timed out: try again later.
                 tracing::warn!(function = key, error = %e, "function template did not start");
+                slot.failed = Some((Instant::now(), None));
                 return FunctionTemplate::Unavailable;
             }
             Err(e) => {
                 tracing::warn!(function = key, error = %e, "function template start panicked");
+                slot.failed = Some((Instant::now(), None));
                 return FunctionTemplate::Unavailable;
             }
         };
         if hello["ready"] == true {
+            slot.failed = None;
             let server = Arc::new(server);
             slot.server = Some(Arc::clone(&server));
             let import_ms = hello["import_ms"].as_f64().unwrap_or(0.0);
@@ -231,6 +251,7 @@ impl FunctionTemplates {
             };
         }
         if let Some(msg) = hello["init_error"].as_str() {
+            slot.failed = Some((Instant::now(), Some(msg.to_owned())));
             return FunctionTemplate::InitError(msg.to_owned());
         }
         let why = hello["error"].as_str().unwrap_or("unexpected greeting").to_owned();

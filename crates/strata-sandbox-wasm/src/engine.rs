@@ -192,6 +192,9 @@ impl WasmEngine {
         let mut h = ShaHasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
         h.0.update(env!("CARGO_PKG_VERSION").as_bytes());
+        // Artifacts of modules exporting `wizer-initialize` hold the pre-initialised code:
+        // ones compiled before pre-initialisation existed must not be taken for them.
+        h.0.update(b"preinit-1");
         let engine_key = hex::encode(h.0.finalize());
 
         let mut linker = Linker::<CallState>::new(&engine);
@@ -222,10 +225,11 @@ impl WasmEngine {
     }
 
     /// Validate and compile the component in `path` (deploy time), using the cache when it
-    /// holds a verified artifact. Says where the machine code came from.
-    pub fn prepare(&self, path: &Path) -> Result<LoadInfo, WasmError> {
+    /// holds a verified artifact. Says where the machine code came from. `memory_bytes`: the
+    /// function's memory limit, which a pre-initialiser runs under too.
+    pub fn prepare(&self, path: &Path, memory_bytes: u64) -> Result<LoadInfo, WasmError> {
         let wasm = std::fs::read(path).map_err(|e| WasmError::Io(path.display().to_string(), e))?;
-        let (component, info) = self.compile_or_load(&wasm)?;
+        let (component, info) = self.compile_or_load(&wasm, memory_bytes)?;
         // Linking now turns a missing import into a deploy error instead of a call error.
         self.link(&component)?;
         self.inner
@@ -250,7 +254,7 @@ impl WasmEngine {
         let prepared = self.inner.prepared.lock().expect("prepared lock").remove(&key);
         let (component, info) = match prepared {
             Some(p) => p,
-            None => self.compile_or_load(&wasm)?,
+            None => self.compile_or_load(&wasm, limits.memory_bytes)?,
         };
         let pre = self.link(&component)?;
         let info = LoadInfo {
@@ -285,7 +289,7 @@ impl WasmEngine {
         }
     }
 
-    fn compile_or_load(&self, wasm: &[u8]) -> Result<(Component, LoadInfo), WasmError> {
+    fn compile_or_load(&self, wasm: &[u8], memory_bytes: u64) -> Result<(Component, LoadInfo), WasmError> {
         let started = Instant::now();
         let key = ArtifactCache::key(wasm, &self.inner.engine_key);
         let rejected = match self.inner.cache.get(&key) {
@@ -318,7 +322,7 @@ impl WasmEngine {
         let preinitialized;
         let wasm = if crate::preinit::wants_preinit(wasm) {
             let t = Instant::now();
-            preinitialized = crate::preinit::preinitialize(&self.inner.engine, self.inner.tick, wasm)?;
+            preinitialized = crate::preinit::preinitialize(wasm, memory_bytes, crate::preinit::INIT_LIMIT)?;
             preinit_ms = t.elapsed().as_secs_f64() * 1000.0;
             &preinitialized[..]
         } else {

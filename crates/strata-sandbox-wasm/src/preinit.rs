@@ -7,11 +7,14 @@
 //!
 //! The initialiser may not call imports: every import is linked to a trap, as Wizer itself
 //! does, because the snapshot can only hold the module's own state, not a host's (an open
-//! file, a clock read). It runs under the engine's pooling limits and an epoch deadline.
+//! file, a clock read). It runs in an engine of its own (not the tier's instance pool, which
+//! serves calls), under the function's memory limit and a deadline.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmtime::{Engine, Linker, Module, Store};
+use wasmtime::{Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
 
 use crate::WasmError;
@@ -20,7 +23,10 @@ use crate::WasmError;
 pub const INIT_EXPORT: &str = "wizer-initialize";
 
 /// How long an initialiser may run at deploy.
-const INIT_LIMIT: Duration = Duration::from_secs(30);
+pub const INIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// The deadline's resolution.
+const TICK: Duration = Duration::from_millis(10);
 
 /// Whether `wasm` is a core module exporting [`INIT_EXPORT`] as a function.
 pub fn wants_preinit(wasm: &[u8]) -> bool {
@@ -39,7 +45,7 @@ pub fn wants_preinit(wasm: &[u8]) -> bool {
 }
 
 struct Snapshotter<'a> {
-    store: &'a mut Store<()>,
+    store: &'a mut Store<StoreLimits>,
     instance: wasmtime::Instance,
 }
 
@@ -68,52 +74,82 @@ impl InstanceState for Snapshotter<'_> {
     }
 }
 
-/// Drive a future that never waits on anything outside itself (every await below is on
-/// work done in place) to completion.
-fn finish<F: std::future::Future>(f: F) -> F::Output {
+/// Drive a future that never waits on anything outside itself (every await in the snapshot
+/// is on work done in place) to completion; one that does is a bug, reported, not spun on.
+fn finish<F: std::future::Future>(f: F) -> Option<F::Output> {
     let mut f = std::pin::pin!(f);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
+    for _ in 0..1_000_000 {
         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
+            return Some(v);
         }
     }
+    None
 }
 
-/// Run the module's initialiser and return the pre-initialised module.
-pub fn preinitialize(engine: &Engine, tick: Duration, wasm: &[u8]) -> Result<Vec<u8>, WasmError> {
+/// Run the module's initialiser, with at most `memory_bytes` of linear memory and for at most
+/// `limit`, and return the pre-initialised module.
+pub fn preinitialize(wasm: &[u8], memory_bytes: u64, limit: Duration) -> Result<Vec<u8>, WasmError> {
     let fail = |what: &str, e: &dyn std::fmt::Display| WasmError::Invalid(format!("pre-initialisation: {what}: {e}"));
     let mut wizer = Wizer::new();
     wizer.init_func(INIT_EXPORT);
     let (cx, instrumented) = wizer
         .instrument(wasm)
         .map_err(|e| fail("instrument", &format!("{e:#}")))?;
-    let module = Module::new(engine, &instrumented).map_err(|e| fail("compile", &format!("{e:#}")))?;
-    let mut linker = Linker::<()>::new(engine);
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config).map_err(|e| fail("engine", &format!("{e:#}")))?;
+    let module = Module::new(&engine, &instrumented).map_err(|e| fail("compile", &format!("{e:#}")))?;
+    let mut linker = Linker::<StoreLimits>::new(&engine);
     linker
         .define_unknown_imports_as_traps(&module)
         .map_err(|e| fail("link", &format!("{e:#}")))?;
-    let mut store = Store::new(engine, ());
-    let ticks = (INIT_LIMIT.as_nanos() / tick.as_nanos().max(1)).max(1) as u64;
-    store.set_epoch_deadline(ticks);
+    let limits = StoreLimitsBuilder::new()
+        .memory_size(usize::try_from(memory_bytes).unwrap_or(usize::MAX))
+        .build();
+    let mut store = Store::new(&engine, limits);
+    store.limiter(|l| l);
+    store.set_epoch_deadline((limit.as_nanos() / TICK.as_nanos()).max(1) as u64);
     store.epoch_deadline_trap();
-    let instance = linker
-        .instantiate(&mut store, &module)
-        .map_err(|e| fail("instantiate", &format!("{e:#}")))?;
-    let init = instance
-        .get_typed_func::<(), ()>(&mut store, INIT_EXPORT)
-        .map_err(|e| fail(INIT_EXPORT, &format!("{e:#}")))?;
-    init.call(&mut store, ()).map_err(|e| {
-        fail(
-            &format!("{INIT_EXPORT} failed (it may not call imports such as WASI, and has {INIT_LIMIT:?})"),
-            &format!("{e:#}"),
-        )
-    })?;
+    // The deadline's clock, for this initialiser only.
+    let done = Arc::new(AtomicBool::new(false));
+    let ticker = {
+        let (done, engine) = (Arc::clone(&done), engine.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                engine.increment_epoch();
+            }
+        })
+    };
+    let ran = (|| {
+        let instance = linker
+            .instantiate(&mut store, &module)
+            .map_err(|e| fail("instantiate", &format!("{e:#}")))?;
+        let init = instance
+            .get_typed_func::<(), ()>(&mut store, INIT_EXPORT)
+            .map_err(|e| fail(INIT_EXPORT, &format!("{e:#}")))?;
+        init.call(&mut store, ()).map_err(|e| {
+            fail(
+                &format!(
+                    "{INIT_EXPORT} failed (it may not call imports such as WASI, has {limit:?} and \
+                     the function's {memory_bytes} bytes of memory)"
+                ),
+                &format!("{e:#}"),
+            )
+        })?;
+        Ok(instance)
+    })();
+    done.store(true, Ordering::Relaxed);
+    let _ = ticker.join();
+    let instance = ran?;
     let mut state = Snapshotter {
         store: &mut store,
         instance,
     };
-    finish(wizer.snapshot(&cx, &mut state)).map_err(|e| fail("snapshot", &format!("{e:#}")))
+    finish(wizer.snapshot(&cx, &mut state))
+        .ok_or_else(|| fail("snapshot", &"did not complete"))?
+        .map_err(|e| fail("snapshot", &format!("{e:#}")))
 }
 
 #[cfg(test)]

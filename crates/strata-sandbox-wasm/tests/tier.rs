@@ -201,10 +201,10 @@ async fn outbound_http_only_to_allowed_hosts() {
 #[tokio::test]
 async fn the_cache_is_used_and_bad_files_are_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
-    let first = engine(dir.path()).prepare(&guest("hello")).unwrap();
+    let first = engine(dir.path()).prepare(&guest("hello"), 64 << 20).unwrap();
     assert!(matches!(first.source, ArtifactSource::Compiled { .. }), "{first:?}");
     // A new engine (a restart) finds it.
-    let again = engine(dir.path()).prepare(&guest("hello")).unwrap();
+    let again = engine(dir.path()).prepare(&guest("hello"), 64 << 20).unwrap();
     assert_eq!(again.source, ArtifactSource::Cached);
     assert_eq!(again.key, first.key);
     // Damage it: detected, rebuilt, and the function still works.
@@ -231,7 +231,7 @@ async fn the_cache_is_used_and_bad_files_are_rebuilt() {
     assert_eq!(&r.body[..], b"Hello, wasm!\n");
     // And the rebuilt file is good again.
     assert_eq!(
-        engine(dir.path()).prepare(&guest("hello")).unwrap().source,
+        engine(dir.path()).prepare(&guest("hello"), 64 << 20).unwrap().source,
         ArtifactSource::Cached
     );
 }
@@ -240,7 +240,7 @@ async fn the_cache_is_used_and_bad_files_are_rebuilt() {
 async fn core_command_modules_are_adapted_body_on_stdin_response_on_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
-    let info = e.prepare(&guest("upper")).unwrap();
+    let info = e.prepare(&guest("upper"), 64 << 20).unwrap();
     assert!(matches!(info.source, ArtifactSource::Compiled { .. }));
     let f = e.load(&guest("upper"), limits()).unwrap();
     assert!(f.is_command());
@@ -265,7 +265,7 @@ async fn core_command_modules_are_adapted_body_on_stdin_response_on_stdout() {
     assert_eq!(failed.result.unwrap_err(), CallError::Exit(1));
     // The adapted component is cached too: a restart loads it without adapting or compiling.
     assert_eq!(
-        engine(dir.path()).prepare(&guest("upper")).unwrap().source,
+        engine(dir.path()).prepare(&guest("upper"), 64 << 20).unwrap().source,
         ArtifactSource::Cached
     );
 }
@@ -275,11 +275,17 @@ async fn garbage_and_modules_without_an_entry_point_are_refused_with_a_reason() 
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
     std::fs::write(dir.path().join("junk.wasm"), b"not wasm").unwrap();
-    let err = e.prepare(&dir.path().join("junk.wasm")).unwrap_err().to_string();
+    let err = e
+        .prepare(&dir.path().join("junk.wasm"), 64 << 20)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a WebAssembly file"), "{err}");
     // A core module that is not a WASI command (a library with no imports or `_start`).
     std::fs::write(dir.path().join("lib.wasm"), b"\0asm\x01\0\0\0").unwrap();
-    let err = e.prepare(&dir.path().join("lib.wasm")).unwrap_err().to_string();
+    let err = e
+        .prepare(&dir.path().join("lib.wasm"), 64 << 20)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("neither wasi:http/incoming-handler nor wasi:cli/run") || err.contains("cannot be adapted"),
         "{err}"
@@ -322,9 +328,15 @@ fn preinit_engine() -> wasmtime::Engine {
     wasmtime::Engine::new(&config).unwrap()
 }
 
+fn preinitialize(wat: &str, memory_bytes: u64, limit: Duration) -> Result<Vec<u8>, String> {
+    let wasm = wat::parse_str(wat).unwrap();
+    assert!(strata_sandbox_wasm::preinit::wants_preinit(&wasm));
+    strata_sandbox_wasm::preinit::preinitialize(&wasm, memory_bytes, limit).map_err(|e| e.to_string())
+}
+
 #[test]
 fn preinitialisation_snapshots_what_the_initialiser_did() {
-    let wasm = wat::parse_str(
+    let out = preinitialize(
         r#"(module
             (memory (export "memory") 1)
             (global $g (mut i32) (i32.const 0))
@@ -333,15 +345,15 @@ fn preinitialisation_snapshots_what_the_initialiser_did() {
                 (i32.store (i32.const 8) (i32.const 7)))
             (func (export "get") (result i32)
                 (i32.add (global.get $g) (i32.load (i32.const 8)))))"#,
+        64 << 20,
+        Duration::from_secs(10),
     )
     .unwrap();
-    assert!(strata_sandbox_wasm::preinit::wants_preinit(&wasm));
-    let engine = preinit_engine();
-    let out = strata_sandbox_wasm::preinit::preinitialize(&engine, Duration::from_millis(1), &wasm).unwrap();
     assert!(
         !strata_sandbox_wasm::preinit::wants_preinit(&out),
         "the initialiser is not exported any more"
     );
+    let engine = preinit_engine();
     let module = wasmtime::Module::new(&engine, &out).unwrap();
     let mut store = wasmtime::Store::new(&engine, ());
     store.set_epoch_deadline(1_000_000);
@@ -356,17 +368,44 @@ fn preinitialisation_snapshots_what_the_initialiser_did() {
 
 #[test]
 fn an_initialiser_that_calls_an_import_fails_the_deploy_clearly() {
-    let wasm = wat::parse_str(
+    let err = preinitialize(
         r#"(module
             (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))
             (func (export "wizer-initialize") (drop (call $yield))))"#,
+        64 << 20,
+        Duration::from_secs(10),
     )
-    .unwrap();
-    let err = strata_sandbox_wasm::preinit::preinitialize(&preinit_engine(), Duration::from_millis(1), &wasm)
-        .unwrap_err()
-        .to_string();
+    .unwrap_err();
     assert!(
         err.contains("wizer-initialize failed") && err.contains("may not call imports"),
         "{err}"
     );
+}
+
+#[test]
+fn an_initialiser_is_held_to_its_deadline_and_the_memory_limit() {
+    let t = Instant::now();
+    let err = preinitialize(
+        r#"(module (func (export "wizer-initialize") (loop (br 0))))"#,
+        64 << 20,
+        Duration::from_millis(300),
+    )
+    .unwrap_err();
+    assert!(err.contains("wizer-initialize failed"), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "stopped at its deadline: {:?}",
+        t.elapsed()
+    );
+    // Growing past the limit fails inside the guest (memory.grow answers -1): trap on it.
+    let err = preinitialize(
+        r#"(module
+            (memory (export "memory") 1)
+            (func (export "wizer-initialize")
+                (if (i32.eq (memory.grow (i32.const 32)) (i32.const -1)) (then unreachable))))"#,
+        1 << 20,
+        Duration::from_secs(10),
+    )
+    .unwrap_err();
+    assert!(err.contains("wizer-initialize failed"), "{err}");
 }

@@ -165,19 +165,39 @@ fn recv_with_fd(sock: RawFd) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
     }
 }
 
-/// The host pid of the process a pidfd refers to (from `/proc/self/fdinfo`).
-fn pid_of(pidfd: &OwnedFd) -> Result<i32> {
+/// The host pid of the process a pidfd refers to (from `/proc/self/fdinfo`), checked to be
+/// what a fork server may hand over: its own child, and pid 1 of a namespace of its own.
+/// The server runs function code, so its word is not taken for which process to move into a
+/// cgroup.
+fn pid_of(pidfd: &OwnedFd, server: i32) -> Result<i32> {
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).map_err(|source| {
         SandboxError::Sys {
             op: "read a pidfd's fdinfo",
             source,
         }
     })?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("Pid:"))
-        .and_then(|p| p.trim().parse::<i32>().ok())
+    let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+    let pid = field("Pid:")
+        .and_then(|p| p.parse::<i32>().ok())
         .filter(|p| *p > 0)
-        .ok_or_else(|| fork_err("the forked process has no pid in this namespace"))
+        .ok_or_else(|| fork_err("the forked process has no pid in this namespace"))?;
+    let nspid: Vec<&str> = field("NSpid:").unwrap_or("").split_whitespace().collect();
+    if nspid.len() < 3 || nspid.last() != Some(&"1") {
+        return Err(fork_err(format!(
+            "the fork server handed over process {pid}, which does not lead a pid namespace below it (NSpid {nspid:?})"
+        )));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let ppid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|p| p.trim().parse::<i32>().ok());
+    if ppid != Some(server) {
+        return Err(fork_err(format!(
+            "the fork server handed over process {pid}, which is not its child"
+        )));
+    }
+    Ok(pid)
 }
 
 /// Wait up to `limit` for one short message on a pipe ("" at end of file).
@@ -380,7 +400,7 @@ impl Backend {
             give_back(inner, cgroup);
             e
         };
-        let pid = match pid_of(&pidfd) {
+        let pid = match pid_of(&pidfd, server.pid()) {
             Ok(p) => p,
             Err(e) => return Err(fail(e, cgroup)),
         };

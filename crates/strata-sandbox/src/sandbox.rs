@@ -72,11 +72,9 @@ impl Sandbox {
         self.pid
     }
 
-    /// A descriptor that becomes readable once the sandbox has exited and can be reaped
-    /// without blocking (for async waiting): the pidfd of the first process, or for a sandbox
-    /// forked by a function template the pipe its exit status arrives on.
+    /// A pidfd of the first process: readable once it has exited (for async waiting).
     pub fn pidfd(&self) -> BorrowedFd<'_> {
-        self.exit_pipe.as_ref().unwrap_or(&self.pidfd).as_fd()
+        self.pidfd.as_fd()
     }
 
     /// How long each phase of the start took.
@@ -177,9 +175,12 @@ impl Sandbox {
             return Ok(Some(e));
         }
         if let Some(pipe) = &self.exit_pipe {
-            let Some(kind) = read_status(pipe, flags & libc::WNOHANG != 0)? else {
+            // Not our child: its pidfd still says when it has exited, and the status follows
+            // from the template that reaps it (or, if none comes, it was killed).
+            if !readable(&self.pidfd, flags & libc::WNOHANG != 0)? {
                 return Ok(None);
-            };
+            }
+            let kind = read_status(pipe);
             let usage = self.teardown();
             let kind = match kind {
                 ExitKind::Signaled(libc::SIGKILL) if usage.oom_kills > 0 => ExitKind::Oom,
@@ -252,41 +253,54 @@ impl Sandbox {
     }
 }
 
-/// The wait status a function template wrote for its forked sandbox (see `exit_pipe`).
-fn read_status(pipe: &OwnedFd, nohang: bool) -> Result<Option<ExitKind>> {
+/// Whether `fd` is readable, waiting for it unless `nohang`.
+fn readable(fd: &OwnedFd, nohang: bool) -> Result<bool> {
+    poll_in(fd, if nohang { 0 } else { -1 }).map_err(|source| SandboxError::Sys { op: "poll", source })
+}
+
+/// Poll one descriptor for input up to `ms` (-1: no limit).
+fn poll_in(fd: &OwnedFd, ms: i32) -> std::io::Result<bool> {
     let mut pfd = libc::pollfd {
-        fd: pipe.as_raw_fd(),
+        fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
     loop {
         // SAFETY: poll on one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, if nohang { 0 } else { -1 }) };
-        if rc > 0 {
-            break;
-        }
-        if rc == 0 {
-            return Ok(None);
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc >= 0 {
+            return Ok(rc > 0);
         }
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(SandboxError::Sys { op: "poll", source: e });
+            return Err(e);
         }
+    }
+}
+
+/// How long a function template may take to report an exited sandbox's status.
+const STATUS_GRACE_MS: i32 = 2000;
+
+/// The wait status a function template wrote for its forked sandbox (see `exit_pipe`), once
+/// the sandbox has exited. No status in time, or end of file (the template died, and the
+/// kernel killed its pid namespace with it): killed.
+fn read_status(pipe: &OwnedFd) -> ExitKind {
+    let killed = ExitKind::Signaled(libc::SIGKILL);
+    if !poll_in(pipe, STATUS_GRACE_MS).unwrap_or(false) {
+        return killed;
     }
     let mut buf = [0u8; 4];
     // SAFETY: reading into a buffer we own; the status is written in one 4-byte write.
     let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), 4) };
     if n != 4 {
-        // The template died (end of file): the kernel killed its pid namespace, this sandbox
-        // included.
-        return Ok(Some(ExitKind::Signaled(libc::SIGKILL)));
+        return killed;
     }
     let status = i32::from_ne_bytes(buf);
-    Ok(Some(if libc::WIFEXITED(status) {
+    if libc::WIFEXITED(status) {
         ExitKind::Exited(libc::WEXITSTATUS(status))
     } else {
         ExitKind::Signaled(libc::WTERMSIG(status))
-    }))
+    }
 }
 
 impl Drop for Sandbox {

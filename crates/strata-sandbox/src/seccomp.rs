@@ -78,6 +78,9 @@ const NS_FLAGS: &[u64] = &[
 
 /// Calls of [`DENIED`] a function template may make (see [`SeccompMode::Forker`]): it mounts
 /// its instances' /tmp and /proc and makes their namespaces (inside its own user namespace).
+/// `unshare` only for a user or cgroup namespace; and since the template's code holds
+/// capabilities over the network namespaces it makes, netlink, packet and raw sockets (the
+/// ways to configure one: routes, qdiscs, nftables, x_tables) are denied under it.
 const FORKER_ALLOWED: &[&str] = &["mount", "unshare"];
 
 /// The compiled filter.
@@ -95,6 +98,13 @@ const X32_BIT: u32 = 0x4000_0000;
 const NR_OFFSET: u32 = 0;
 const ARCH_OFFSET: u32 = 4;
 const ARG0_LOW_OFFSET: u32 = 16;
+const ARG1_LOW_OFFSET: u32 = 24;
+
+/// Namespaces a function template may `unshare`: its own user namespace (once, after the
+/// import) and each instance's cgroup namespace. Every other namespace comes from `clone`.
+const FORKER_UNSHARE_DENIED: u32 =
+    (libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWPID | libc::CLONE_NEWNET | 0x80)
+        as u32;
 
 /// What a system call leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +116,10 @@ enum Leaf {
     /// `clone3`: ENOSYS.
     NoSys,
     Kill,
+    /// `unshare` under [`SeccompMode::Forker`]: only a user or cgroup namespace.
+    Unshare,
+    /// `socket` under [`SeccompMode::Forker`]: no netlink, packet or raw sockets.
+    Socket,
 }
 
 /// A jump target.
@@ -242,15 +256,19 @@ pub fn compile(mode: SeccompMode) -> Result<Filters> {
         _ => (DENIED.iter().collect(), NS_FLAGS),
     };
     let mut entries: Vec<(u32, Leaf)> = denied.iter().map(|(_, nr)| (*nr as u32, Leaf::Deny)).collect();
+    if mode == SeccompMode::Forker {
+        entries.push((libc::SYS_unshare as u32, Leaf::Unshare));
+        entries.push((libc::SYS_socket as u32, Leaf::Socket));
+    }
     entries.push((libc::SYS_clone as u32, Leaf::Clone));
     entries.push((libc::SYS_clone3 as u32, Leaf::NoSys));
     entries.sort_unstable_by_key(|e| e.0);
     entries.dedup_by_key(|e| e.0);
 
-    // Labels 0..5 are the leaves, in `Leaf` order.
+    // Labels 0..7 are the leaves, in `Leaf` order.
     let mut p = Program {
         items: Vec::new(),
-        labels: 5,
+        labels: 7,
     };
     let (arch_ok, native) = (p.label(), p.label());
     let kill = Program::leaf_label(Leaf::Kill);
@@ -273,8 +291,52 @@ pub fn compile(mode: SeccompMode) -> Result<Filters> {
     p.search(&entries);
     let ns_mask = ns_flags.iter().fold(0u64, |m, f| m | f);
     let ns_mask = u32::try_from(ns_mask).map_err(|_| err("namespace flags above bit 31"))?;
-    // BPF jumps only go forward: the clone block, which jumps to allow and deny, comes first.
-    for (leaf, body) in [
+    let (allow, deny_l) = (Program::leaf_label(Leaf::Allow), Program::leaf_label(Leaf::Deny));
+    let and = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
+    let forker_only = if mode == SeccompMode::Forker {
+        vec![
+            (
+                Leaf::Unshare,
+                vec![
+                    Item::Stmt(ld, ARG0_LOW_OFFSET),
+                    Item::Jump {
+                        code: jset,
+                        k: FORKER_UNSHARE_DENIED,
+                        t: deny_l,
+                        f: allow,
+                    },
+                ],
+            ),
+            (Leaf::Socket, {
+                let mut body = vec![Item::Stmt(ld, ARG0_LOW_OFFSET)];
+                for domain in [libc::AF_NETLINK, libc::AF_PACKET] {
+                    let next = p.label();
+                    body.push(Item::Jump {
+                        code: jeq,
+                        k: domain as u32,
+                        t: deny_l,
+                        f: next,
+                    });
+                    body.push(Item::Mark(next));
+                }
+                body.extend([
+                    Item::Stmt(ld, ARG1_LOW_OFFSET),
+                    Item::Stmt(and, 0xf),
+                    Item::Jump {
+                        code: jeq,
+                        k: libc::SOCK_RAW as u32,
+                        t: deny_l,
+                        f: allow,
+                    },
+                ]);
+                body
+            }),
+        ]
+    } else {
+        Vec::new()
+    };
+    // BPF jumps only go forward: the blocks that jump to allow and deny come first.
+    for (leaf, body) in forker_only.into_iter().chain([
         (
             Leaf::Clone,
             vec![
@@ -294,7 +356,7 @@ pub fn compile(mode: SeccompMode) -> Result<Filters> {
             vec![Item::Stmt(ret, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32)],
         ),
         (Leaf::Kill, vec![Item::Stmt(ret, libc::SECCOMP_RET_KILL_PROCESS)]),
-    ] {
+    ]) {
         p.items.push(Item::Mark(Program::leaf_label(leaf)));
         p.items.extend(body);
     }
@@ -501,6 +563,38 @@ mod tests {
             call(libc::SYS_unshare, libc::CLONE_NEWUSER as u64),
             libc::SECCOMP_RET_ALLOW
         );
+        assert_eq!(
+            call(libc::SYS_unshare, libc::CLONE_NEWCGROUP as u64),
+            libc::SECCOMP_RET_ALLOW
+        );
+        for flag in [
+            libc::CLONE_NEWNS,
+            libc::CLONE_NEWNET,
+            libc::CLONE_NEWPID,
+            libc::CLONE_NEWIPC,
+        ] {
+            assert_eq!(
+                call(libc::SYS_unshare, (flag | libc::CLONE_NEWUSER) as u64),
+                eperm,
+                "unshare {flag:#x}"
+            );
+        }
+        let socket = |domain: i32, ty: i32| {
+            let mut d = data(ARCH_X86_64, libc::SYS_socket as u32, domain as u64);
+            d[24..32].copy_from_slice(&(ty as u64).to_ne_bytes());
+            run(&prog, &d)
+        };
+        assert_eq!(
+            socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC),
+            libc::SECCOMP_RET_ALLOW
+        );
+        assert_eq!(socket(libc::AF_UNIX, libc::SOCK_SEQPACKET), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(socket(libc::AF_INET, libc::SOCK_DGRAM), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(socket(libc::AF_NETLINK, libc::SOCK_RAW), eperm);
+        assert_eq!(socket(libc::AF_NETLINK, libc::SOCK_DGRAM), eperm);
+        assert_eq!(socket(libc::AF_PACKET, libc::SOCK_DGRAM), eperm);
+        assert_eq!(socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_NONBLOCK), eperm);
+        assert_eq!(socket(libc::AF_INET6, libc::SOCK_RAW), eperm);
         let ns = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC) as u64;
         assert_eq!(call(libc::SYS_clone, ns), libc::SECCOMP_RET_ALLOW);
         assert_eq!(call(libc::SYS_clone, ns | libc::CLONE_NEWUSER as u64), eperm);

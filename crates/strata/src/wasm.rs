@@ -38,7 +38,7 @@ impl DirectTier for Tier {
     fn prepare(&self, spec: &FunctionSpec, code_dir: &Path) -> Result<String, String> {
         let info = self
             .engine
-            .prepare(&code_dir.join(&spec.handler))
+            .prepare(&code_dir.join(&spec.handler), spec.memory_bytes)
             .map_err(|e| e.to_string())?;
         let preinit = if info.preinit_ms > 0.0 {
             format!(
