@@ -372,6 +372,16 @@ impl Instance {
                 crate::FunctionTemplate::InitError(message) => return Err(LaunchError::Init(message)),
                 crate::FunctionTemplate::Unavailable => {}
                 crate::FunctionTemplate::Ready { server, started } => {
+                    if let Some((took, import_ms)) = started {
+                        log(
+                            None,
+                            LogStream::System,
+                            format!(
+                                "function template started in {:.1} ms (import {import_ms:.1} ms)",
+                                took.as_secs_f64() * 1000.0
+                            ),
+                        );
+                    }
                     let fallback = sb.try_clone()?;
                     // `sb` becomes the fallback again if this fork fails; on success it is
                     // never used (an empty placeholder holding no descriptor).

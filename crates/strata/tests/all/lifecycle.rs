@@ -478,3 +478,31 @@ async fn a_killed_function_template_is_replaced_and_calls_go_on() {
         "a new template imported again: {log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_whose_import_starts_a_thread_falls_back_to_the_runtime_template() {
+    // A process with a second thread cannot move into a user namespace (or be forked
+    // safely): its version gets no function template, and its calls still work.
+    let d = Daemon::start();
+    let f = function_dir(&[
+        (
+            "strata.toml",
+            "name = \"threaded\"\nruntime = \"python\"\nhandler = \"main:handle\"\nkeep_alive = \"0s\"\n",
+        ),
+        (
+            "main.py",
+            "import threading, time\nthreading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n\ndef handle(r):\n    return threading.active_count()\n",
+        ),
+    ]);
+    d.deploy(f.path());
+    let c = d.client();
+    for _ in 0..2 {
+        let r = c.get(d.fn_url("threaded")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "2");
+    }
+    let recs = records(&d, "threaded", 2).await;
+    for r in &recs {
+        assert_eq!(r["cold_start"]["path"], "runtime_template", "{r}");
+    }
+}
