@@ -368,7 +368,13 @@ impl Instance {
             };
             let log_t = log.clone();
             let template_spec = || template_spec(runtimes, launch, log_t);
-            match fts.get(&key, runtime, template_spec, startup).await {
+            // Room for what each instance's kernel allocates before it leaves the template's
+            // group (page tables, namespaces: well under 4 MiB each here).
+            let memory_after_load = spec
+                .memory_bytes
+                .saturating_add(u64::from(spec.max_instances.max(1)).saturating_mul(4 << 20))
+                .saturating_add(32 << 20);
+            match fts.get(&key, runtime, template_spec, startup, memory_after_load).await {
                 crate::FunctionTemplate::InitError(message) => return Err(LaunchError::Init(message)),
                 crate::FunctionTemplate::Unavailable => {}
                 crate::FunctionTemplate::Ready { server, started } => {

@@ -170,13 +170,15 @@ impl FunctionTemplates {
 
     /// The template of `key` (a function version), started from `spec` (a sandbox spec of the
     /// function running the runtime's function template program) through `runtime` when
-    /// there is none. Concurrent callers for one key wait for the same start.
+    /// there is none, its memory limit raised to `memory_after_load` once it has loaded.
+    /// Concurrent callers for one key wait for the same start.
     pub async fn get(
         &self,
         key: &str,
         runtime: Option<Arc<Template>>,
         spec: impl FnOnce() -> std::io::Result<SandboxSpec>,
         startup: Duration,
+        memory_after_load: u64,
     ) -> FunctionTemplate {
         self.sweep();
         let slot = {
@@ -241,6 +243,11 @@ impl FunctionTemplates {
         };
         if hello["ready"] == true {
             slot.failed = None;
+            // The import ran under the function's own limit; from now on the template's group
+            // also carries what its instances' kernel allocates before they move to theirs.
+            if let Err(e) = server.set_memory_limit(memory_after_load) {
+                tracing::warn!(function = key, error = %e, "cannot raise the function template's memory limit");
+            }
             let server = Arc::new(server);
             slot.server = Some(Arc::clone(&server));
             let import_ms = hello["import_ms"].as_f64().unwrap_or(0.0);

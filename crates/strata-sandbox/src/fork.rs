@@ -56,6 +56,9 @@ const SETUP_LIMIT: Duration = Duration::from_secs(10);
 pub struct ForkServer {
     name: String,
     sandbox: Mutex<Sandbox>,
+    /// The server's own limits (its memory limit may be raised, see
+    /// [`ForkServer::set_memory_limit`]).
+    limits: Mutex<crate::spec::Limits>,
     sock: Mutex<OwnedFd>,
     seq: std::sync::atomic::AtomicU64,
 }
@@ -95,6 +98,18 @@ impl ForkServer {
     /// The server's own resource usage (its cgroup: what it loaded, shared copy-on-write).
     pub fn usage(&self) -> crate::spec::Usage {
         self.sandbox.lock().map(|s| s.usage()).unwrap_or_default()
+    }
+
+    /// Change the server's memory limit. What a forked sandbox's kernel allocates before it
+    /// is moved into its own cgroup (page tables copied at the fork, its namespaces, its
+    /// /tmp's superblock) stays charged to the server's cgroup while the sandbox lives, so a
+    /// server that forks many needs room beyond what its own code was allowed at load.
+    pub fn set_memory_limit(&self, bytes: u64) -> Result<()> {
+        let sandbox = self.sandbox.lock().expect("fork server sandbox lock");
+        let mut limits = self.limits.lock().expect("fork server limits lock");
+        sandbox.set_memory_limit(&limits, bytes)?;
+        limits.memory_bytes = bytes;
+        Ok(())
     }
 }
 
@@ -261,6 +276,7 @@ impl Backend {
         spec.fds.retain(|m| m.target != 3);
         spec.fds.push(FdMapping { fd: theirs, target: 3 });
         spec.seccomp = SeccompMode::Forker;
+        let limits = spec.limits.clone();
         let sandbox = match via {
             Some(t) => self.spawn_from_template(t, spec)?,
             None => self.spawn(spec)?,
@@ -282,6 +298,7 @@ impl Backend {
         let server = ForkServer {
             name: name.to_owned(),
             sandbox: Mutex::new(sandbox),
+            limits: Mutex::new(limits),
             sock: Mutex::new(ours),
             seq: std::sync::atomic::AtomicU64::new(1),
         };
@@ -404,6 +421,15 @@ impl Backend {
             Ok(p) => p,
             Err(e) => return Err(fail(e, cgroup)),
         };
+        // cgroup v1: the memory the process has charged so far (its copy-on-write faults
+        // while it set itself up in the server's group) moves along with it, instead of
+        // staying on the server's account for as long as the process lives.
+        for procs_file in cgroup.procs_files() {
+            // (Only the v1 memory hierarchy has the file; elsewhere the write just fails.)
+            if let Some(dir) = procs_file.parent() {
+                let _ = inner.fs.write(&dir.join("memory.move_charge_at_immigrate"), "1");
+            }
+        }
         for procs_file in &procs {
             let line = pid.to_string();
             // SAFETY: writing a short buffer to a descriptor we own.

@@ -117,6 +117,18 @@ impl Sandbox {
         (cpu, peak)
     }
 
+    /// Change the memory limit of the running sandbox's cgroup from `limits` (what it has) to
+    /// `bytes`.
+    pub(crate) fn set_memory_limit(&self, limits: &crate::spec::Limits, bytes: u64) -> Result<()> {
+        let to = crate::spec::Limits {
+            memory_bytes: bytes,
+            ..limits.clone()
+        };
+        self.inner
+            .hierarchy
+            .apply_limits(self.inner.fs.as_ref(), &self.cgroup, limits, &to)
+    }
+
     /// Pids (host view) of every process in the sandbox.
     pub fn pids(&self) -> Vec<i32> {
         self.cgroup.pids(self.inner.fs.as_ref())

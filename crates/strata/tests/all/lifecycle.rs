@@ -506,3 +506,45 @@ async fn a_handler_whose_import_starts_a_thread_falls_back_to_the_runtime_templa
         assert_eq!(r["cold_start"]["path"], "runtime_template", "{r}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wide_burst_on_a_small_function_template_loses_no_call() {
+    // 40 instances of a 64 MiB function at once: what each instance's kernel allocated
+    // before it moved to its own cgroup stays on the template's account, which once pushed
+    // the template past its limit, and its death took every instance with it.
+    let d = Daemon::start();
+    let f = function_dir(&[
+        (
+            "strata.toml",
+            "name = \"wide\"\nruntime = \"python\"\nhandler = \"main:handle\"\nmemory = \"64MiB\"\nmax_instances = 40\n",
+        ),
+        (
+            "main.py",
+            "import time\n\ndef handle(r):\n    time.sleep(1.0)\n    return 'ok'\n",
+        ),
+    ]);
+    d.deploy(f.path());
+    let c = d.client();
+    assert_eq!(c.post(d.fn_url("wide")).send().await.unwrap().status(), 200);
+    let calls: Vec<_> = (0..40)
+        .map(|_| {
+            let c = c.clone();
+            let url = d.fn_url("wide");
+            tokio::spawn(async move { c.post(url).send().await.unwrap().status() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.unwrap().as_u16());
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let recs = records(&d, "wide", 41).await;
+    let forked = recs
+        .iter()
+        .filter(|r| r["cold_start"]["path"] == "function_template")
+        .count();
+    assert!(
+        forked >= 10,
+        "the burst scaled out from the template: {forked} cold starts"
+    );
+}
