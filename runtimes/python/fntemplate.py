@@ -152,24 +152,8 @@ def _late_ops(req, fds, report_w):
         (_libc.unshare, (zygote.CLONE_NEWCGROUP,), "cgroup-ns"),
     ]
     ops = [(os.chdir, (req["cwd"],), "chdir")]
-    targets = req["targets"]
-    rest = fds[2:]
-    if len(rest) != len(targets):
-        raise ValueError("%d descriptors for %d targets" % (len(rest), len(targets)))
-    for src, target in zip(rest, targets):
-        ops.append((os.dup2, (src, target, True), "fds"))
-    lo = 0
-    for keep in sorted(set(targets) | {report_w}):
-        if lo < keep:
-            ops.append((os.closerange, (lo, keep), "fds"))
-        lo = keep + 1
-    ops.append((os.closerange, (lo, 1 << 20), "fds"))
-    for res, value in req["rlimits"]:
-        ops.append((zygote.resource.setrlimit, (res, (value, value)), "rlimit"))
-    for cap in range(req["cap_last"] + 1):
-        ops.append((_libc.prctl, (PR_CAPBSET_DROP, cap, 0, 0, 0), "caps"))
+    ops += zygote._descriptor_ops(req, fds[2:], report_w)
     ops += [
-        (_libc.prctl, (zygote.PR_CAP_AMBIENT, zygote.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "caps"),
         (_libc.prctl, (PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0), "caps"),
         (
             _libc.syscall,
@@ -177,11 +161,7 @@ def _late_ops(req, fds, report_w):
             "caps",
         ),
         (_libc.prctl, (zygote.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no-new-privs"),
-        (
-            _libc.prctl,
-            (zygote.PR_SET_SECCOMP, zygote.SECCOMP_MODE_FILTER, ctypes.addressof(zygote._fprog(req["seccomp"])), 0, 0),
-            "seccomp",
-        ),
+        zygote._seccomp_op(req["seccomp"]),
     ]
     return setup, ops
 
@@ -205,16 +185,11 @@ def _instance(early, conn, handler, concurrency):
         os.closerange(conn + 1, 1 << 20)
         zygote._execute(early)
         os.write(conn, b"r")
-        data, anc, _flags, _addr = socket.socket(fileno=conn).recvmsg(1 << 20, socket.CMSG_SPACE(64 * 4))
+        data, fds = zygote._recv_with_fds(socket.socket(fileno=conn))
     except BaseException:
         os._exit(127)
     if not data:
         os._exit(0)  # the template let its spare go
-    fds = []
-    for level, kind, payload in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            n = len(payload) // 4
-            fds.extend(struct.unpack("%di" % n, payload[: n * 4]))
     report_w = None
     try:
         req = json.loads(data)
@@ -377,7 +352,6 @@ def main():
     gc.collect()
     gc.freeze()
     sock.send(json.dumps({"ready": True, "import_ms": got}).encode())
-    fd_space = socket.CMSG_SPACE(64 * 4)
     while True:
         ready = [fd for fd, _ in _poller.poll()]
         for fd in ready:
@@ -385,17 +359,9 @@ def main():
                 _reap(fd)
         if CTRL_FD not in ready:
             continue
-        try:
-            data, anc, _flags, _addr = sock.recvmsg(1 << 20, fd_space)
-        except OSError:
-            break
+        data, fds = zygote._recv_with_fds(sock)
         if not data:
             break
-        fds = []
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                n = len(payload) // 4
-                fds.extend(struct.unpack("%di" % n, payload[: n * 4]))
         req, pidfd = None, None
         try:
             fds = _high(fds)

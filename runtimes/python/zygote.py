@@ -258,8 +258,6 @@ def _prepare(req, fds, err_w):
     netns_fd = None
     if req["netns"]:
         netns_fd, rest = rest[0], rest[1:]
-    if len(rest) != len(req["targets"]):
-        raise ValueError("%d descriptors for %d targets" % (len(rest), len(req["targets"])))
     mounts = [(os.write, (fd, b"0"), "cgroup") for fd in fds[:ncg]]
     mounts.append((_libc.unshare, (CLONE_NEWCGROUP,), "cgroup-ns"))
     if netns_fd is not None:
@@ -273,22 +271,8 @@ def _prepare(req, fds, err_w):
         (_libc.sethostname, (host, len(host)), "hostname"),
         (os.chdir, (req["cwd"],), "chdir"),
     ]
-    # Descriptors: every source is above 100 (see _serve_one); put each in place, then close
-    # everything but the targets and the report pipe.
-    targets = req["targets"]
-    for src, target in zip(rest, targets):
-        ops.append((os.dup2, (src, target, True), "fds"))
-    lo = 0
-    for keep in sorted(set(targets) | {err_w}):
-        if lo < keep:  # os.closerange(n, n) would close everything from n up
-            ops.append((os.closerange, (lo, keep), "fds"))  # close_range(2)
-        lo = keep + 1
-    ops.append((os.closerange, (lo, 1 << 20), "fds"))
-    for res, value in req["rlimits"]:
-        ops.append((resource.setrlimit, (res, (value, value)), "rlimit"))
-    for cap in range(req["cap_last"] + 1):
-        ops.append((_libc.prctl, (PR_CAPBSET_DROP, cap, 0, 0, 0), "caps"))
-    ops.append((_libc.prctl, (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "caps"))
+    # Descriptors: every source is above 100 (see _serve_one).
+    ops += _descriptor_ops(req, rest, err_w)
     gid, uid = req["gid"], req["uid"]
     ops += [
         (os.setgroups, ([],), "ids"),
@@ -300,13 +284,54 @@ def _prepare(req, fds, err_w):
         (_libc.prctl, (PR_SET_PDEATHSIG, 9, 0, 0, 0), "pdeathsig"),
         (_libc.syscall, (ctypes.c_long(NR["capset"]), ctypes.byref(_NO_CAPS[0]), _NO_CAPS[1]), "caps"),
         (_libc.prctl, (PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no-new-privs"),
-        (
-            _libc.prctl,
-            (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(_fprog(req["seccomp"])), 0, 0),
-            "seccomp",
-        ),
+        _seccomp_op(req["seccomp"]),
     ]
     return mounts, ops
+
+
+def _descriptor_ops(req, sources, report_w):
+    """Put each passed descriptor (all above any target) at its target, close everything but
+    the targets and the report pipe; then the rlimits, and empty the bounding and ambient
+    capability sets. Shared with the function template (fntemplate.py)."""
+    targets = req["targets"]
+    if len(sources) != len(targets):
+        raise ValueError("%d descriptors for %d targets" % (len(sources), len(targets)))
+    ops = [(os.dup2, (src, target, True), "fds") for src, target in zip(sources, targets)]
+    lo = 0
+    for keep in sorted(set(targets) | {report_w}):
+        if lo < keep:  # os.closerange(n, n) would close everything from n up
+            ops.append((os.closerange, (lo, keep), "fds"))  # close_range(2)
+        lo = keep + 1
+    ops.append((os.closerange, (lo, 1 << 20), "fds"))
+    for res, value in req["rlimits"]:
+        ops.append((resource.setrlimit, (res, (value, value)), "rlimit"))
+    for cap in range(req["cap_last"] + 1):
+        ops.append((_libc.prctl, (PR_CAPBSET_DROP, cap, 0, 0, 0), "caps"))
+    ops.append((_libc.prctl, (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "caps"))
+    return ops
+
+
+def _seccomp_op(hexprog):
+    return (
+        _libc.prctl,
+        (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(_fprog(hexprog)), 0, 0),
+        "seccomp",
+    )
+
+
+def _recv_with_fds(sock):
+    """One datagram and the descriptors that came with it: (data, fds); (b"", []) when the
+    other end is gone."""
+    try:
+        data, anc, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(64 * 4))
+    except OSError:
+        return b"", []
+    fds = []
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            n = len(payload) // 4
+            fds.extend(struct.unpack("%di" % n, payload[: n * 4]))
+    return data, fds
 
 
 def _execute(ops):
@@ -473,19 +498,10 @@ def main():
     gc.collect()
     gc.freeze()
     sock.send(b'{"ready":true}')
-    fd_space = socket.CMSG_SPACE(64 * 4)
     while True:
-        try:
-            data, anc, _flags, _addr = sock.recvmsg(1 << 20, fd_space)
-        except OSError:
-            return
+        data, fds = _recv_with_fds(sock)
         if not data:
             return
-        fds = []
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                n = len(payload) // 4
-                fds.extend(struct.unpack("%di" % n, payload[: n * 4]))
         req = None
         try:
             req = json.loads(data)

@@ -45,8 +45,9 @@ use std::time::{Duration, Instant};
 use crate::backend::{Backend, Inner, rlimits};
 use crate::error::{Result, SandboxError};
 use crate::sandbox::Sandbox;
+use crate::sandbox::poll_in;
 use crate::spec::{FdMapping, NetworkMode, SandboxSpec, SeccompMode, SpawnTimings};
-use crate::template::{Template, hex_encode, recv, seccomp_bytes, send_with_fds};
+use crate::template::{Template, hex_encode, recv, seccomp_bytes, send_with_fds, seqpacket_pair, set_recv_timeout};
 
 /// How long a forked sandbox may take to set itself up once released.
 const SETUP_LIMIT: Duration = Duration::from_secs(10);
@@ -217,26 +218,8 @@ fn pid_of(pidfd: &OwnedFd, server: i32) -> Result<i32> {
 
 /// Wait up to `limit` for one short message on a pipe ("" at end of file).
 fn read_report(fd: &OwnedFd, limit: Duration) -> std::io::Result<String> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        // SAFETY: poll on one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-        if rc > 0 {
-            break;
-        }
-        if rc == 0 {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+    if !poll_in(fd, limit.as_millis().min(i32::MAX as u128) as i32)? {
+        return Err(std::io::ErrorKind::TimedOut.into());
     }
     let mut buf = [0u8; 4096];
     // SAFETY: reading into a buffer we own.
@@ -258,21 +241,7 @@ impl Backend {
         mut spec: SandboxSpec,
         startup: Duration,
     ) -> Result<(ForkServer, serde_json::Value)> {
-        let mut fds = [0; 2];
-        // SAFETY: socketpair fills the two-element array.
-        if unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        } < 0
-        {
-            return Err(SandboxError::sys("socketpair"));
-        }
-        // SAFETY: both descriptors were just created and are owned from here on.
-        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (ours, theirs) = seqpacket_pair()?;
         spec.fds.retain(|m| m.target != 3);
         spec.fds.push(FdMapping { fd: theirs, target: 3 });
         spec.seccomp = SeccompMode::Forker;
@@ -281,20 +250,7 @@ impl Backend {
             Some(t) => self.spawn_from_template(t, spec)?,
             None => self.spawn(spec)?,
         };
-        let tv = libc::timeval {
-            tv_sec: startup.as_secs() as _,
-            tv_usec: startup.subsec_micros() as _,
-        };
-        // SAFETY: setsockopt with a valid timeval.
-        unsafe {
-            libc::setsockopt(
-                ours.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-        }
+        set_recv_timeout(&ours, startup);
         let server = ForkServer {
             name: name.to_owned(),
             sandbox: Mutex::new(sandbox),

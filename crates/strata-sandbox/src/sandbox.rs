@@ -270,8 +270,8 @@ fn readable(fd: &OwnedFd, nohang: bool) -> Result<bool> {
     poll_in(fd, if nohang { 0 } else { -1 }).map_err(|source| SandboxError::Sys { op: "poll", source })
 }
 
-/// Poll one descriptor for input up to `ms` (-1: no limit).
-fn poll_in(fd: &OwnedFd, ms: i32) -> std::io::Result<bool> {
+/// Poll one descriptor for input up to `ms` (-1: no limit), retrying on EINTR.
+pub(crate) fn poll_in(fd: &OwnedFd, ms: i32) -> std::io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,

@@ -134,6 +134,43 @@ fn wire_step(step: &Step) -> Result<serde_json::Value> {
     })
 }
 
+/// A connected pair of close-on-exec `SOCK_SEQPACKET` sockets: (ours, theirs).
+pub(crate) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair fills the two-element array.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(SandboxError::sys("socketpair"));
+    }
+    // SAFETY: both descriptors were just created and are owned from here on.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Receives on `sock` give up after `limit` (a template that never answers).
+pub(crate) fn set_recv_timeout(sock: &OwnedFd, limit: Duration) {
+    let tv = libc::timeval {
+        tv_sec: limit.as_secs() as _,
+        tv_usec: limit.subsec_micros() as _,
+    };
+    // SAFETY: setsockopt with a valid timeval.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+}
+
 /// A seccomp program as the kernel reads it (8 bytes per instruction), for a template to load.
 pub(crate) fn seccomp_bytes(filters: &crate::seccomp::Filters) -> Vec<u8> {
     filters
@@ -222,21 +259,7 @@ impl Backend {
         let env = env.to_vec();
         let name = name.to_owned();
         self.inner().on_spawner(move |_| {
-            let mut fds = [0; 2];
-            // SAFETY: socketpair fills the two-element array.
-            if unsafe {
-                libc::socketpair(
-                    libc::AF_UNIX,
-                    libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                    0,
-                    fds.as_mut_ptr(),
-                )
-            } < 0
-            {
-                return Err(SandboxError::sys("socketpair"));
-            }
-            // SAFETY: both descriptors were just created and are owned from here on.
-            let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            let (ours, theirs) = seqpacket_pair()?;
             let theirs_raw = theirs.as_raw_fd();
             let mut cmd = std::process::Command::new(&program);
             cmd.args(&args).env_clear().envs(env).stdin(std::process::Stdio::null());
@@ -257,20 +280,7 @@ impl Backend {
                 source,
             })?;
             drop(theirs);
-            let tv = libc::timeval {
-                tv_sec: startup.as_secs() as _,
-                tv_usec: startup.subsec_micros() as _,
-            };
-            // SAFETY: setsockopt with a valid timeval.
-            unsafe {
-                libc::setsockopt(
-                    ours.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&tv as *const libc::timeval).cast(),
-                    std::mem::size_of::<libc::timeval>() as u32,
-                );
-            }
+            set_recv_timeout(&ours, startup);
             let template = Template {
                 name: name.clone(),
                 sock: Mutex::new(ours),
