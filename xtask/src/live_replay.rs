@@ -3,7 +3,7 @@
 //!
 //! Six functions with the invocation patterns the policies tell apart (every 5, 12 and 25
 //! minutes, Poisson, bursts, a rare one) over four hours of trace time. For each policy
-//! (fixed 10 minutes and the hybrid histogram) a release daemon runs with
+//! (fixed 10 minutes, the hybrid histogram and the hazard policy) a release daemon runs with
 //! `--keep-alive-policy P --policy-time-scale N` (N trace milliseconds per real one, 120 by
 //! default: a trace minute every half second), the functions are deployed with one instance
 //! each (as the simulator models them), and every call is sent at its trace time divided by N.
@@ -178,7 +178,7 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
     let schedule = Schedule::new(&trace, SEED);
     let mut rows = String::new();
     let mut verdicts = Vec::new();
-    for kind in [PolicyKind::Fixed, PolicyKind::Hybrid] {
+    for kind in [PolicyKind::Fixed, PolicyKind::Hybrid, PolicyKind::Hazard] {
         let predicted = simulate(&trace, &schedule, kind, &Config::default())?;
         let measured = live(&bin, kind, scale, &trace)?;
         let (p, m): (u64, u64) = (predicted.cold_by_fn.iter().sum(), measured.iter().sum());

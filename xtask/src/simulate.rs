@@ -42,8 +42,10 @@
 //!
 //! After the policies × budgets runs come the explaining runs (skipped with `--no-matched`):
 //! every policy at "= fixed", greedy-dual at "= hybrid", greedy-dual with FaasCache's way of
-//! counting frequency at "= fixed", the hybrid with the fixed keep-alive as its fallback. The
-//! report judges the issue's targets from the numbers and says why they came out so.
+//! counting frequency at "= fixed", the hybrid with the fixed keep-alive as its fallback, and
+//! the hazard policy at other prices of a cold start, per call and per function (its curve of
+//! memory against cold starts: its price is its memory knob, as the budget is greedy-dual's).
+//! The report judges the issue's targets from the numbers and says why they came out so.
 //!
 //! Runs are independent and spread over `--threads` threads (default: the cores). The trace,
 //! the spread of calls and the policies are deterministic: the same command line gives the same
@@ -69,8 +71,9 @@ use self::synthetic::Synthetic;
 use self::trace::{Properties, Trace};
 
 const USAGE: &str = "usage: cargo xtask simulate (--synthetic [--functions N] [--days D] | --azure DIR) [--seed N] \
-[--policies fixed,hybrid,greedy-dual] [--budgets 25,50,100] [--no-matched] [--keep-alive-min 10] \
-[--hybrid-fallback-min 240] [--greedy-dual-frequency accesses|calls-since-load] [--threads N] [--report PATH]";
+[--policies fixed,hybrid,greedy-dual,hazard] [--budgets 25,50,100] [--no-matched] [--keep-alive-min 10] \
+[--hybrid-fallback-min 240] [--greedy-dual-frequency accesses|calls-since-load] [--hazard-worth 3500] \
+[--hazard-app-weight 0] [--hazard-prior 4] [--hazard-min-samples 3] [--threads N] [--report PATH]";
 
 /// Where the trace comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,6 +143,10 @@ impl Args {
                         other => bail!("--greedy-dual-frequency {other:?}: expected accesses or calls-since-load"),
                     }
                 }
+                "--hazard-worth" => config.hazard.worth_mb_min = number(value()?)?,
+                "--hazard-app-weight" => config.hazard.app_weight = value()?.parse().context("--hazard-app-weight")?,
+                "--hazard-prior" => config.hazard.prior_bins = value()?.parse().context("--hazard-prior")?,
+                "--hazard-min-samples" => config.hazard.min_samples = number(value()?)?.try_into()?,
                 "--threads" => threads = number(value()?)?.max(1) as usize,
                 "--report" => report = Some(PathBuf::from(value()?)),
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
@@ -217,23 +224,54 @@ pub enum Variant {
     FaasCacheFrequency,
     /// The hybrid policy falling back to the fixed policy's keep-alive instead of 4 hours.
     FixedFallback,
+    /// The hazard policy at another price of a cold start (MB·minutes), counting cold starts
+    /// per call (`per_function` false) or as shares of each function's calls (app weight 1).
+    Price { worth_mb_min: u64, per_function: bool },
 }
 
 impl Variant {
     /// How the report names it, after the policy ("" when configured).
-    pub fn label(&self) -> &'static str {
-        match self {
-            Variant::Configured => "",
-            Variant::FaasCacheFrequency => " (FaasCache frequency)",
-            Variant::FixedFallback => " (fixed keep-alive as fallback)",
+    pub fn label(&self) -> String {
+        match *self {
+            Variant::Configured => String::new(),
+            Variant::FaasCacheFrequency => " (FaasCache frequency)".into(),
+            Variant::FixedFallback => " (fixed keep-alive as fallback)".into(),
+            Variant::Price {
+                worth_mb_min,
+                per_function: false,
+            } => format!(" (price {worth_mb_min} MB·min)"),
+            Variant::Price {
+                worth_mb_min,
+                per_function: true,
+            } => format!(" (per function, price {worth_mb_min} MB·min)"),
+        }
+    }
+
+    /// Where the report lists it among the variants.
+    pub fn rank(&self) -> (u32, u64) {
+        match *self {
+            Variant::Configured => (0, 0),
+            Variant::FaasCacheFrequency => (1, 0),
+            Variant::FixedFallback => (2, 0),
+            Variant::Price {
+                worth_mb_min,
+                per_function,
+            } => (3 + u32::from(per_function), worth_mb_min),
         }
     }
 
     fn apply(&self, config: &mut Config) {
-        match self {
+        match *self {
             Variant::Configured => {}
             Variant::FaasCacheFrequency => config.frequency = Frequency::CallsSinceLoad,
             Variant::FixedFallback => config.hybrid.fallback_keep_alive = config.keep_alive,
+            Variant::Price {
+                worth_mb_min,
+                per_function,
+            } => {
+                config.hazard.worth_mb_min = worth_mb_min;
+                config.hazard.app_weight = if per_function { 1.0 } else { 0.0 };
+            }
         }
     }
 }
@@ -334,8 +372,33 @@ fn explaining_jobs(args: &Args, first: &[RunResult]) -> Vec<Job> {
     if has(PolicyKind::Hybrid) && args.config.hybrid.fallback_keep_alive != args.config.keep_alive {
         jobs.push(job(PolicyKind::Hybrid, Budget::Share(100), Variant::FixedFallback));
     }
+    if has(PolicyKind::Hazard) {
+        // The hazard policy's knob is its price: its curve of memory against cold starts, per
+        // call and per function.
+        for (worth_mb_min, per_function) in HAZARD_PRICES {
+            let v = Variant::Price {
+                worth_mb_min,
+                per_function,
+            };
+            let mut c = args.config.clone();
+            v.apply(&mut c);
+            if c.hazard != args.config.hazard {
+                jobs.push(job(PolicyKind::Hazard, Budget::Share(100), v));
+            }
+        }
+    }
     jobs
 }
+
+/// The prices (MB·minutes per cold start) and objectives the hazard policy is also run at.
+const HAZARD_PRICES: [(u64, bool); 6] = [
+    (1_800, false),
+    (5_000, false),
+    (10_000, false),
+    (500, true),
+    (700, true),
+    (1_000, true),
+];
 
 /// The trace and how it was made, for the report.
 pub struct Input {

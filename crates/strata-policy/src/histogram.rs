@@ -22,6 +22,10 @@ pub(crate) struct IdleHistogram {
     sum_sq: u64,
     /// Samples beyond the last bin.
     oob: u64,
+    /// Sum of all idle times, ms (what the function's average idle rate is taken from).
+    total_ms: u128,
+    /// Sum over the samples beyond the range of how far beyond it they ended, ms.
+    oob_excess_ms: u128,
     /// The last idle times (in range or not), oldest overwritten first.
     recent: [Millis; RECENT],
     recent_len: usize,
@@ -38,9 +42,26 @@ impl IdleHistogram {
             n: 0,
             sum_sq: 0,
             oob: 0,
+            total_ms: 0,
+            oob_excess_ms: 0,
             recent: [0; RECENT],
             recent_len: 0,
             recent_next: 0,
+        }
+    }
+
+    /// The idle period that began at `*idle_since`, if one did, ends at `now`: its length goes
+    /// into `*hist` (made with `bins` bins of `bin_ms` on first use).
+    pub fn end_idle(
+        hist: &mut Option<Box<IdleHistogram>>,
+        idle_since: &mut Option<Millis>,
+        now: Millis,
+        bins: u32,
+        bin_ms: Millis,
+    ) {
+        if let Some(t0) = idle_since.take() {
+            hist.get_or_insert_with(|| Box::new(IdleHistogram::new(bins, bin_ms)))
+                .add(now.saturating_sub(t0));
         }
     }
 
@@ -49,9 +70,11 @@ impl IdleHistogram {
         self.recent[self.recent_next] = idle;
         self.recent_next = (self.recent_next + 1) % RECENT;
         self.recent_len = (self.recent_len + 1).min(RECENT);
+        self.total_ms += u128::from(idle);
         let bin = idle / self.bin_ms;
         if bin >= self.bins as u64 {
             self.oob += 1;
+            self.oob_excess_ms += u128::from(idle - self.range_ms());
             return;
         }
         let bin = bin as usize;
@@ -60,6 +83,46 @@ impl IdleHistogram {
         self.counts[bin] += 1;
         self.counts[self.bins + bin / GROUP] += 1;
         self.n += 1;
+    }
+
+    /// Length of a bin, ms.
+    pub fn bin_ms(&self) -> Millis {
+        self.bin_ms
+    }
+
+    /// Number of bins.
+    pub fn bins(&self) -> usize {
+        self.bins
+    }
+
+    /// Where the last bin ends, ms.
+    pub fn range_ms(&self) -> Millis {
+        self.bin_ms * self.bins as Millis
+    }
+
+    /// Samples in bin `i`.
+    pub fn count(&self, i: usize) -> u64 {
+        u64::from(self.counts[i])
+    }
+
+    /// Samples beyond the range.
+    pub fn oob(&self) -> u64 {
+        self.oob
+    }
+
+    /// Sum of every idle time recorded, ms.
+    pub fn total_ms(&self) -> u128 {
+        self.total_ms
+    }
+
+    /// Sum over the samples beyond the range of how far beyond it they ended, ms.
+    pub fn oob_excess_ms(&self) -> u128 {
+        self.oob_excess_ms
+    }
+
+    /// The last few idle times (at most [`RECENT`]), in no particular order.
+    pub fn recent(&self) -> &[Millis] {
+        &self.recent[..self.recent_len]
     }
 
     /// Samples in range and beyond it.

@@ -90,12 +90,7 @@ impl Default for HybridConfig {
 
 impl HybridConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if self.bins == 0 || self.bin_ms == 0 {
-            return Err(ConfigError::EmptyHistogram {
-                bins: self.bins,
-                bin_ms: self.bin_ms,
-            });
-        }
+        ConfigError::check_histogram(self.bins, self.bin_ms)?;
         if !(1..=100).contains(&self.head_percent)
             || !(1..=100).contains(&self.tail_percent)
             || self.head_percent > self.tail_percent
@@ -280,10 +275,8 @@ impl Policy for HybridHistogram {
         let (bins, bin_ms) = (self.cfg.bins, self.cfg.bin_ms);
         let fully_idle = self.ledger.book(f).busy == 0;
         let st = self.state(f);
-        if fully_idle && let Some(t0) = st.idle_since.take() {
-            st.hist
-                .get_or_insert_with(|| Box::new(IdleHistogram::new(bins, bin_ms)))
-                .add(now.saturating_sub(t0));
+        if fully_idle {
+            IdleHistogram::end_idle(&mut st.hist, &mut st.idle_since, now, bins, bin_ms);
         }
         st.pending = false;
         self.ledger.call(f, warm);
@@ -316,20 +309,8 @@ impl Policy for HybridHistogram {
         while let Some(f) = self.ledger.pop_due(now) {
             self.due(f, now, &mut d);
         }
-        let before = d.stop.len();
-        self.ledger.evict_over_budget(&mut d.stop, |_, _, _| {});
-        for i in before..d.stop.len() {
-            self.retime(d.stop[i].f);
-        }
-        // A prewarm the budget evicted at once is neither a prewarm nor a stop.
-        let evicted = d.stop.split_off(before);
-        for s in evicted {
-            match d.prewarm.iter().position(|&f| f == s.f && s.since == now) {
-                Some(i) => {
-                    d.prewarm.remove(i);
-                }
-                None => d.stop.push(s),
-            }
+        for s in self.ledger.evict_into(&mut d, now) {
+            self.retime(s.f);
         }
         self.stops += d.stop.len() as u64;
         self.prewarms += d.prewarm.len() as u64;

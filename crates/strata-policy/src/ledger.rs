@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 
-use crate::{FnId, Idle, Millis, Profile};
+use crate::{Decisions, FnId, Idle, Millis, Profile};
 
 /// One idle instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +171,11 @@ impl Ledger {
         }
     }
 
+    /// Whether `memory_mb` more of idle memory fits the budget.
+    pub fn fits(&self, memory_mb: u32) -> bool {
+        self.budget_mb.is_none_or(|b| self.idle_mb + u64::from(memory_mb) <= b)
+    }
+
     /// Whether the idle memory is over the budget and something can be evicted.
     pub fn must_evict(&self) -> bool {
         self.budget_mb.is_some_and(|b| self.idle_mb > b) && !self.evictable.is_empty()
@@ -189,6 +194,24 @@ impl Ledger {
             stops.push(self.stop_oldest(f));
             evicted(self, f, key);
         }
+    }
+
+    /// While over budget after the decisions `d` made at `now`: evict as
+    /// [`Ledger::evict_over_budget`] does; an instance `d` prewarmed at `now` and evicted at
+    /// once is dropped from `d.prewarm` (neither a prewarm nor a stop), every other eviction
+    /// joins `d.stop`. Returns the evicted instances, for their policy to retime.
+    pub fn evict_into(&mut self, d: &mut Decisions, now: Millis) -> Vec<Idle> {
+        let mut evicted = Vec::new();
+        self.evict_over_budget(&mut evicted, |_, _, _| {});
+        for s in &evicted {
+            match d.prewarm.iter().position(|&f| f == s.f && s.since == now) {
+                Some(i) => {
+                    d.prewarm.remove(i);
+                }
+                None => d.stop.push(*s),
+            }
+        }
+        evicted
     }
 
     /// Set `f`'s pending timer (replacing any).

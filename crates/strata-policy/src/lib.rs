@@ -7,13 +7,16 @@
 //! time is a number of milliseconds the driver hands in ([`Millis`]), so a simulator that
 //! fast-forwards a week of trace and the daemon running in real time drive the same code.
 //!
-//! Three policies, each its own type, all built by [`build`] from a [`PolicyKind`] and a
+//! Four policies, each its own type, all built by [`build`] from a [`PolicyKind`] and a
 //! [`Config`]:
 //!
 //! - [`FixedKeepAlive`]: stop an instance idle for `keep_alive` (10 minutes by default).
 //! - [`HybridHistogram`]: the per-function idle-time histogram of Shahrad et al., "Serverless in
 //!   the Wild" (ATC'20): unload right after a call and prewarm just before the predicted next
 //!   one when idle times are predictable, a long standard keep-alive when they are not.
+//! - [`Hazard`]: hold an idle instance exactly at the idle times where its function's
+//!   idle-time hazard (the chance the next call comes now, given it has not yet) is worth its
+//!   memory at a global price; prewarm where that starts later than the call.
 //! - [`GreedyDual`]: FaasCache's greedy-dual-size-frequency keep-alive (Fuerst & Sharma,
 //!   ASPLOS'21): keep every idle instance while they fit the idle-memory budget, evict the
 //!   lowest `clock + frequency × cold-start cost / memory` first.
@@ -49,6 +52,7 @@
 
 mod fixed;
 mod greedy_dual;
+mod hazard;
 mod histogram;
 mod hybrid;
 mod ledger;
@@ -58,6 +62,7 @@ use std::str::FromStr;
 
 pub use fixed::FixedKeepAlive;
 pub use greedy_dual::{Frequency, GreedyDual};
+pub use hazard::{Hazard, HazardConfig};
 pub use hybrid::{HybridConfig, HybridHistogram};
 
 /// Milliseconds since an arbitrary epoch chosen by the driver.
@@ -157,11 +162,18 @@ pub enum PolicyKind {
     Hybrid,
     /// `greedy-dual`: [`GreedyDual`].
     GreedyDual,
+    /// `hazard`: [`Hazard`].
+    Hazard,
 }
 
 impl PolicyKind {
     /// Every policy, in the order reports list them.
-    pub const ALL: [PolicyKind; 3] = [PolicyKind::Fixed, PolicyKind::Hybrid, PolicyKind::GreedyDual];
+    pub const ALL: [PolicyKind; 4] = [
+        PolicyKind::Fixed,
+        PolicyKind::Hybrid,
+        PolicyKind::GreedyDual,
+        PolicyKind::Hazard,
+    ];
 
     /// The name [`FromStr`] accepts.
     pub fn name(self) -> &'static str {
@@ -169,6 +181,7 @@ impl PolicyKind {
             PolicyKind::Fixed => "fixed",
             PolicyKind::Hybrid => "hybrid",
             PolicyKind::GreedyDual => "greedy-dual",
+            PolicyKind::Hazard => "hazard",
         }
     }
 }
@@ -187,7 +200,7 @@ impl fmt::Display for UnknownPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown keep-alive policy {:?} (expected fixed, hybrid or greedy-dual)",
+            "unknown keep-alive policy {:?} (expected fixed, hybrid, greedy-dual or hazard)",
             self.0
         )
     }
@@ -219,6 +232,8 @@ pub struct Config {
     pub hybrid: HybridConfig,
     /// What greedy-dual counts as frequency. Default [`Frequency::Accesses`].
     pub frequency: Frequency,
+    /// The hazard policy's parameters.
+    pub hazard: HazardConfig,
 }
 
 impl Default for Config {
@@ -228,6 +243,7 @@ impl Default for Config {
             budget_mb: None,
             hybrid: HybridConfig::default(),
             frequency: Frequency::default(),
+            hazard: HazardConfig::default(),
         }
     }
 }
@@ -258,6 +274,10 @@ pub enum ConfigError {
     },
     /// The coefficient-of-variation threshold is not a finite number ≥ 0.
     CvThreshold(String),
+    /// The hazard policy's prior is not a finite number > 0.
+    Prior(String),
+    /// The hazard policy's app weight is not a number in 0..=1.
+    AppWeight(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -274,16 +294,29 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::Margin { name, percent } => write!(f, "{name} margin {percent}% must be below 100%"),
             ConfigError::CvThreshold(v) => write!(f, "coefficient-of-variation threshold {v} is not a number >= 0"),
+            ConfigError::Prior(v) => write!(f, "hazard prior {v} is not a number > 0"),
+            ConfigError::AppWeight(v) => write!(f, "hazard app weight {v} is not a number from 0 to 1"),
         }
     }
 }
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// An idle-time histogram of `bins` bins of `bin_ms` ms must hold something.
+    pub(crate) fn check_histogram(bins: u32, bin_ms: Millis) -> Result<(), ConfigError> {
+        if bins == 0 || bin_ms == 0 {
+            return Err(ConfigError::EmptyHistogram { bins, bin_ms });
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Check the values; [`build`] does this too.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.hybrid.validate()
+        self.hybrid.validate()?;
+        self.hazard.validate()
     }
 }
 
@@ -294,6 +327,7 @@ pub fn build(kind: PolicyKind, config: &Config) -> Result<Box<dyn Policy + Send>
         PolicyKind::Fixed => Box::new(FixedKeepAlive::new(config.keep_alive, config.budget_mb)),
         PolicyKind::Hybrid => Box::new(HybridHistogram::new(config.hybrid.clone(), config.budget_mb)),
         PolicyKind::GreedyDual => Box::new(GreedyDual::new(config.frequency, config.budget_mb)),
+        PolicyKind::Hazard => Box::new(Hazard::new(config.hazard.clone(), config.budget_mb)),
     })
 }
 
@@ -313,7 +347,7 @@ mod tests {
         let err = "greedy_dual".parse::<PolicyKind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown keep-alive policy \"greedy_dual\" (expected fixed, hybrid or greedy-dual)"
+            "unknown keep-alive policy \"greedy_dual\" (expected fixed, hybrid, greedy-dual or hazard)"
         );
     }
 

@@ -197,12 +197,17 @@ pub struct UpArgs {
     pub async_queue_depth: usize,
     /// Which idle instances to keep: "manifest" (each function's `keep_alive`), or a
     /// daemon-wide policy: "fixed" (10 minutes, or --keep-alive), "hybrid" (the idle-time
-    /// histogram of "Serverless in the Wild") or "greedy-dual" (FaasCache)
+    /// histogram of "Serverless in the Wild"), "greedy-dual" (FaasCache) or "hazard" (hold an
+    /// instance while its chance of a call is worth its memory, see --cold-start-price)
     #[arg(long, default_value = "manifest")]
     pub keep_alive_policy: String,
     /// The fixed policy's keep-alive (e.g. "10m")
     #[arg(long, default_value = "10m")]
     pub keep_alive: String,
+    /// The hazard policy's price of a cold start in idle memory, MB·minutes: an idle instance
+    /// is held while memory / (chance of a call in the next minute) is at most this
+    #[arg(long, default_value_t = 3_500)]
+    pub cold_start_price: u64,
     /// Most memory idle instances may hold in all under a daemon-wide policy (e.g. "2GiB");
     /// over it the policy evicts. Default: no limit
     #[arg(long)]

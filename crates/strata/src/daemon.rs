@@ -57,6 +57,7 @@ pub fn keep_alive_config(
     policy: &str,
     keep_alive: &str,
     budget: Option<&str>,
+    cold_start_price: u64,
     time_scale: f64,
 ) -> Result<Option<strata_orchestrator::keepalive::KeepAliveConfig>, String> {
     if policy == "manifest" {
@@ -78,13 +79,21 @@ pub fn keep_alive_config(
     if !(time_scale.is_finite() && time_scale > 0.0) {
         return Err(format!("--policy-time-scale {time_scale} is not a positive number"));
     }
+    if cold_start_price == 0 {
+        return Err("--cold-start-price 0: give the MB·minutes one cold start is worth (e.g. 3500)".to_owned());
+    }
+    let config = strata_policy::Config {
+        keep_alive: keep_alive_ms,
+        budget_mb,
+        hazard: strata_policy::HazardConfig {
+            worth_mb_min: cold_start_price,
+            ..strata_policy::HazardConfig::default()
+        },
+        ..strata_policy::Config::default()
+    };
     Ok(Some(strata_orchestrator::keepalive::KeepAliveConfig {
         kind,
-        config: strata_policy::Config {
-            keep_alive: keep_alive_ms,
-            budget_mb,
-            ..strata_policy::Config::default()
-        },
+        config,
         time_scale,
     }))
 }

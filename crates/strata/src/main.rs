@@ -32,6 +32,7 @@ fn main() -> std::process::ExitCode {
                 &args.keep_alive_policy,
                 &args.keep_alive,
                 args.idle_memory_budget.as_deref(),
+                args.cold_start_price,
                 args.policy_time_scale,
             ) {
                 Ok(k) => k,

@@ -262,6 +262,10 @@ fn bad_keep_alive_flags_are_named() {
             &["--keep-alive-policy", "greedy-dual", "--idle-memory-budget", "lots"][..],
             "--idle-memory-budget \"lots\" is not a size",
         ),
+        (
+            &["--keep-alive-policy", "hazard", "--cold-start-price", "0"][..],
+            "--cold-start-price 0: give the MB·minutes one cold start is worth",
+        ),
     ] {
         let out = std::process::Command::new(BIN)
             .args(["up", "--listen", "127.0.0.1:1"])
