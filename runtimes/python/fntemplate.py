@@ -11,7 +11,9 @@ socket to the backend (crates/strata-sandbox/src/fork.rs documents the protocol)
    where it holds capabilities over namespaces it makes, and nothing else: every namespace
    and file it already has belongs to the host's user namespace;
 3. per request forks an instance with ``clone(CLONE_NEWPID | NEWNS | NEWIPC | NEWUTS |
-   NEWNET)``; the backend moves it into its own cgroup, then the instance makes its own
+   NEWNET)``; the backend moves it into its own cgroup (or, for a request naming a spare the
+   backend reserved with a ``"spare"`` op and already moved, uses that one), then the
+   instance makes its own
    cgroup namespace, /tmp and /proc, brings its loopback up, sets its hostname, descriptors
    and rlimits, drops every capability, stacks the strict seccomp filter and serves calls with
    the handler this process imported: no import on its cold path.
@@ -224,16 +226,20 @@ class _Spare:
 
     def __init__(self, pid, conn, shape):
         self.pid, self.conn, self.shape = pid, conn, shape
+        self.ready = False
 
     def take(self, wait):
-        """Whether it is set up and alive, waiting up to `wait` seconds for it."""
+        """Whether it is set up (it said so once), waiting up to `wait` seconds for it."""
+        if self.ready:
+            return True
         self.conn.settimeout(wait)
         try:
-            return self.conn.recv(1) == b"r"
+            self.ready = self.conn.recv(1) == b"r"
         except OSError:
             return False
         finally:
             self.conn.settimeout(None)
+        return self.ready
 
     def drop(self):
         self.conn.close()  # it exits on end of file; the reaper collects it
@@ -280,17 +286,52 @@ def _fork(req, handler, concurrency):
 
 
 _spare = None  # the instance forked ahead for the next request
+_reserved = None  # the spare handed to the backend ahead ("spare" op), for the request naming it
+_reserved_id = None  # the id of the "spare" op that reserved it
+
+
+def _reserve(req, handler, concurrency):
+    """The "spare" op: a set-up spare of req's shape, reserved for the request that names this
+    op's id (the backend moves it into the next instance's cgroup meanwhile). A reserved one
+    the backend asks again for was lost on its side: it goes."""
+    global _spare, _reserved, _reserved_id
+    if _reserved is not None:
+        _reserved.drop()
+        _reserved = None
+    spare, _spare = _spare, None
+    if spare is not None and spare.shape != _shape(req):
+        spare.drop()
+        spare = None
+    if spare is None:
+        spare, error = _fork(req, handler, concurrency)
+        if spare is None:
+            return error, None
+    if not spare.take(10):
+        spare.drop()
+        return {"error": "the forked instance died setting up", "errno": 0}, None
+    _reserved, _reserved_id = spare, req["id"]
+    return {"pid": spare.pid}, os.pidfd_open(spare.pid)
 
 
 def _serve(req, fds, handler, concurrency):
     """Give one request an instance: the spare when it fits, else a new fork. fds: go (read
     end), report (write end), status (write end), the instance's descriptors. Returns the
     answer and the instance's pidfd."""
-    global _spare
+    global _spare, _reserved, _reserved_id
     t0 = time.perf_counter()
     status_w = fds[2]
     passed = fds[:2] + fds[3:]
-    spare, _spare = _spare, None
+    if req.get("spare") is not None:
+        # The backend's prepared spare (already in its cgroup), and nothing else.
+        spare, _reserved = _reserved, None
+        if spare is None or _reserved_id != req["spare"] or spare.shape != _shape(req) or not spare.take(0):
+            if spare is not None:
+                spare.drop()
+            for fd in fds:
+                os.close(fd)
+            return {"error": "the prepared instance is gone", "errno": 0}, None
+    else:
+        spare, _spare = _spare, None
     if spare is not None and not (spare.shape == _shape(req) and spare.take(0.1)):
         spare.drop()
         spare = None
@@ -366,7 +407,12 @@ def main():
         try:
             fds = _high(fds)
             req = json.loads(data)
-            answer, pidfd = _serve(req, fds, handler, concurrency)
+            if req.get("op") == "spare":
+                for fd in fds:
+                    os.close(fd)
+                answer, pidfd = _reserve(req, handler, concurrency)
+            else:
+                answer, pidfd = _serve(req, fds, handler, concurrency)
         except Exception as e:
             for fd in fds:
                 try:
@@ -381,10 +427,11 @@ def main():
         else:
             sock.sendmsg([out], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))])
             os.close(pidfd)
-            try:
-                _prefork(req, handler, concurrency)
-            except Exception:
-                pass
+            if req.get("op") != "spare":  # (a reserved spare waits for the next request)
+                try:
+                    _prefork(req, handler, concurrency)
+                except Exception:
+                    pass
     bootstrap._die(0)
 
 

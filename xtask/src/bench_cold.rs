@@ -75,6 +75,7 @@ struct Cold {
     sandbox_ms: f64,
     runtime_init_ms: f64,
     import_ms: f64,
+    launch_ms: f64,
 }
 
 fn cold_breakdown(records: &[Value]) -> Cold {
@@ -95,6 +96,7 @@ fn cold_breakdown(records: &[Value]) -> Cold {
         sandbox_ms: field("sandbox_ms"),
         runtime_init_ms: field("runtime_init_ms"),
         import_ms: field("import_ms"),
+        launch_ms: field("launch_ms"),
     }
 }
 
@@ -336,13 +338,14 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
         .zip(&cold)
         .map(|(v, c)| {
             format!(
-                "{}: {} cold ({}), sandbox {:.2} ms, runtime init {:.2} ms, import {:.2} ms",
+                "{}: {} cold ({}), sandbox {:.2} ms, runtime init {:.2} ms, import {:.2} ms, the whole launch {:.2} ms",
                 v.name,
                 c.cold,
                 paths(c),
                 c.sandbox_ms,
                 c.runtime_init_ms,
-                c.import_ms
+                c.import_ms,
+                c.launch_ms
             )
         })
         .collect::<Vec<_>>()

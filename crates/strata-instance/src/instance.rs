@@ -364,7 +364,7 @@ impl Instance {
             let key = format!("{}@{}", spec.name, launch.version);
             let runtime = {
                 let t = Arc::clone(templates);
-                tokio::task::spawn_blocking(move || t.python()).await.ok().flatten()
+                move || t.python()
             };
             let log_t = log.clone();
             let template_spec = || template_spec(runtimes, launch, log_t);
@@ -484,6 +484,7 @@ impl Instance {
                     sandbox_ms: sandbox_time.as_secs_f64() * 1000.0,
                     runtime_init_ms: (ready_ms - import_ms).max(0.0),
                     import_ms,
+                    launch_ms: t0.elapsed().as_secs_f64() * 1000.0,
                     ..ColdStart::default()
                 };
                 if let Some((took, template_import_ms)) = from_template {
@@ -491,7 +492,6 @@ impl Instance {
                     instance.cold.template_ms = took.as_secs_f64() * 1000.0;
                     instance.cold.import_ms = template_import_ms;
                 }
-                let _ = t0;
                 instance
                     .shared
                     .cpu_base_usec

@@ -169,13 +169,14 @@ impl FunctionTemplates {
     }
 
     /// The template of `key` (a function version), started from `spec` (a sandbox spec of the
-    /// function running the runtime's function template program) through `runtime` when
-    /// there is none, its memory limit raised to `memory_after_load` once it has loaded.
-    /// Concurrent callers for one key wait for the same start.
+    /// function running the runtime's function template program) through the runtime
+    /// template `runtime` gives (called, on a blocking thread, only when a template must be
+    /// started) when there is none, its memory limit raised to `memory_after_load` once it has
+    /// loaded. Concurrent callers for one key wait for the same start.
     pub async fn get(
         &self,
         key: &str,
-        runtime: Option<Arc<Template>>,
+        runtime: impl FnOnce() -> Option<Arc<Template>> + Send + 'static,
         spec: impl FnOnce() -> std::io::Result<SandboxSpec>,
         startup: Duration,
         memory_after_load: u64,
@@ -225,7 +226,7 @@ impl FunctionTemplates {
         let name = key.to_owned();
         let t0 = Instant::now();
         let started =
-            tokio::task::spawn_blocking(move || backend.start_fork_server(&name, runtime.as_ref(), spec, startup))
+            tokio::task::spawn_blocking(move || backend.start_fork_server(&name, runtime().as_ref(), spec, startup))
                 .await;
         let (server, hello) = match started {
             Ok(Ok(s)) => s,

@@ -62,6 +62,83 @@ pub struct ForkServer {
     limits: Mutex<crate::spec::Limits>,
     sock: Mutex<OwnedFd>,
     seq: std::sync::atomic::AtomicU64,
+    /// The server's spare, already in a cgroup of its own (see [`Ready`]).
+    ready: Mutex<Option<Ready>>,
+    /// A thread is preparing the next [`Ready`] spare.
+    preparing: std::sync::atomic::AtomicBool,
+    /// Sandboxes that were a prepared spare.
+    spares_used: std::sync::atomic::AtomicU64,
+}
+
+/// An instance the server forked ahead of its request and the backend already moved into a
+/// cgroup of its own, with the limits the next sandbox will have: a spawn that finds one
+/// skips taking a cgroup and moving the process (the slowest and most variable steps of a
+/// fork here), and only sends the request and releases it. Dropped unused, it is killed and
+/// its cgroup removed.
+struct Ready {
+    inner: Arc<Inner>,
+    /// The id of the request that reserved it (a request naming it gets it).
+    id: u64,
+    pid: i32,
+    pidfd: OwnedFd,
+    cgroup: Option<crate::cgroup::Cgroup>,
+    limits: crate::spec::Limits,
+    /// What it was made for (`shape` of the spec).
+    shape: serde_json::Value,
+}
+
+impl Ready {
+    /// Kill it and give its cgroup back; returns nothing to use.
+    fn discard(mut self) {
+        self.release();
+    }
+
+    fn release(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            empty_and_remove(&self.inner, cgroup, Some(&self.pidfd));
+        }
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Kill what is in `cgroup` (first the process of `pidfd`, waiting a moment for it to exit:
+/// a group with a process in it cannot be removed) and remove it.
+fn empty_and_remove(inner: &Inner, cgroup: crate::cgroup::Cgroup, pidfd: Option<&OwnedFd>) {
+    if let Some(fd) = pidfd {
+        kill_pidfd(fd);
+        let _ = poll_in(fd, 2_000);
+    }
+    cgroup.kill_all(inner.fs.as_ref());
+    let _ = cgroup.remove(inner.fs.as_ref());
+}
+
+/// SIGKILL the process a pidfd refers to.
+fn kill_pidfd(pidfd: &OwnedFd) {
+    // SAFETY: pidfd_send_signal on a pidfd we own; no memory is passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            0usize,
+            0u32,
+        );
+    }
+}
+
+/// What a pre-forked instance is made for: requests of the same shape can have it (the
+/// runtime's fork server compares the same three fields).
+fn shape(spec: &SandboxSpec) -> serde_json::Value {
+    serde_json::json!({
+        "tmp": crate::plan::tmp_options(spec),
+        "netns": spec.network == NetworkMode::None,
+        "hostname": spec.hostname,
+    })
 }
 
 impl std::fmt::Debug for ForkServer {
@@ -96,6 +173,17 @@ impl ForkServer {
         self.sandbox.lock().map(|s| s.pid()).unwrap_or(0)
     }
 
+    /// Whether a spare is ready in its cgroup for the next spawn.
+    pub fn spare_ready(&self) -> bool {
+        self.ready.lock().map(|r| r.is_some()).unwrap_or(false)
+    }
+
+    /// How many sandboxes were a spare prepared ahead (no cgroup taken or moved into on their
+    /// path).
+    pub fn spares_used(&self) -> u64 {
+        self.spares_used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The server's own resource usage (its cgroup: what it loaded, shared copy-on-write).
     pub fn usage(&self) -> crate::spec::Usage {
         self.sandbox.lock().map(|s| s.usage()).unwrap_or_default()
@@ -112,6 +200,58 @@ impl ForkServer {
         limits.memory_bytes = bytes;
         Ok(())
     }
+}
+
+impl ForkServer {
+    /// Send request `id` with `fds`, wait for its answer: the pidfd it carries, or the
+    /// server's error. An answer out of step, or none, stops the server: it can no longer be
+    /// trusted (its forked sandboxes die with it).
+    fn exchange(&self, id: u64, request: &[u8], fds: &[RawFd]) -> Result<OwnedFd> {
+        let answer = {
+            let sock = self.sock.lock().expect("fork server socket lock");
+            send_with_fds(sock.as_raw_fd(), request, fds).and_then(|()| recv_with_fd(sock.as_raw_fd()))
+        };
+        let parsed = answer.map_err(|e| e.to_string()).and_then(|(a, fd)| {
+            let v: serde_json::Value = serde_json::from_slice(&a).map_err(|e| format!("bad answer: {e}"))?;
+            if v["id"].as_u64() != Some(id) {
+                return Err(format!("answer {} to request {id}: out of step", v["id"]));
+            }
+            Ok((v, fd))
+        });
+        match parsed {
+            Ok((_, Some(pidfd))) => Ok(pidfd),
+            Ok((v, None)) => {
+                let message = v["error"].as_str().unwrap_or("no pidfd in the answer");
+                Err(fork_err(format!("fork server {}: {message}", self.name)))
+            }
+            Err(e) => {
+                self.kill();
+                Err(fork_err(format!("fork server {}: {e}", self.name)))
+            }
+        }
+    }
+}
+
+/// Move process `pid` into `cgroup` through its open `cgroup.procs` files.
+fn move_into(inner: &Inner, cgroup: &crate::cgroup::Cgroup, procs: &[OwnedFd], pid: i32) -> Result<()> {
+    // cgroup v1: the memory the process has charged so far (its copy-on-write faults while
+    // it set itself up in the server's group) moves along with it, instead of staying on the
+    // server's account for as long as the process lives.
+    for procs_file in cgroup.procs_files() {
+        // (Only the v1 memory hierarchy has the file; elsewhere the write just fails.)
+        if let Some(dir) = procs_file.parent() {
+            let _ = inner.fs.write(&dir.join("memory.move_charge_at_immigrate"), "1");
+        }
+    }
+    let line = pid.to_string();
+    for procs_file in procs {
+        // SAFETY: writing a short buffer to a descriptor we own.
+        let n = unsafe { libc::write(procs_file.as_raw_fd(), line.as_ptr().cast(), line.len()) };
+        if n < 0 {
+            return Err(SandboxError::sys("move a forked sandbox into its cgroup"));
+        }
+    }
+    Ok(())
 }
 
 fn fork_err(msg: impl Into<String>) -> SandboxError {
@@ -257,6 +397,9 @@ impl Backend {
             limits: Mutex::new(limits),
             sock: Mutex::new(ours),
             seq: std::sync::atomic::AtomicU64::new(1),
+            ready: Mutex::new(None),
+            preparing: std::sync::atomic::AtomicBool::new(false),
+            spares_used: std::sync::atomic::AtomicU64::new(0),
         };
         let hello = recv(server.sock.lock().expect("sock lock").as_raw_fd())
             .map_err(|e| fork_err(format!("fork server {name} did not start: {e}")))?;
@@ -270,6 +413,9 @@ impl Backend {
     /// /proc, no capabilities, the spec's seccomp filter. The program, root, code and
     /// environment are the server's (`spec.program`/`spec.args` only choose what the server
     /// runs, see the runtime's fork server).
+    ///
+    /// When the server has a [`Ready`] spare for the same limits, the sandbox is that process
+    /// (already in its cgroup); after a fork, a thread prepares the next one.
     pub fn spawn_from_fork_server(&self, server: &Arc<ForkServer>, mut spec: SandboxSpec) -> Result<Sandbox> {
         let inner = self.inner();
         if spec.seccomp == SeccompMode::Forker {
@@ -283,10 +429,31 @@ impl Backend {
             ));
         }
         let t0 = Instant::now();
-        let (cgroup, procs) = crate::backend::take_cgroup(inner, &spec.limits)?;
+        let want = shape(&spec);
+        let limits = spec.limits.clone();
+        let ready = server.ready.lock().expect("fork server spare lock").take();
+        let ready = match ready {
+            Some(r) if r.limits == spec.limits && r.shape == want => Some(r),
+            Some(r) => {
+                r.discard();
+                None
+            }
+            None => None,
+        };
+        let (cgroup, procs, reserved, reserved_pidfd) = match ready {
+            Some(mut r) => {
+                let cgroup = r.cgroup.take().expect("a ready spare has its cgroup");
+                let pidfd = r.pidfd.try_clone().ok();
+                (cgroup, Vec::new(), Some((r.id, r.pid)), pidfd)
+            }
+            None => {
+                let (cgroup, procs) = crate::backend::take_cgroup(inner, &spec.limits)?;
+                (cgroup, procs, None, None)
+            }
+        };
         let cgroup_time = t0.elapsed();
         let give_back = |inner: &Inner, cgroup: crate::cgroup::Cgroup| {
-            let _ = cgroup.remove(inner.fs.as_ref());
+            empty_and_remove(inner, cgroup, reserved_pidfd.as_ref());
         };
         let pipes = (|| Ok::<_, SandboxError>((pipe()?, pipe()?, pipe()?)))();
         let ((go_r, go_w), (report_r, report_w), (status_r, status_w)) = match pipes {
@@ -316,6 +483,7 @@ impl Backend {
             "cap_last": inner.cap_last(),
             "seccomp": hex_encode(&seccomp_bytes(inner.filter(spec.seccomp))),
             "targets": targets,
+            "spare": reserved.map(|(id, _)| id),
         });
         let request = serde_json::to_vec(&req).expect("JSON of plain values");
         let mut fds: Vec<RawFd> = vec![go_r.as_raw_fd(), report_w.as_raw_fd(), status_w.as_raw_fd()];
@@ -326,50 +494,22 @@ impl Backend {
             }
         }
         let t_fork = Instant::now();
-        let answer = {
-            let sock = server.sock.lock().expect("fork server socket lock");
-            send_with_fds(sock.as_raw_fd(), &request, &fds).and_then(|()| recv_with_fd(sock.as_raw_fd()))
-        };
+        let answer = server.exchange(id, &request, &fds);
         drop((go_r, report_w, status_w));
         spec.fds.clear();
-        let parsed = answer.map_err(|e| e.to_string()).and_then(|(a, fd)| {
-            let v: serde_json::Value = serde_json::from_slice(&a).map_err(|e| format!("bad answer: {e}"))?;
-            if v["id"].as_u64() != Some(id) {
-                return Err(format!("answer {} to request {id}: out of step", v["id"]));
-            }
-            Ok((v, fd))
-        });
-        let (v, pidfd) = match parsed {
-            Ok(p) => p,
+        let pidfd = match answer {
+            Ok(pidfd) => pidfd,
             Err(e) => {
-                // Out of step: it can no longer be trusted. Its forked sandboxes die with it.
-                server.kill();
-                cgroup.kill_all(inner.fs.as_ref());
                 give_back(inner, cgroup);
-                return Err(fork_err(format!("fork server {}: {e}", server.name)));
+                return Err(e);
             }
-        };
-        let Some(pidfd) = pidfd else {
-            give_back(inner, cgroup);
-            let message = v["error"].as_str().unwrap_or("no pidfd in the answer").to_owned();
-            return Err(fork_err(format!("fork server {}: {message}", server.name)));
         };
         let fork_time = t_fork.elapsed();
         // From here the process exists and waits on the go pipe: on any failure, closing the
         // go pipe unwritten makes it exit, and its status arrives on the status pipe.
         let fail = |e: SandboxError, cgroup: crate::cgroup::Cgroup| {
-            // SAFETY: pidfd_send_signal on a pidfd we own; no memory is passed.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    libc::SIGKILL,
-                    0usize,
-                    0u32,
-                );
-            }
+            kill_pidfd(&pidfd);
             let _ = read_report(&status_r, SETUP_LIMIT);
-            cgroup.kill_all(inner.fs.as_ref());
             give_back(inner, cgroup);
             e
         };
@@ -377,21 +517,23 @@ impl Backend {
             Ok(p) => p,
             Err(e) => return Err(fail(e, cgroup)),
         };
-        // cgroup v1: the memory the process has charged so far (its copy-on-write faults
-        // while it set itself up in the server's group) moves along with it, instead of
-        // staying on the server's account for as long as the process lives.
-        for procs_file in cgroup.procs_files() {
-            // (Only the v1 memory hierarchy has the file; elsewhere the write just fails.)
-            if let Some(dir) = procs_file.parent() {
-                let _ = inner.fs.write(&dir.join("memory.move_charge_at_immigrate"), "1");
+        match reserved.map(|(_, pid)| pid) {
+            Some(r) if r != pid => {
+                server.kill();
+                let e = fork_err(format!(
+                    "fork server {}: asked for its prepared process {r}, handed over {pid}",
+                    server.name
+                ));
+                return Err(fail(e, cgroup));
             }
-        }
-        for procs_file in &procs {
-            let line = pid.to_string();
-            // SAFETY: writing a short buffer to a descriptor we own.
-            let n = unsafe { libc::write(procs_file.as_raw_fd(), line.as_ptr().cast(), line.len()) };
-            if n < 0 {
-                return Err(fail(SandboxError::sys("move a forked sandbox into its cgroup"), cgroup));
+            Some(_) => {
+                // Already in its cgroup.
+                server.spares_used.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            None => {
+                if let Err(e) = move_into(inner, &cgroup, &procs, pid) {
+                    return Err(fail(e, cgroup));
+                }
             }
         }
         // SAFETY: writing one byte to the go pipe we own.
@@ -434,6 +576,7 @@ impl Backend {
             }
         };
         let mut sandbox = Sandbox::new(Arc::clone(inner), pid, pidfd, cgroup);
+        self.prepare_in_background(server, limits, want);
         sandbox.exit_pipe = Some(status_r);
         sandbox.keep = Some(Arc::clone(server) as Arc<dyn std::any::Any + Send + Sync>);
         sandbox.timings = SpawnTimings {
@@ -446,5 +589,76 @@ impl Backend {
             total: t0.elapsed(),
         };
         Ok(sandbox)
+    }
+
+    /// Unless one is ready or being prepared: on a thread of its own, have the server's next
+    /// spare moved into a cgroup with `limits` (a [`Ready`] spare for the next spawn).
+    fn prepare_in_background(&self, server: &Arc<ForkServer>, limits: crate::spec::Limits, shape: serde_json::Value) {
+        use std::sync::atomic::Ordering;
+        if server.preparing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (backend, ours) = (self.clone(), Arc::clone(server));
+        let spawned = std::thread::Builder::new().name("strata-spare".into()).spawn(move || {
+            let server = ours;
+            let has = server.ready.lock().map(|r| r.is_some()).unwrap_or(true);
+            if !has && server.is_alive() {
+                match backend.prepare_spare(&server, limits, shape) {
+                    Ok(ready) => {
+                        if let Ok(mut slot) = server.ready.lock() {
+                            *slot = Some(ready);
+                        }
+                    }
+                    Err(e) => tracing::debug!(server = %server.name, error = %e, "no spare prepared"),
+                }
+            }
+            server.preparing.store(false, Ordering::Release);
+        });
+        if spawned.is_err() {
+            server.preparing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Ask the server for its spare (forked and set up ahead, reserved for the request that
+    /// names it) and move it into a cgroup with `limits`.
+    fn prepare_spare(
+        &self,
+        server: &ForkServer,
+        limits: crate::spec::Limits,
+        shape: serde_json::Value,
+    ) -> Result<Ready> {
+        let inner = self.inner();
+        let id = server.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut req = shape.clone();
+        req["id"] = id.into();
+        req["op"] = "spare".into();
+        let request = serde_json::to_vec(&req).expect("JSON of plain values");
+        let pidfd = server.exchange(id, &request, &[])?;
+        let pid = match pid_of(&pidfd, server.pid()) {
+            Ok(pid) => pid,
+            Err(e) => {
+                kill_pidfd(&pidfd);
+                return Err(e);
+            }
+        };
+        let (cgroup, procs) = match crate::backend::take_cgroup(inner, &limits) {
+            Ok(c) => c,
+            Err(e) => {
+                kill_pidfd(&pidfd);
+                return Err(e);
+            }
+        };
+        let ready = Ready {
+            inner: Arc::clone(inner),
+            id,
+            pid,
+            pidfd,
+            cgroup: Some(cgroup),
+            limits,
+            shape,
+        };
+        // On failure `ready` drops: the process is killed and the cgroup removed.
+        move_into(inner, ready.cgroup.as_ref().expect("just set"), &procs, pid)?;
+        Ok(ready)
     }
 }

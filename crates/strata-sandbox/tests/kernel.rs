@@ -79,7 +79,23 @@ fn spawn_via(via: Via, spec: SandboxSpec) -> strata_sandbox::Result<strata_sandb
             first.hostname = spec.hostname.clone();
             let exit = backend().spawn_from_fork_server(&server, first)?.wait()?;
             assert_eq!(exit.kind, ExitKind::Exited(0));
-            backend().spawn_from_fork_server(&server, spec)
+            // ...and already moved into a cgroup of its own by the backend, as a thread does
+            // after every fork.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !server.spare_ready() {
+                assert!(Instant::now() < deadline, "no spare prepared after a fork");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let used = server.spares_used();
+            let sandbox = backend().spawn_from_fork_server(&server, spec);
+            if sandbox.is_ok() {
+                assert_eq!(
+                    server.spares_used(),
+                    used + 1,
+                    "the sandbox under test is the prepared spare"
+                );
+            }
+            sandbox
         }
     }
 }
@@ -860,11 +876,11 @@ fn function_template_spawn_kill_cycles_leave_nothing_behind() {
         let exit = sb.terminate().unwrap();
         assert_eq!(exit.kind, ExitKind::Signaled(libc::SIGKILL), "cycle {i}");
     }
-    // Every instance is reaped (what is left under the template is at most the one instance
-    // it forks ahead for the next request).
+    // Every instance is reaped (what is left under the template is at most the instance it
+    // forks ahead for the next request and the one the backend has prepared).
     let left = children_of(server_pid);
     assert!(pids.iter().all(|p| !left.contains(p)), "{left:?}");
-    assert!(left.len() <= 1, "{left:?}");
+    assert!(left.len() <= 2, "{left:?}");
     assert!(server.is_alive());
     // A failed setup names its step, and the template serves the next one.
     let mut bad = python("print('never')");
@@ -879,4 +895,74 @@ fn function_template_spawn_kill_cycles_leave_nothing_behind() {
     { out_r }.read_to_string(&mut out).unwrap();
     assert_eq!(sb.wait().unwrap().kind, ExitKind::Exited(0));
     assert_eq!(out.trim(), "after");
+}
+
+/// Whether process `pid` is gone (or a zombie waiting for its reaper).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_prepared_spare_serves_the_next_fork_and_goes_when_it_cannot() {
+    let spec = python("");
+    let server = Arc::new(function_template(&spec, "json:dumps"));
+    let server_pid = server.pid();
+    assert_eq!(run_on(&server, python("pass")), ExitKind::Exited(0));
+    wait_until("a spare is prepared", || server.spare_ready());
+    // The template keeps only the prepared spare: no second one forked ahead beside it.
+    let spare = children_of(server_pid);
+    assert_eq!(spare.len(), 1, "{spare:?}");
+    let spare = spare[0];
+    // Its cgroup is the sandbox's own (the server's is not): the next fork is that process,
+    // with the limits it was prepared for.
+    let cgroup_of = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_ne!(cgroup_of(spare), cgroup_of(server_pid));
+    let used = server.spares_used();
+    let (mut out_r, out_w) = pipe();
+    let mut next = python("import os\nprint(os.getpid())");
+    next.fds.push(FdMapping { fd: out_w, target: 1 });
+    let mut sb = backend().spawn_from_fork_server(&server, next).unwrap();
+    assert_eq!(sb.pid(), spare, "the prepared process");
+    let mut out = String::new();
+    out_r.read_to_string(&mut out).unwrap();
+    assert_eq!(sb.wait().unwrap().kind, ExitKind::Exited(0));
+    assert_eq!(out.trim(), "1", "pid 1 of its own namespace");
+    assert_eq!(server.spares_used(), used + 1);
+    // A sandbox with other limits cannot have the next one: it is killed (its cgroup given
+    // back) and the sandbox is forked and moved as usual.
+    wait_until("the next spare is prepared", || server.spare_ready());
+    let spare = children_of(server_pid)[0];
+    let mut bigger = python("pass");
+    bigger.limits.memory_bytes *= 2;
+    assert_eq!(run_on(&server, bigger), ExitKind::Exited(0));
+    assert_eq!(server.spares_used(), used + 1, "not used");
+    wait_until("the unfitting spare is gone", || gone(spare));
+    // Dropping the server with a spare prepared takes the spare along.
+    wait_until("a spare is prepared again", || server.spare_ready());
+    let spare = children_of(server_pid)[0];
+    drop(server);
+    wait_until("the prepared spare is gone with its server", || gone(spare));
+}
+
+fn run_on(server: &Arc<ForkServer>, spec: SandboxSpec) -> ExitKind {
+    backend()
+        .spawn_from_fork_server(server, spec)
+        .unwrap()
+        .wait()
+        .unwrap()
+        .kind
 }

@@ -11,6 +11,10 @@ pub struct ColdStart {
     pub runtime_init_ms: f64,
     /// Loading the handler module (import and top-level code).
     pub import_ms: f64,
+    /// The whole start of the instance: from the launch until the handler was ready
+    /// (sandbox, runtime init and import, and the hand-offs between them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub launch_ms: f64,
     /// Which way the instance came to be.
     #[serde(default)]
     pub path: ColdPath,
