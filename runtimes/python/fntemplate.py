@@ -44,6 +44,7 @@ import bootstrap  # noqa: E402
 import zygote  # noqa: E402  (the runtime template's helpers; already loaded when forked from it)
 
 CTRL_FD = 3
+MOVED = b"moved"  # to a prepared spare: the backend has moved it into its cgroup
 BOOTSTRAP = RUNTIME_DIR + "/bootstrap.py"
 CLONE_NEWUSER = 0x10000000
 PR_CAPBSET_DROP = 24
@@ -144,15 +145,18 @@ def _early_ops(req):
     return ops
 
 
-def _late_ops(req, fds, report_w):
+def _late_ops(req, fds, report_w, moved):
     """What an instance does once it has its request: wait for its cgroup, root a cgroup
-    namespace there, working directory, descriptors, rlimits, capabilities, seccomp.
-    fds: go (read end), report (write end), then the instance's descriptors in `targets`
-    order."""
-    setup = [
-        (_await_go, (fds[0],), "cgroup"),
-        (_libc.unshare, (zygote.CLONE_NEWCGROUP,), "cgroup-ns"),
-    ]
+    namespace there (both done already when `moved`: a prepared spare), working directory,
+    descriptors, rlimits, capabilities, seccomp. fds: go (read end), report (write end), then
+    the instance's descriptors in `targets` order."""
+    if moved:
+        setup = [(os.close, (fds[0],), "cgroup")]
+    else:
+        setup = [
+            (_await_go, (fds[0],), "cgroup"),
+            (_libc.unshare, (zygote.CLONE_NEWCGROUP,), "cgroup-ns"),
+        ]
     ops = [(os.chdir, (req["cwd"],), "chdir")]
     ops += zygote._descriptor_ops(req, fds[2:], report_w)
     ops += [
@@ -187,7 +191,15 @@ def _instance(early, conn, handler, concurrency):
         os.closerange(conn + 1, 1 << 20)
         zygote._execute(early)
         os.write(conn, b"r")
-        data, fds = zygote._recv_with_fds(socket.socket(fileno=conn))
+        sock = socket.socket(fileno=conn)
+        data, fds = zygote._recv_with_fds(sock)
+        moved = data == MOVED
+        if moved:
+            # A prepared spare: the backend has moved it into its cgroup already, so its
+            # cgroup namespace is made now, ahead of the request (which then needs no go).
+            if _libc.unshare(zygote.CLONE_NEWCGROUP) != 0:
+                os._exit(127)
+            data, fds = zygote._recv_with_fds(sock)
     except BaseException:
         os._exit(127)
     if not data:
@@ -197,7 +209,7 @@ def _instance(early, conn, handler, concurrency):
         req = json.loads(data)
         fds = _high(fds)
         report_w = fds[1]
-        setup, ops = _late_ops(req, fds, report_w)
+        setup, ops = _late_ops(req, fds, report_w, moved)
         t0 = time.perf_counter()
         zygote._execute(setup)
         t1 = time.perf_counter()
@@ -313,6 +325,17 @@ def _reserve(req, handler, concurrency):
     return {"pid": spare.pid}, os.pidfd_open(spare.pid)
 
 
+def _moved(req):
+    """The "moved" op: the backend has moved the spare it reserved into its cgroup; tell it."""
+    if _reserved is None or _reserved_id != req.get("spare"):
+        return {"error": "no such prepared instance", "errno": 0}
+    try:
+        _reserved.conn.send(MOVED)
+    except OSError as e:
+        return {"error": "telling the prepared instance: %s" % e, "errno": 0}
+    return {"ok": True}
+
+
 def _serve(req, fds, handler, concurrency):
     """Give one request an instance: the spare when it fits, else a new fork. fds: go (read
     end), report (write end), status (write end), the instance's descriptors. Returns the
@@ -407,10 +430,13 @@ def main():
         try:
             fds = _high(fds)
             req = json.loads(data)
-            if req.get("op") == "spare":
+            if req.get("op") in ("spare", "moved"):
                 for fd in fds:
                     os.close(fd)
-                answer, pidfd = _reserve(req, handler, concurrency)
+                if req["op"] == "spare":
+                    answer, pidfd = _reserve(req, handler, concurrency)
+                else:
+                    answer = _moved(req)
             else:
                 answer, pidfd = _serve(req, fds, handler, concurrency)
         except Exception as e:

@@ -31,6 +31,18 @@
 //!    reaps them and writes each one's wait status (4 bytes) to its status pipe: the daemon
 //!    is not their parent, so the [`Sandbox`] waits on that pipe instead of `waitid`.
 //!
+//! **Prepared spares.** The server forks its next process ahead (up to its /tmp, /proc,
+//! loopback and hostname). After each fork a backend thread asks for it with
+//! `{"id", "op": "spare", "tmp", "netns", "hostname"}`: the server reserves it for the request
+//! that names this id and answers with its pidfd; the backend checks it as in step 2, takes a
+//! cgroup with the limits of the sandbox just forked, moves it there and sends
+//! `{"id", "op": "moved", "spare"}`, on which the process makes its cgroup namespace. The next
+//! spawn with the same limits and shape sends its request with `"spare": <that id>`, skips the
+//! cgroup and the move, and writes no go: the process goes on as soon as it has its
+//! descriptors. A request naming a spare the server no longer has gets an error (never another
+//! process); a prepared spare that does not fit the next spawn, or whose server goes, is
+//! killed and its cgroup removed.
+//!
 //! What a forked sandbox shares with its siblings, beyond what a templated one shares: the
 //! server's memory image (the function's own code and data as loaded, copy-on-write), its
 //! environment (the function's), its root filesystem and code, and the user namespace (one
@@ -207,6 +219,17 @@ impl ForkServer {
     /// server's error. An answer out of step, or none, stops the server: it can no longer be
     /// trusted (its forked sandboxes die with it).
     fn exchange(&self, id: u64, request: &[u8], fds: &[RawFd]) -> Result<OwnedFd> {
+        match self.exchange_any(id, request, fds)? {
+            (_, Some(pidfd)) => Ok(pidfd),
+            (v, None) => {
+                let message = v["error"].as_str().unwrap_or("no pidfd in the answer");
+                Err(fork_err(format!("fork server {}: {message}", self.name)))
+            }
+        }
+    }
+
+    /// [`ForkServer::exchange`] for any answer: the answer and the descriptor it carried.
+    fn exchange_any(&self, id: u64, request: &[u8], fds: &[RawFd]) -> Result<(serde_json::Value, Option<OwnedFd>)> {
         let answer = {
             let sock = self.sock.lock().expect("fork server socket lock");
             send_with_fds(sock.as_raw_fd(), request, fds).and_then(|()| recv_with_fd(sock.as_raw_fd()))
@@ -219,11 +242,7 @@ impl ForkServer {
             Ok((v, fd))
         });
         match parsed {
-            Ok((_, Some(pidfd))) => Ok(pidfd),
-            Ok((v, None)) => {
-                let message = v["error"].as_str().unwrap_or("no pidfd in the answer");
-                Err(fork_err(format!("fork server {}: {message}", self.name)))
-            }
+            Ok(answer) => Ok(answer),
             Err(e) => {
                 self.kill();
                 Err(fork_err(format!("fork server {}: {e}", self.name)))
@@ -536,8 +555,9 @@ impl Backend {
                 }
             }
         }
+        // A prepared spare went on as soon as it had its request; any other waits for this.
         // SAFETY: writing one byte to the go pipe we own.
-        if unsafe { libc::write(go_w.as_raw_fd(), b"1".as_ptr().cast(), 1) } != 1 {
+        if reserved.is_none() && unsafe { libc::write(go_w.as_raw_fd(), b"1".as_ptr().cast(), 1) } != 1 {
             return Err(fail(SandboxError::sys("release a forked sandbox"), cgroup));
         }
         drop(go_w);
@@ -659,6 +679,15 @@ impl Backend {
         };
         // On failure `ready` drops: the process is killed and the cgroup removed.
         move_into(inner, ready.cgroup.as_ref().expect("just set"), &procs, pid)?;
+        // Tell it: it makes its cgroup namespace now, and its request needs no go.
+        let moved = server.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let request = serde_json::to_vec(&serde_json::json!({"id": moved, "op": "moved", "spare": id}))
+            .expect("JSON of plain values");
+        let (v, _) = server.exchange_any(moved, &request, &[])?;
+        if v["ok"] != true {
+            let message = v["error"].as_str().unwrap_or("no answer");
+            return Err(fork_err(format!("fork server {}: {message}", server.name)));
+        }
         Ok(ready)
     }
 }
