@@ -45,6 +45,7 @@ import zygote  # noqa: E402  (the runtime template's helpers; already loaded whe
 
 CTRL_FD = 3
 MOVED = b"moved"  # to a prepared spare: the backend has moved it into its cgroup
+PREFORK_DELAY = 0.015  # seconds after handing over an instance before forking the next
 BOOTSTRAP = RUNTIME_DIR + "/bootstrap.py"
 CLONE_NEWUSER = 0x10000000
 PR_CAPBSET_DROP = 24
@@ -416,11 +417,19 @@ def main():
     gc.collect()
     gc.freeze()
     sock.send(json.dumps({"ready": True, "import_ms": got}).encode())
+    prefork = None  # (request, when): the next instance to fork ahead, once the CPU is quiet
     while True:
-        ready = [fd for fd, _ in _poller.poll()]
+        wait = None if prefork is None else max(0, int((prefork[1] - time.monotonic()) * 1000))
+        ready = [fd for fd, _ in _poller.poll(wait)]
         for fd in ready:
             if fd != CTRL_FD:
                 _reap(fd)
+        if prefork is not None and time.monotonic() >= prefork[1]:
+            try:
+                _prefork(prefork[0], handler, concurrency)
+            except Exception:
+                pass
+            prefork = None
         if CTRL_FD not in ready:
             continue
         data, fds = zygote._recv_with_fds(sock)
@@ -454,10 +463,12 @@ def main():
             sock.sendmsg([out], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))])
             os.close(pidfd)
             if req.get("op") != "spare":  # (a reserved spare waits for the next request)
-                try:
-                    _prefork(req, handler, concurrency)
-                except Exception:
-                    pass
+                # Not at once: the instance just handed over is starting its first call, and
+                # a fork (copying this process's page tables) would compete with it for the
+                # CPU. A request in the meantime forks on demand.
+                prefork = (req, time.monotonic() + PREFORK_DELAY)
+            else:
+                prefork = None
     bootstrap._die(0)
 
 

@@ -61,6 +61,9 @@ use crate::sandbox::poll_in;
 use crate::spec::{FdMapping, NetworkMode, SandboxSpec, SeccompMode, SpawnTimings};
 use crate::template::{Template, hex_encode, recv, seccomp_bytes, send_with_fds, seqpacket_pair, set_recv_timeout};
 
+/// How long after a fork the backend asks for the next spare.
+const PREPARE_DELAY: Duration = Duration::from_millis(25);
+
 /// How long a forked sandbox may take to set itself up once released.
 const SETUP_LIMIT: Duration = Duration::from_secs(10);
 
@@ -621,6 +624,10 @@ impl Backend {
         let (backend, ours) = (self.clone(), Arc::clone(server));
         let spawned = std::thread::Builder::new().name("strata-spare".into()).spawn(move || {
             let server = ours;
+            // Not while the sandbox just made starts its first call: the server forks its
+            // spare after a pause of its own (fntemplate.py), and asking before would make it
+            // fork at once, competing with that call for the CPU.
+            std::thread::sleep(PREPARE_DELAY);
             let has = server.ready.lock().map(|r| r.is_some()).unwrap_or(true);
             if !has && server.is_alive() {
                 match backend.prepare_spare(&server, limits, shape) {
