@@ -134,24 +134,20 @@ impl FnState {
     fn at(&self, offset: Millis) -> At {
         let i = self.plan.partition_point(|h| h.end <= offset);
         match self.plan.get(i) {
-            Some(h) if h.start <= offset => {
-                let suppressed = self
-                    .suppressed
-                    .is_some_and(|(since, until)| Some(since) == self.idle_since && h.end <= until);
-                if suppressed {
-                    At::Drop {
-                        next: self.plan.get(i + 1).map(|n| n.start),
-                    }
-                } else {
-                    At::Hold {
-                        end: h.end,
-                        value: h.value,
-                    }
-                }
-            }
+            Some(h) if h.start <= offset => At::Hold {
+                end: h.end,
+                value: h.value,
+            },
             Some(h) => At::Drop { next: Some(h.start) },
             None => At::Drop { next: None },
         }
+    }
+
+    /// Whether no prewarm may be made in the hold interval ending at `end` of this idle
+    /// period (the budget evicted its instance, or had no room for one).
+    fn suppressed(&self, end: Millis) -> bool {
+        self.suppressed
+            .is_some_and(|(since, until)| Some(since) == self.idle_since && end <= until)
     }
 }
 
@@ -293,7 +289,15 @@ impl Hazard {
         match st.at(offset) {
             At::Hold { end, .. } => {
                 if b.instances() == 0 {
-                    Some(now)
+                    if st.suppressed(end) {
+                        // No prewarm in this interval: the next one, if any.
+                        match st.at(end) {
+                            At::Drop { next } => next.map(|n| since.saturating_add(n)),
+                            At::Hold { .. } => Some(since.saturating_add(end)),
+                        }
+                    } else {
+                        Some(now)
+                    }
                 } else if b.oldest_stoppable().is_some() && end != Millis::MAX {
                     Some(since.saturating_add(end))
                 } else {
@@ -329,7 +333,7 @@ impl Hazard {
                     d.stop.push(self.ledger.stop_oldest(f));
                 }
             }
-            Some(since) => match st.at(now - since) {
+            Some(since) => match st.at(now.saturating_sub(since)) {
                 At::Drop { .. } => {
                     while self.ledger.book(f).oldest_stoppable().is_some() {
                         d.stop.push(self.ledger.stop_oldest(f));
@@ -337,7 +341,7 @@ impl Hazard {
                 }
                 At::Hold { value, end } => {
                     let b = self.ledger.book(f);
-                    if b.instances() == 0 {
+                    if b.instances() == 0 && !st.suppressed(end) {
                         if self.ledger.fits(b.profile.memory_mb) {
                             self.ledger.prewarmed(f, now, key(value));
                             d.prewarm.push(f);

@@ -271,7 +271,12 @@ mod tests {
     proptest! {
         #[test]
         fn decisions_are_legal_and_keep_the_budget(
-            kind in prop_oneof![Just(PolicyKind::Fixed), Just(PolicyKind::Hybrid), Just(PolicyKind::GreedyDual)],
+            kind in prop_oneof![
+                Just(PolicyKind::Fixed),
+                Just(PolicyKind::Hybrid),
+                Just(PolicyKind::GreedyDual),
+                Just(PolicyKind::Hazard),
+            ],
             profiles in proptest::collection::vec(profile(), 4),
             budget in proptest::option::of(0..1_500u64),
             ops in proptest::collection::vec(op(), 1..300),
@@ -281,6 +286,9 @@ mod tests {
             config.hybrid.bins = 10;
             config.hybrid.min_samples = 2;
             config.hybrid.fallback_keep_alive = 15 * MINUTE;
+            config.hazard.bins = 10;
+            config.hazard.min_samples = 2;
+            config.hazard.warm_up_keep_alive = 15 * MINUTE;
             let mut p = build(kind, &config).expect("valid");
             for (f, pr) in profiles.iter().enumerate() {
                 p.set_profile(f as FnId, *pr);
