@@ -208,6 +208,10 @@ pub struct UpArgs {
     /// is held while memory / (chance of a call in the next minute) is at most this
     #[arg(long, default_value_t = 3_500)]
     pub cold_start_price: u64,
+    /// What the hazard policy minimises: "calls" (cold starts per call) or "functions" (each
+    /// function's share of cold calls, which spends memory on rarely called functions)
+    #[arg(long, default_value = "calls")]
+    pub cold_start_objective: String,
     /// Most memory idle instances may hold in all under a daemon-wide policy (e.g. "2GiB");
     /// over it the policy evicts. Default: no limit
     #[arg(long)]

@@ -58,6 +58,7 @@ pub fn keep_alive_config(
     keep_alive: &str,
     budget: Option<&str>,
     cold_start_price: u64,
+    cold_start_objective: &str,
     time_scale: f64,
 ) -> Result<Option<strata_orchestrator::keepalive::KeepAliveConfig>, String> {
     if policy == "manifest" {
@@ -82,11 +83,19 @@ pub fn keep_alive_config(
     if cold_start_price == 0 {
         return Err("--cold-start-price 0: give the MB·minutes one cold start is worth (e.g. 3500)".to_owned());
     }
+    let app_weight = match cold_start_objective {
+        "calls" => 0.0,
+        "functions" => 1.0,
+        other => {
+            return Err(format!("--cold-start-objective {other:?}: expected calls or functions"));
+        }
+    };
     let config = strata_policy::Config {
         keep_alive: keep_alive_ms,
         budget_mb,
         hazard: strata_policy::HazardConfig {
             worth_mb_min: cold_start_price,
+            app_weight,
             ..strata_policy::HazardConfig::default()
         },
         ..strata_policy::Config::default()

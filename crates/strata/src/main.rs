@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
                 &args.keep_alive,
                 args.idle_memory_budget.as_deref(),
                 args.cold_start_price,
+                &args.cold_start_objective,
                 args.policy_time_scale,
             ) {
                 Ok(k) => k,

@@ -417,7 +417,7 @@ impl<'a> Report<'a> {
             );
             let _ = writeln!(
                 d,
-                "- **Counting per call and per function pull apart.** Per call (app weight 0, the default), a rarely called function's idle time is the worst buy there is, so its calls stay cold and the per-application p75 stays high ({:.1}% at the default price). Counting each function's *share* of cold calls (app weight 1, \"per function\") values a cold start of a function by the inverse of its rate: memory goes to the rare functions, the p75 falls below the hybrid policy's at its memory, and cold starts per call rise. Which to run is the operator's objective; the runs above draw both curves.",
+                "- **Counting per call and per function pull apart.** Per call (app weight 0, the default), a rarely called function's idle time is the worst buy there is, so its calls stay cold and the per-application p75 stays high ({:.1}% at the default price). Counting each function's *share* of cold calls (app weight 1, \"per function\"; `strata up --cold-start-objective functions`) values a cold start of a function by the inverse of its rate: memory goes to the rare functions, the p75 falls below the hybrid policy's at its memory, and cold starts per call rise. Which to run is the operator's objective; the runs above draw both curves.",
                 z.app_cold_pct[1]
             );
         }

@@ -266,6 +266,10 @@ fn bad_keep_alive_flags_are_named() {
             &["--keep-alive-policy", "hazard", "--cold-start-price", "0"][..],
             "--cold-start-price 0: give the MB·minutes one cold start is worth",
         ),
+        (
+            &["--keep-alive-policy", "hazard", "--cold-start-objective", "apps"][..],
+            "--cold-start-objective \"apps\": expected calls or functions",
+        ),
     ] {
         let out = std::process::Command::new(BIN)
             .args(["up", "--listen", "127.0.0.1:1"])
