@@ -28,7 +28,7 @@
 //!   ages old priorities. FaasCache counts every call of a container and so restarts from
 //!   zero when the function's last container is evicted: [`Frequency::CallsSinceLoad`].
 
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, key_of};
 use crate::{Decisions, FnId, Millis, Policy, Profile};
 
 /// What greedy-dual counts as a function's frequency.
@@ -90,12 +90,6 @@ impl GreedyDual {
     }
 }
 
-/// Priorities are finite and ≥ 0, whose IEEE bits order like the numbers.
-fn key(priority: f64) -> u64 {
-    debug_assert!(priority.is_finite() && priority >= 0.0);
-    priority.to_bits()
-}
-
 impl Policy for GreedyDual {
     fn set_profile(&mut self, f: FnId, profile: Profile) {
         self.count(f, 0);
@@ -114,7 +108,7 @@ impl Policy for GreedyDual {
     }
 
     fn on_idle(&mut self, f: FnId, now: Millis) {
-        let k = key(self.priority(f));
+        let k = key_of(self.priority(f));
         self.ledger.went_idle(f, now, k);
     }
 

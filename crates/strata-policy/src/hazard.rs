@@ -36,7 +36,7 @@
 //! another).
 
 use crate::histogram::IdleHistogram;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, key_of};
 use crate::{ConfigError, Decisions, FnId, MINUTE, Millis, Policy, Profile};
 
 /// The hazard policy's parameters.
@@ -343,7 +343,7 @@ impl Hazard {
                     let b = self.ledger.book(f);
                     if b.instances() == 0 && !st.suppressed(end) {
                         if self.ledger.fits(b.profile.memory_mb) {
-                            self.ledger.prewarmed(f, now, key(value));
+                            self.ledger.prewarmed(f, now, key_of(value));
                             d.prewarm.push(f);
                         } else {
                             // A prewarm only takes free room: evicting a held instance for
@@ -356,15 +356,6 @@ impl Hazard {
             },
         }
         self.retime(f, now);
-    }
-}
-
-/// Values are finite and ≥ 0, whose IEEE bits order like the numbers.
-fn key(value: f64) -> u64 {
-    if value.is_finite() && value > 0.0 {
-        value.to_bits()
-    } else {
-        0
     }
 }
 
@@ -404,7 +395,7 @@ impl Policy for Hazard {
         } else {
             0.0
         };
-        self.ledger.went_idle(f, now, key(value));
+        self.ledger.went_idle(f, now, key_of(value));
         self.retime(f, now);
     }
 

@@ -12,6 +12,13 @@ use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 
 use crate::{Decisions, FnId, Idle, Millis, Profile};
 
+/// An eviction key from a non-negative number (a priority, a hazard per MB): the IEEE bits of
+/// such numbers order like the numbers. Anything else (negative, NaN, infinite) keys as 0,
+/// first to go.
+pub(crate) fn key_of(x: f64) -> u64 {
+    if x.is_finite() && x > 0.0 { x.to_bits() } else { 0 }
+}
+
 /// One idle instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Slot {

@@ -102,22 +102,12 @@ struct Ready {
     shape: serde_json::Value,
 }
 
-impl Ready {
-    /// Kill it and give its cgroup back; returns nothing to use.
-    fn discard(mut self) {
-        self.release();
-    }
-
-    fn release(&mut self) {
+impl Drop for Ready {
+    /// Unused (its cgroup still here): kill it and give the cgroup back.
+    fn drop(&mut self) {
         if let Some(cgroup) = self.cgroup.take() {
             empty_and_remove(&self.inner, cgroup, Some(&self.pidfd));
         }
-    }
-}
-
-impl Drop for Ready {
-    fn drop(&mut self) {
-        self.release();
     }
 }
 
@@ -453,29 +443,18 @@ impl Backend {
         let t0 = Instant::now();
         let want = shape(&spec);
         let limits = spec.limits.clone();
+        // A spare that does not fit is dropped here: killed, its cgroup given back.
         let ready = server.ready.lock().expect("fork server spare lock").take();
-        let ready = match ready {
-            Some(r) if r.limits == spec.limits && r.shape == want => Some(r),
-            Some(r) => {
-                r.discard();
-                None
-            }
-            None => None,
-        };
-        let (cgroup, procs, reserved, reserved_pidfd) = match ready {
-            Some(mut r) => {
-                let cgroup = r.cgroup.take().expect("a ready spare has its cgroup");
-                let pidfd = r.pidfd.try_clone().ok();
-                (cgroup, Vec::new(), Some((r.id, r.pid)), pidfd)
-            }
-            None => {
-                let (cgroup, procs) = crate::backend::take_cgroup(inner, &spec.limits)?;
-                (cgroup, procs, None, None)
-            }
+        let mut reserved = ready.filter(|r| r.limits == spec.limits && r.shape == want);
+        // The sandbox's cgroup: the spare's (which then no longer removes it when dropped),
+        // else a new one.
+        let (cgroup, procs) = match reserved.as_mut().and_then(|r| r.cgroup.take()) {
+            Some(cgroup) => (cgroup, Vec::new()),
+            None => crate::backend::take_cgroup(inner, &spec.limits)?,
         };
         let cgroup_time = t0.elapsed();
         let give_back = |inner: &Inner, cgroup: crate::cgroup::Cgroup| {
-            empty_and_remove(inner, cgroup, reserved_pidfd.as_ref());
+            empty_and_remove(inner, cgroup, reserved.as_ref().map(|r| &r.pidfd));
         };
         let pipes = (|| Ok::<_, SandboxError>((pipe()?, pipe()?, pipe()?)))();
         let ((go_r, go_w), (report_r, report_w), (status_r, status_w)) = match pipes {
@@ -505,7 +484,7 @@ impl Backend {
             "cap_last": inner.cap_last(),
             "seccomp": hex_encode(&seccomp_bytes(inner.filter(spec.seccomp))),
             "targets": targets,
-            "spare": reserved.map(|(id, _)| id),
+            "spare": reserved.as_ref().map(|r| r.id),
         });
         let request = serde_json::to_vec(&req).expect("JSON of plain values");
         let mut fds: Vec<RawFd> = vec![go_r.as_raw_fd(), report_w.as_raw_fd(), status_w.as_raw_fd()];
@@ -539,7 +518,7 @@ impl Backend {
             Ok(p) => p,
             Err(e) => return Err(fail(e, cgroup)),
         };
-        match reserved.map(|(_, pid)| pid) {
+        match reserved.as_ref().map(|r| r.pid) {
             Some(r) if r != pid => {
                 server.kill();
                 let e = fork_err(format!(
