@@ -199,8 +199,9 @@ mod tests {
 
     #[test]
     fn fixed_policy_stops_the_idle_instance_once_its_keep_alive_has_passed() {
-        // Scale 1000: the policy's minute passes in 60 ms.
-        let k = ka(PolicyKind::Fixed, 100, 1000.0);
+        // Real time (scale 1), so the first check has 100 ms to run before the keep-alive
+        // passes. (At scale 1000 it had 0.1 ms, and a busy CI machine missed that.)
+        let k = ka(PolicyKind::Fixed, 100, 1.0);
         k.profile(
             "f",
             Profile {
@@ -212,7 +213,7 @@ mod tests {
         k.call("f", false);
         k.idle("f");
         assert_eq!(k.decide(), Actions::default(), "not yet idle for 100 policy ms");
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(150));
         assert_eq!(
             k.decide(),
             Actions {
