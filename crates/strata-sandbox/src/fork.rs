@@ -506,6 +506,14 @@ impl Backend {
             }
         };
         let fork_time = t_fork.elapsed();
+        // A prepared spare was checked and moved when it was prepared, and goes on at once
+        // (it may have failed its setup and exited by now, so its pid is not read again from
+        // the answer): the sandbox is that process, through our own pidfd of it. The server
+        // answers a request naming a spare with that spare or an error, never another one.
+        let (pidfd, checked) = match reserved.as_ref().map(|r| (r.pid, r.pidfd.try_clone())) {
+            Some((pid, Ok(ours))) => (ours, Some(pid)),
+            Some((_, Err(_))) | None => (pidfd, None),
+        };
         // From here the process exists and waits on the go pipe: on any failure, closing the
         // go pipe unwritten makes it exit, and its status arrives on the status pipe.
         let fail = |e: SandboxError, cgroup: crate::cgroup::Cgroup| {
@@ -514,29 +522,22 @@ impl Backend {
             give_back(inner, cgroup);
             e
         };
-        let pid = match pid_of(&pidfd, server.pid()) {
-            Ok(p) => p,
-            Err(e) => return Err(fail(e, cgroup)),
-        };
-        match reserved.as_ref().map(|r| r.pid) {
-            Some(r) if r != pid => {
-                server.kill();
-                let e = fork_err(format!(
-                    "fork server {}: asked for its prepared process {r}, handed over {pid}",
-                    server.name
-                ));
-                return Err(fail(e, cgroup));
-            }
-            Some(_) => {
-                // Already in its cgroup.
+        let pid = match checked {
+            Some(pid) => {
                 server.spares_used.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                pid
             }
             None => {
+                let pid = match pid_of(&pidfd, server.pid()) {
+                    Ok(p) => p,
+                    Err(e) => return Err(fail(e, cgroup)),
+                };
                 if let Err(e) = move_into(inner, &cgroup, &procs, pid) {
                     return Err(fail(e, cgroup));
                 }
+                pid
             }
-        }
+        };
         // A prepared spare went on as soon as it had its request; any other waits for this.
         // SAFETY: writing one byte to the go pipe we own.
         if reserved.is_none() && unsafe { libc::write(go_w.as_raw_fd(), b"1".as_ptr().cast(), 1) } != 1 {
