@@ -477,6 +477,7 @@ impl Store {
 fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>, side: Arc<Mutex<Vec<Write>>>) {
     let mut next_seq: HashMap<(bool, String), u64> = HashMap::new();
     let mut last_durable = std::time::Instant::now();
+    let mut last_commit = last_durable;
     // Lazily committed (not yet fsync'd) records or logs exist.
     let mut dirty = false;
     loop {
@@ -499,6 +500,25 @@ fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>, side: Arc<Mutex<Vec<Writ
             }
         };
         let mut batch = vec![first];
+        // Records and logs alone wait until LAZY_BATCH_INTERVAL after the last commit, so under
+        // load they are committed a few hundred times a second in large batches instead of once
+        // per call (a redb commit costs far more than an insert); an op or a flush ends the wait.
+        // At a low rate the interval has passed already and nothing waits.
+        if matches!(batch[0], Write::Kick) {
+            let due = last_commit + LAZY_BATCH_INTERVAL;
+            while let Some(left) = due.checked_duration_since(std::time::Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok(w) => {
+                        let urgent = !matches!(w, Write::Kick);
+                        batch.push(w);
+                        if urgent {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
         while batch.len() < 4096 {
             match rx.try_recv() {
                 Ok(w) => batch.push(w),
@@ -511,6 +531,7 @@ fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>, side: Arc<Mutex<Vec<Writ
         let durable = batch.iter().any(|w| matches!(w, Write::Op(..) | Write::Flush(_)))
             || last_durable.elapsed() >= LAZY_DURABILITY;
         let outcome = write_batch(&db, &mut next_seq, durable, &mut batch).map_err(|e| e.to_string());
+        last_commit = std::time::Instant::now();
         match &outcome {
             Err(e) => tracing::error!(error = %e, dropped = batch.len(), "writing a batch failed"),
             Ok(()) if durable => {
@@ -551,6 +572,9 @@ fn seq_for(
     next.insert(key, n);
     Ok(n)
 }
+
+/// The shortest time between two commits of records and logs alone.
+const LAZY_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Records and logs alone are committed without an fsync, at most this long: a crash loses at
 /// most this much of them, and the invocation hot path does not pay a disk flush per batch.
