@@ -42,7 +42,7 @@ fn ce_headers(ev: &CloudEvent) -> Vec<(String, String)> {
 
 fn event_call(function: &str, ev: &CloudEvent, source: String) -> NewCall {
     NewCall {
-        call_id: uuid::Uuid::new_v4().to_string(),
+        call_id: uuid::Uuid::now_v7().to_string(),
         function: function.to_owned(),
         method: "POST".into(),
         path: "/".into(),
@@ -97,7 +97,7 @@ pub async fn publish(
     content_type: Option<String>,
     body: Bytes,
 ) -> Result<(String, Vec<String>), QueueError> {
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = uuid::Uuid::now_v7().to_string();
     let mut ev = CloudEvent {
         datacontenttype: content_type,
         data: body,
