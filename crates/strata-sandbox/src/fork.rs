@@ -81,6 +81,11 @@ pub struct ForkServer {
     ready: Mutex<Option<Ready>>,
     /// A thread is preparing the next [`Ready`] spare.
     preparing: std::sync::atomic::AtomicBool,
+    /// Held by a spawn from taking the prepared spare until its request naming it is
+    /// answered, and by the preparing thread around its "spare" op: that op drops a
+    /// reservation the server still holds, so it must never come between a spawn taking the
+    /// spare and its request naming it (seen as "the prepared instance is gone" under load).
+    gate: Mutex<()>,
     /// Sandboxes that were a prepared spare.
     spares_used: std::sync::atomic::AtomicU64,
 }
@@ -411,6 +416,7 @@ impl Backend {
             seq: std::sync::atomic::AtomicU64::new(1),
             ready: Mutex::new(None),
             preparing: std::sync::atomic::AtomicBool::new(false),
+            gate: Mutex::new(()),
             spares_used: std::sync::atomic::AtomicU64::new(0),
         };
         let hello = recv(server.sock.lock().expect("sock lock").as_raw_fd())
@@ -444,8 +450,11 @@ impl Backend {
         let want = shape(&spec);
         let limits = spec.limits.clone();
         // A spare that does not fit is dropped here: killed, its cgroup given back.
+        let gate = server.gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let ready = server.ready.lock().expect("fork server spare lock").take();
         let mut reserved = ready.filter(|r| r.limits == spec.limits && r.shape == want);
+        // Only a spawn naming a spare keeps the gate until its answer.
+        let gate = reserved.is_some().then_some(gate);
         // The sandbox's cgroup: the spare's (which then no longer removes it when dropped),
         // else a new one.
         let (cgroup, procs) = match reserved.as_mut().and_then(|r| r.cgroup.take()) {
@@ -496,6 +505,7 @@ impl Backend {
         }
         let t_fork = Instant::now();
         let answer = server.exchange(id, &request, &fds);
+        drop(gate);
         drop((go_r, report_w, status_w));
         spec.fds.clear();
         let pidfd = match answer {
@@ -640,7 +650,16 @@ impl Backend {
         req["id"] = id.into();
         req["op"] = "spare".into();
         let request = serde_json::to_vec(&req).expect("JSON of plain values");
-        let pidfd = server.exchange(id, &request, &[])?;
+        let pidfd = {
+            let _gate = server.gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if server.ready.lock().map(|r| r.is_some()).unwrap_or(true) {
+                return Err(fork_err(format!(
+                    "fork server {}: a spare is prepared already",
+                    server.name
+                )));
+            }
+            server.exchange(id, &request, &[])?
+        };
         let pid = match pid_of(&pidfd, server.pid()) {
             Ok(pid) => pid,
             Err(e) => {

@@ -35,6 +35,18 @@
 //! `{"id": …, "error": "step: message", "errno": N}`. The template announces itself with
 //! `{"ready": true}` once loaded.
 //!
+//! **Spares.** The clone of a ~15 MB interpreter is most of a templated spawn's time, so the
+//! template makes step 1 ahead: at start, and 15 ms after each answer (at once, it competed
+//! with the new sandbox's start for the cores), it clones the next sandbox's process, which
+//! waits on a socket of its own, and announces it with `{"spare": pid}` (no `id`). The next
+//! request goes to the spare, descriptors and all; the spare prepares and carries out steps 2
+//! and 3 exactly as a process cloned on demand does, and the answer says `"spare": true`
+//! (`fork_us` is then the hand-over). Until its request the spare has no cgroup, network,
+//! descriptors or identity of any function. The spare is our child (`CLONE_PARENT`), so
+//! [`Template`] keeps the announced pids and, when the template goes, kills and reaps the one
+//! never used; an answer with `"spare_gone": pid` names a spare that died before its request
+//! (it is reaped then).
+//!
 //! What a templated sandbox shares with its siblings, beyond what every sandbox shares: the
 //! template's memory image (copy-on-write; only the runtime and platform code, no function's
 //! code or data), and with it the per-process secrets set at the template's start: Python's
@@ -63,6 +75,11 @@ pub struct Template {
     /// Request ids: every answer echoes its request's, so a late answer is never taken for
     /// the next request's.
     seq: std::sync::atomic::AtomicU64,
+    /// Spares the template announced and has not handed out: our children (`CLONE_PARENT`),
+    /// reaped here if they are never used.
+    spares: Mutex<Vec<i32>>,
+    /// Spawns served by a spare.
+    spares_used: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Template {
@@ -73,10 +90,7 @@ impl std::fmt::Debug for Template {
 
 impl Drop for Template {
     fn drop(&mut self) {
-        if let Ok(mut c) = self.child.lock() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
     }
 }
 
@@ -94,12 +108,75 @@ impl Template {
             .unwrap_or(false)
     }
 
-    /// Stop the template process (a later [`Template::is_alive`] says false).
+    /// Stop the template process (a later [`Template::is_alive`] says false), and its spare.
     pub fn kill(&self) {
         if let Ok(mut c) = self.child.lock() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Announcements it sent that nobody has read yet.
+        if let Ok(sock) = self.sock.lock() {
+            while let Ok(msg) = recv_flags(sock.as_raw_fd(), libc::MSG_DONTWAIT) {
+                self.note(&msg);
+            }
+        }
+        let spares = std::mem::take(&mut *self.spares.lock().expect("spares lock"));
+        for pid in spares {
+            // SAFETY: `pid` is our child (CLONE_PARENT), not yet reaped, so the number is still
+            // its own: kill it and reap it.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+
+    /// Spawns served by a spare cloned ahead (for tests and stats).
+    pub fn spares_used(&self) -> u64 {
+        self.spares_used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The pid of the spare waiting for the next request, if the template has announced one.
+    pub fn spare(&self) -> Option<i32> {
+        if let Ok(sock) = self.sock.lock() {
+            while let Ok(msg) = recv_flags(sock.as_raw_fd(), libc::MSG_DONTWAIT) {
+                self.note(&msg);
+            }
+        }
+        self.spares.lock().expect("spares lock").last().copied()
+    }
+
+    /// Take in a message that is not an answer: a spare's announcement (`{"spare": pid}`).
+    /// Says whether it was one.
+    fn note(&self, msg: &[u8]) -> bool {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(msg) else {
+            return false;
+        };
+        match (v.get("id"), v["spare"].as_i64()) {
+            (None, Some(pid)) => {
+                self.spares.lock().expect("spares lock").push(pid as i32);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The next answer on `sock`, taking in announcements that come before it.
+    fn answer(&self, sock: RawFd) -> std::io::Result<Vec<u8>> {
+        loop {
+            let msg = recv(sock)?;
+            if !self.note(&msg) {
+                return Ok(msg);
+            }
+        }
+    }
+
+    /// The answer named `pid`: if it was a spare, it is no longer ours to reap here.
+    fn handed_out(&self, pid: i64) -> bool {
+        let mut spares = self.spares.lock().expect("spares lock");
+        let before = spares.len();
+        spares.retain(|&p| i64::from(p) != pid);
+        before != spares.len()
     }
 
     /// The template process's pid (host view).
@@ -224,10 +301,15 @@ pub(crate) fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> std::io:
 
 /// Receive one datagram (the template's answers are small JSON objects).
 pub(crate) fn recv(sock: RawFd) -> std::io::Result<Vec<u8>> {
+    recv_flags(sock, 0)
+}
+
+/// [`recv`] with `flags` (`MSG_DONTWAIT`: an error rather than a wait when nothing is there).
+fn recv_flags(sock: RawFd, flags: libc::c_int) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         // SAFETY: reading into a buffer we own.
-        let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), flags) };
         if n > 0 {
             buf.truncate(n as usize);
             return Ok(buf);
@@ -286,6 +368,8 @@ impl Backend {
                 sock: Mutex::new(ours),
                 child: Mutex::new(child),
                 seq: std::sync::atomic::AtomicU64::new(1),
+                spares: Mutex::new(Vec::new()),
+                spares_used: std::sync::atomic::AtomicU64::new(0),
             };
             let hello = recv(template.sock.lock().expect("sock lock").as_raw_fd())
                 .map_err(|e| template_err(format!("template {name} did not start: {e}")))?;
@@ -371,7 +455,7 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
     fds.push(payload.as_raw_fd());
     let answer = {
         let sock = template.sock.lock().expect("template socket lock");
-        send_with_fds(sock.as_raw_fd(), &request, &fds).and_then(|()| recv(sock.as_raw_fd()))
+        send_with_fds(sock.as_raw_fd(), &request, &fds).and_then(|()| template.answer(sock.as_raw_fd()))
     };
     drop(payload);
     let v = answer
@@ -385,7 +469,20 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
             }
         });
     let v = match v {
-        Ok(v) => v,
+        Ok(v) => {
+            if let Some(gone) = v["spare_gone"].as_i64()
+                && template.handed_out(gone)
+            {
+                // The spare died before its request (killed from outside): reap it.
+                // SAFETY: waitpid on our child's pid, not yet reaped.
+                unsafe { libc::waitpid(gone as i32, std::ptr::null_mut(), 0) };
+            }
+            let named = v["pid"].as_i64().or(v["pid_failed"].as_i64());
+            if named.is_some_and(|pid| template.handed_out(pid)) {
+                template.spares_used.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            v
+        }
         Err(e) => {
             // The template can no longer be trusted to answer in step: stop it (the runtime's
             // template manager starts another), and take down whatever it may have started

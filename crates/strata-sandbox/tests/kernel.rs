@@ -49,26 +49,36 @@ enum Via {
 /// The Python runtime template of the repository (runtimes/python/zygote.py).
 fn template() -> &'static Arc<Template> {
     static T: OnceLock<Arc<Template>> = OnceLock::new();
-    T.get_or_init(|| {
-        let zygote = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../runtimes/python/zygote.py");
-        Arc::new(
-            backend()
-                .start_template(
-                    "python",
-                    Path::new("/usr/bin/python3"),
-                    &["-I".into(), "-S".into(), zygote.display().to_string()],
-                    &[],
-                    Duration::from_secs(30),
-                )
-                .expect("python runtime template"),
+    T.get_or_init(|| Arc::new(python_template("python")))
+}
+
+/// A new Python runtime template named `name`.
+fn python_template(name: &str) -> Template {
+    let zygote = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../runtimes/python/zygote.py");
+    backend()
+        .start_template(
+            name,
+            Path::new("/usr/bin/python3"),
+            &["-I".into(), "-S".into(), zygote.display().to_string()],
+            &[],
+            Duration::from_secs(30),
         )
-    })
+        .expect("python runtime template")
 }
 
 fn spawn_via(via: Via, spec: SandboxSpec) -> strata_sandbox::Result<strata_sandbox::Sandbox> {
     match via {
         Via::Scratch => backend().spawn(spec),
-        Via::Template => backend().spawn_from_template(template(), spec),
+        Via::Template => {
+            // The sandbox under test from the spare the template clones ahead, the path a
+            // cold start takes when the template has been idle for a moment (other tests
+            // share the template and may take the spare first: then a clone made on demand).
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while template().spare().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            backend().spawn_from_template(template(), spec)
+        }
         Via::FunctionTemplate => {
             let server = Arc::new(function_template(&spec, "json:dumps"));
             // A first instance, so that the one under test is the instance the template
@@ -722,6 +732,44 @@ fn templated_spawn_kill_cycles_leave_nothing_behind() {
         zombies_of(template().pid(), 0),
         Vec::<String>::new(),
         "the template reaps its helpers"
+    );
+}
+
+#[test]
+fn a_runtime_templates_spare_serves_the_next_spawn_and_goes_with_the_template() {
+    // A template of its own: the shared one's spare is taken by whichever test comes first.
+    let t = Arc::new(python_template("python-spare-test"));
+    let wait_spare = |t: &Template| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(pid) = t.spare() {
+                return pid;
+            }
+            assert!(Instant::now() < deadline, "no spare announced");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let spare = wait_spare(&t);
+    let (mut out_r, out_w) = pipe();
+    let mut spec = python("import os; print(os.getpid(), os.getuid())");
+    spec.uid = 61_007;
+    spec.gid = 61_007;
+    spec.fds.push(FdMapping { fd: out_w, target: 1 });
+    let mut sb = backend().spawn_from_template(&t, spec).expect("spawn");
+    assert_eq!(t.spares_used(), 1, "served by the spare");
+    assert_eq!(sb.pid(), spare, "the sandbox is the spare's process");
+    let mut out = String::new();
+    out_r.read_to_string(&mut out).unwrap();
+    assert_eq!(sb.wait().unwrap().kind, ExitKind::Exited(0));
+    assert_eq!(out, "1 61007\n", "pid 1 of its own namespace, the function's uid");
+    // The template clones the next one; dropping the template takes it along, reaped.
+    let next = wait_spare(&t);
+    assert_ne!(next, spare);
+    assert!(std::path::Path::new(&format!("/proc/{next}")).exists());
+    drop(t);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{next}")).exists(),
+        "the unused spare is killed and reaped with its template"
     );
 }
 
