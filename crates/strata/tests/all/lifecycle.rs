@@ -349,8 +349,12 @@ async fn a_killed_runtime_template_is_replaced_and_calls_go_on() {
         c.get(d.fn_url("phoenix")).send().await.unwrap().text().await.unwrap(),
         "up"
     );
-    // The template: the daemon's child running zygote.py.
-    let zygotes = children_with(d.pid_raw(), "zygote.py");
+    // The template: the daemon's child running zygote.py in the daemon's pid namespace (its
+    // spare, also the daemon's child, leads a pid namespace of its own).
+    let zygotes: Vec<i32> = children_with(d.pid_raw(), "zygote.py")
+        .into_iter()
+        .filter(|&pid| !own_pid_namespace(pid))
+        .collect();
     assert_eq!(zygotes.len(), 1, "one runtime template");
     // SAFETY: kill(2) of the template process found above.
     unsafe { libc::kill(zygotes[0], libc::SIGKILL) };
@@ -366,6 +370,14 @@ async fn a_killed_runtime_template_is_replaced_and_calls_go_on() {
         "a new template: {}",
         recs[0]
     );
+}
+
+/// Whether process `pid` leads (or is in) a pid namespace below ours.
+fn own_pid_namespace(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("NSpid:") && l.split_whitespace().count() > 2)
+    })
 }
 
 /// The processes whose parent is `ppid` and whose command line contains `needle`.
@@ -455,17 +467,18 @@ async fn a_killed_function_template_is_replaced_and_calls_go_on() {
     );
     // The function template: a child of the daemon (forked from the runtime template, so its
     // command line is the zygote's) that leads a pid namespace of its own, where the runtime
-    // template is in the host's. With keep_alive 0 no instance is left to confuse it with.
+    // template is in the host's, and runs as the function's user, where the runtime
+    // template's spare (also a child in a pid namespace of its own) is still root. With
+    // keep_alive 0 no instance is left to confuse it with.
     let zygote_like = children_with(d.pid_raw(), "zygote.py");
     let templates: Vec<i32> = zygote_like
         .into_iter()
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .map(|s| {
-                    s.lines()
-                        .any(|l| l.starts_with("NSpid:") && l.split_whitespace().count() > 2)
+            own_pid_namespace(*pid)
+                && std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                    !s.lines()
+                        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
                 })
-                .unwrap_or(false)
         })
         .collect();
     assert_eq!(templates.len(), 1, "one function template");
