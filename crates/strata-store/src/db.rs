@@ -166,9 +166,40 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("plain data structs always serialise")
 }
 
+/// How many invocation records and log lines the store keeps per function: the newest ones.
+/// Older ones are removed as new ones come in (in steps of [`Retention::STEP`]), so a busy
+/// function does not fill the disk (each call writes about 1 KB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Records kept per function.
+    pub records: u64,
+    /// Log lines kept per function.
+    pub logs: u64,
+}
+
+impl Retention {
+    /// Removal runs when a function's sequence number reaches a multiple of this.
+    pub const STEP: u64 = 1024;
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            records: 100_000,
+            logs: 100_000,
+        }
+    }
+}
+
 impl Store {
-    /// Open (or create) the store under `data_dir`.
+    /// Open (or create) the store under `data_dir`, keeping the default number of records and
+    /// log lines per function.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_with(data_dir, Retention::default())
+    }
+
+    /// Open (or create) the store under `data_dir`, keeping what `retention` says.
+    pub fn open_with(data_dir: &Path, retention: Retention) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let db = Arc::new(Database::create(data_dir.join("state.redb"))?);
         {
@@ -188,7 +219,7 @@ impl Store {
         let writer_db = Arc::clone(&db);
         let handle = std::thread::Builder::new()
             .name("strata-store-writer".into())
-            .spawn(move || writer(writer_db, rx, writer_side))?;
+            .spawn(move || writer(writer_db, rx, writer_side, retention))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
@@ -362,17 +393,7 @@ impl Store {
             }
             let mut records = tx.open_table(RECORDS)?;
             let mut calls = tx.open_table(CALLS)?;
-            let mut ids = Vec::new();
-            for entry in records.range((name, 0)..=(name, u64::MAX))? {
-                let (_, v) = entry?;
-                if let Ok(r) = decode::<InvocationRecord>(name, v.value()) {
-                    ids.push(r.call_id);
-                }
-            }
-            for id in ids {
-                calls.remove(id.as_str())?;
-            }
-            records.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+            remove_records(&mut records, &mut calls, name, u64::MAX)?;
             tx.open_table(LOGS)?
                 .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
             meta
@@ -474,7 +495,7 @@ impl Store {
 /// The batch writer (group commit): take everything queued right now (up to 4096 items),
 /// commit it in one durable transaction, then acknowledge. While one commit's fsync runs,
 /// the next batch piles up, so batches grow with load and latency stays one fsync.
-fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>, side: Arc<Mutex<Vec<Write>>>) {
+fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>, side: Arc<Mutex<Vec<Write>>>, retention: Retention) {
     let mut next_seq: HashMap<(bool, String), u64> = HashMap::new();
     let mut last_durable = std::time::Instant::now();
     let mut last_commit = last_durable;
@@ -489,7 +510,7 @@ fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>, side: Arc<Mutex<Vec<Writ
         let first = match rx.recv_timeout(wait) {
             Ok(w) => w,
             Err(e) => {
-                if dirty && write_batch(&db, &mut next_seq, true, &mut []).is_ok() {
+                if dirty && write_batch(&db, &mut next_seq, retention, true, &mut []).is_ok() {
                     dirty = false;
                     last_durable = std::time::Instant::now();
                 }
@@ -530,7 +551,7 @@ fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>, side: Arc<Mutex<Vec<Writ
         batch.append(&mut side.lock().expect("side queue lock"));
         let durable = batch.iter().any(|w| matches!(w, Write::Op(..) | Write::Flush(_)))
             || last_durable.elapsed() >= LAZY_DURABILITY;
-        let outcome = write_batch(&db, &mut next_seq, durable, &mut batch).map_err(|e| e.to_string());
+        let outcome = write_batch(&db, &mut next_seq, retention, durable, &mut batch).map_err(|e| e.to_string());
         last_commit = std::time::Instant::now();
         match &outcome {
             Err(e) => tracing::error!(error = %e, dropped = batch.len(), "writing a batch failed"),
@@ -580,9 +601,41 @@ const LAZY_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// most this much of them, and the invocation hot path does not pay a disk flush per batch.
 const LAZY_DURABILITY: Duration = Duration::from_millis(500);
 
+/// After writing sequence number `seq`, with `keep` kept: the last sequence number to remove,
+/// once every [`Retention::STEP`] numbers.
+fn expired(seq: u64, keep: u64) -> Option<u64> {
+    (seq.is_multiple_of(Retention::STEP) && seq > keep).then(|| seq - keep)
+}
+
+/// Remove function `name`'s records up to sequence number `upto`, and their call-id entries.
+fn remove_records(
+    records: &mut redb::Table<(&'static str, u64), &'static [u8]>,
+    calls: &mut redb::Table<&'static str, (&'static str, u64)>,
+    name: &str,
+    upto: u64,
+) -> Result<()> {
+    let mut ids = Vec::new();
+    for entry in records.range((name, 0)..=(name, upto))? {
+        let (k, v) = entry?;
+        if let Ok(r) = decode::<InvocationRecord>(name, v.value()) {
+            ids.push((r.call_id, k.value().1));
+        }
+    }
+    for (id, seq) in ids {
+        // A call id a caller reused points at the newer record: that entry stays.
+        let ours = calls.get(id.as_str())?.is_some_and(|at| at.value() == (name, seq));
+        if ours {
+            calls.remove(id.as_str())?;
+        }
+    }
+    records.retain_in((name, 0)..=(name, upto), |_, _| false)?;
+    Ok(())
+}
+
 fn write_batch(
     db: &Database,
     next: &mut HashMap<(bool, String), u64>,
+    retention: Retention,
     durable: bool,
     batch: &mut [Write],
 ) -> Result<()> {
@@ -604,6 +657,9 @@ fn write_batch(
                     let seq = seq_for(next, &records, false, &r.function)?;
                     records.insert((r.function.as_str(), seq), encode(r).as_slice())?;
                     calls.insert(r.call_id.as_str(), (r.function.as_str(), seq))?;
+                    if let Some(upto) = expired(seq, retention.records) {
+                        remove_records(&mut records, &mut calls, &r.function, upto)?;
+                    }
                 }
                 Write::Log {
                     function,
@@ -621,6 +677,9 @@ fn write_batch(
                         line: std::mem::take(line),
                     };
                     logs.insert((function.as_str(), seq), encode(&l).as_slice())?;
+                    if let Some(upto) = expired(seq, retention.logs) {
+                        logs.retain_in((function.as_str(), 0)..=(function.as_str(), upto), |_, _| false)?;
+                    }
                 }
                 Write::Flush(_) | Write::Kick => {}
                 Write::Op(op, _) => {
@@ -732,5 +791,61 @@ mod tests {
             r.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>(),
             vec!["c4", "c3"]
         );
+    }
+
+    #[test]
+    fn only_the_newest_records_and_log_lines_are_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let keep = Retention {
+            records: 2 * Retention::STEP,
+            logs: Retention::STEP,
+        };
+        let s = Store::open_with(d.path(), keep).unwrap();
+        let n = 4 * Retention::STEP + 10;
+        for i in 1..=n {
+            s.record(record("busy", &format!("c{i}")));
+            s.log("busy", Some(&format!("c{i}")), LogStream::Stdout, format!("line {i}"));
+            if i % 500 == 0 {
+                s.flush(); // several batches, as under a steady load
+            }
+        }
+        s.record(record("quiet", "q1"));
+        s.flush();
+        let records = s.records("busy", usize::MAX).unwrap();
+        // At the last step (seq 4096) everything up to 4096 - 2048 went: 2048 + 10 are left.
+        assert_eq!(records.len() as u64, keep.records + 10);
+        assert_eq!(records.last().unwrap().call_id, format!("c{}", 2 * Retention::STEP + 1));
+        assert_eq!(records[0].call_id, format!("c{n}"));
+        assert!(s.call("c1").unwrap().is_none(), "a removed record's call id goes too");
+        assert!(s.call(&format!("c{}", 2 * Retention::STEP)).unwrap().is_none());
+        assert!(s.call(&format!("c{}", 2 * Retention::STEP + 1)).unwrap().is_some());
+        let logs = s.logs("busy", 0, usize::MAX).unwrap();
+        assert_eq!(logs.len() as u64, keep.logs + 10);
+        assert_eq!(logs[0].line, format!("line {}", 3 * Retention::STEP + 1));
+        // Another function's records are its own.
+        assert_eq!(s.records("quiet", 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn removing_old_records_keeps_a_reused_call_ids_newer_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let keep = Retention {
+            records: Retention::STEP,
+            logs: Retention::STEP,
+        };
+        let s = Store::open_with(d.path(), keep).unwrap();
+        s.record(record("f", "same"));
+        for i in 2..2 * Retention::STEP {
+            s.record(record("f", &format!("c{i}")));
+        }
+        // The caller sends the first call's id again; then the step that removes the first.
+        s.record(record("f", "same"));
+        s.flush();
+        let r = s
+            .call("same")
+            .unwrap()
+            .expect("the newer record is still found by its id");
+        assert_eq!(r.call_id, "same");
+        assert!(s.call("c2").unwrap().is_none());
     }
 }

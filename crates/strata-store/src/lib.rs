@@ -12,7 +12,7 @@ mod db;
 mod queue;
 
 pub use blobs::{Blobs, PackageError};
-pub use db::{Ack, FunctionMeta, Store, StoreError, VersionMeta};
+pub use db::{Ack, FunctionMeta, Retention, Store, StoreError, VersionMeta};
 pub use queue::{AsyncCall, AttemptError, CallResult, CallState};
 
 /// Milliseconds since the Unix epoch.
