@@ -616,10 +616,15 @@ fn remove_records(
     name: &str,
     upto: u64,
 ) -> Result<()> {
+    /// The one field removal needs (the rest of the record is skipped, not built).
+    #[derive(Deserialize)]
+    struct CallId {
+        call_id: String,
+    }
     let mut ids = Vec::new();
     for entry in records.range((name, 0)..=(name, upto))? {
         let (k, v) = entry?;
-        if let Ok(r) = decode::<InvocationRecord>(name, v.value()) {
+        if let Ok(r) = serde_json::from_slice::<CallId>(v.value()) {
             ids.push((r.call_id, k.value().1));
         }
     }
