@@ -114,12 +114,7 @@ impl Template {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Announcements it sent that nobody has read yet.
-        if let Ok(sock) = self.sock.lock() {
-            while let Ok(msg) = recv_flags(sock.as_raw_fd(), libc::MSG_DONTWAIT) {
-                self.note(&msg);
-            }
-        }
+        self.read_announcements();
         let spares = std::mem::take(&mut *self.spares.lock().expect("spares lock"));
         for pid in spares {
             // SAFETY: `pid` is our child (CLONE_PARENT), not yet reaped, so the number is still
@@ -138,20 +133,25 @@ impl Template {
 
     /// The pid of the spare waiting for the next request, if the template has announced one.
     pub fn spare(&self) -> Option<i32> {
+        self.read_announcements();
+        self.spares.lock().expect("spares lock").last().copied()
+    }
+
+    /// Take in the announcements waiting on the socket (messages nobody else waits for
+    /// between requests).
+    fn read_announcements(&self) {
         if let Ok(sock) = self.sock.lock() {
             while let Ok(msg) = recv_flags(sock.as_raw_fd(), libc::MSG_DONTWAIT) {
-                self.note(&msg);
+                if let Ok(v) = serde_json::from_slice(&msg) {
+                    self.note(&v);
+                }
             }
         }
-        self.spares.lock().expect("spares lock").last().copied()
     }
 
     /// Take in a message that is not an answer: a spare's announcement (`{"spare": pid}`).
     /// Says whether it was one.
-    fn note(&self, msg: &[u8]) -> bool {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(msg) else {
-            return false;
-        };
+    fn note(&self, v: &serde_json::Value) -> bool {
         match (v.get("id"), v["spare"].as_i64()) {
             (None, Some(pid)) => {
                 self.spares.lock().expect("spares lock").push(pid as i32);
@@ -161,12 +161,13 @@ impl Template {
         }
     }
 
-    /// The next answer on `sock`, taking in announcements that come before it.
-    fn answer(&self, sock: RawFd) -> std::io::Result<Vec<u8>> {
+    /// The next answer on `sock`, parsed, taking in announcements that come before it.
+    fn answer(&self, sock: RawFd) -> std::result::Result<serde_json::Value, String> {
         loop {
-            let msg = recv(sock)?;
-            if !self.note(&msg) {
-                return Ok(msg);
+            let msg = recv(sock).map_err(|e| e.to_string())?;
+            let v = serde_json::from_slice(&msg).map_err(|e| format!("bad answer: {e}"))?;
+            if !self.note(&v) {
+                return Ok(v);
             }
         }
     }
@@ -455,19 +456,18 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
     fds.push(payload.as_raw_fd());
     let answer = {
         let sock = template.sock.lock().expect("template socket lock");
-        send_with_fds(sock.as_raw_fd(), &request, &fds).and_then(|()| template.answer(sock.as_raw_fd()))
+        send_with_fds(sock.as_raw_fd(), &request, &fds)
+            .map_err(|e| e.to_string())
+            .and_then(|()| template.answer(sock.as_raw_fd()))
     };
     drop(payload);
-    let v = answer
-        .map_err(|e| e.to_string())
-        .and_then(|a| serde_json::from_slice::<serde_json::Value>(&a).map_err(|e| format!("bad answer: {e}")))
-        .and_then(|v| {
-            if v["id"].as_u64() == Some(id) {
-                Ok(v)
-            } else {
-                Err(format!("answer {} to request {id}: out of step", v["id"]))
-            }
-        });
+    let v = answer.and_then(|v| {
+        if v["id"].as_u64() == Some(id) {
+            Ok(v)
+        } else {
+            Err(format!("answer {} to request {id}: out of step", v["id"]))
+        }
+    });
     let v = match v {
         Ok(v) => {
             if let Some(gone) = v["spare_gone"].as_i64()

@@ -52,6 +52,20 @@ fn template() -> &'static Arc<Template> {
     T.get_or_init(|| Arc::new(python_template("python")))
 }
 
+/// The pid of the spare `t` has announced, waiting up to `limit` for one.
+fn wait_for_spare(t: &Template, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(pid) = t.spare() {
+            return Some(pid);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// A new Python runtime template named `name`.
 fn python_template(name: &str) -> Template {
     let zygote = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../runtimes/python/zygote.py");
@@ -73,10 +87,7 @@ fn spawn_via(via: Via, spec: SandboxSpec) -> strata_sandbox::Result<strata_sandb
             // The sandbox under test from the spare the template clones ahead, the path a
             // cold start takes when the template has been idle for a moment (other tests
             // share the template and may take the spare first: then a clone made on demand).
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while template().spare().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            let _ = wait_for_spare(template(), Duration::from_secs(2));
             backend().spawn_from_template(template(), spec)
         }
         Via::FunctionTemplate => {
@@ -739,16 +750,7 @@ fn templated_spawn_kill_cycles_leave_nothing_behind() {
 fn a_runtime_templates_spare_serves_the_next_spawn_and_goes_with_the_template() {
     // A template of its own: the shared one's spare is taken by whichever test comes first.
     let t = Arc::new(python_template("python-spare-test"));
-    let wait_spare = |t: &Template| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(pid) = t.spare() {
-                return pid;
-            }
-            assert!(Instant::now() < deadline, "no spare announced");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    };
+    let wait_spare = |t: &Template| wait_for_spare(t, Duration::from_secs(10)).expect("no spare announced");
     let spare = wait_spare(&t);
     let (mut out_r, out_w) = pipe();
     let mut spec = python("import os; print(os.getpid(), os.getuid())");
