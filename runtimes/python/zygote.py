@@ -247,7 +247,7 @@ def _fprog(hexprog):
 _NO_CAPS = (_CapHeader(0x20080522, 0), (_CapData * 2)())
 
 
-def _prepare(req, fds, err_w):
+def _prepare(req, fds, err_w, bounding_dropped=-1):
     """Everything the sandbox's process will do before running its program, as two lists of
     (function, arguments, step name): the mounts, then the rest. Built here in the template,
     before the clone, so that the new process runs one tight loop and copies as few of the
@@ -276,7 +276,7 @@ def _prepare(req, fds, err_w):
         (os.chdir, (req["cwd"],), "chdir"),
     ]
     # Descriptors: every source is above 100 (see _serve_one).
-    ops += _descriptor_ops(req, rest, err_w)
+    ops += _descriptor_ops(req, rest, err_w, bounding_dropped)
     gid, uid = req["gid"], req["uid"]
     ops += [
         (os.setgroups, ([],), "ids"),
@@ -293,10 +293,11 @@ def _prepare(req, fds, err_w):
     return mounts, ops
 
 
-def _descriptor_ops(req, sources, report_w):
+def _descriptor_ops(req, sources, report_w, bounding_dropped=-1):
     """Put each passed descriptor (all above any target) at its target, close everything but
     the targets and the report pipe; then the rlimits, and empty the bounding and ambient
-    capability sets. Shared with the function template (fntemplate.py)."""
+    capability sets (the bounding set from capability `bounding_dropped + 1` on: a spare
+    drops it ahead, see ``_ready_spare``). Shared with the function template (fntemplate.py)."""
     targets = req["targets"]
     if len(sources) != len(targets):
         raise ValueError("%d descriptors for %d targets" % (len(sources), len(targets)))
@@ -309,7 +310,7 @@ def _descriptor_ops(req, sources, report_w):
     ops.append((os.closerange, (lo, 1 << 20), "fds"))
     for res, value in req["rlimits"]:
         ops.append((resource.setrlimit, (res, (value, value)), "rlimit"))
-    for cap in range(req["cap_last"] + 1):
+    for cap in range(bounding_dropped + 1, req["cap_last"] + 1):
         ops.append((_libc.prctl, (PR_CAPBSET_DROP, cap, 0, 0, 0), "caps"))
     ops.append((_libc.prctl, (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "caps"))
     return ops
@@ -413,8 +414,9 @@ def _read_payload(fd):
     return dict(p["env"]), p["argv"]
 
 
-def _sandbox(ops, payload_fd, err_w):
-    """The sandbox's first process (pid 1 of its namespaces); the daemon is its parent."""
+def _sandbox(ops, payload_fd, err_w, seeded=False):
+    """The sandbox's first process (pid 1 of its namespaces); the daemon is its parent.
+    `seeded`: its random module was reseeded already (a spare does it ahead)."""
     mounts, rest = ops
     try:
         env, argv = _read_payload(payload_fd)
@@ -429,7 +431,8 @@ def _sandbox(ops, payload_fd, err_w):
     except BaseException as e:  # a bug here must not leave a half-set-up sandbox running
         os.write(err_w, ("setup:0:%s" % e).encode()[:4000])
         os._exit(127)
-    random.seed()  # not the template's sequence
+    if not seeded:
+        random.seed()  # not the template's sequence
     _environment(env)
     os.write(err_w, b"ok %d %d" % ((t1 - t0) * 1e6, (t2 - t1) * 1e6))
     os.close(err_w)
@@ -445,14 +448,6 @@ def _clone_sandbox():
     return _clone(CLONE_PARENT | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | SIGCHLD)
 
 
-def _report_pipe():
-    """A pipe for the sandbox's setup report; the write end above every descriptor target."""
-    err_r, err_w = os.pipe()
-    err_w_high = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, 1000)
-    os.close(err_w)
-    return err_r, err_w_high
-
-
 def _raise_fds(fds):
     """Received descriptors moved above every possible target (< 64), so that putting one in
     place never overwrites another."""
@@ -460,6 +455,62 @@ def _raise_fds(fds):
     for fd in fds:
         os.close(fd)
     return high
+
+
+# A request of every kind of step, for a spare to run the request path on ahead (`_ready_spare`).
+_SAMPLE = {
+    "id": 0,
+    "steps": [
+        ["private"], ["tmpfs", "/t", 6, "size=1"], ["mkdir", "/m"], ["touch", "/f"],
+        ["symlink", "a", "/b"], ["bind", "/s", "/d"], ["mknod", "/n", 1, 3], ["proc", "/p"],
+        ["pivot", "/r"], ["rootro"],
+    ],
+    "cwd": "/", "hostname": "h", "uid": 1000, "gid": 1000, "rlimits": [[7, 1024]],
+    "cap_last": 40, "seccomp": "", "targets": [0, 1, 2, 3], "cgroups": 4, "netns": True,
+}
+# The seccomp program of the last request: decoded in the template (`_fprog` keeps it), so the
+# spares cloned after it find it decoded.
+_LAST_SECCOMP = [""]
+
+
+def _ready_spare(err_w):
+    """What a spare does while it waits, so that its request's path is shorter. Returns the
+    last capability dropped from its bounding set (-1: none).
+
+    * The request path runs once on a sample, executing nothing, and the import system looks
+      for a module that is not there: the pages they write (reference counts of the code and
+      objects they touch, the interpreter's frames) are copied from the template's image now
+      instead of on the path (copy-on-write faults were a third of a spare's set-up time).
+    * Its random module gets its own seed, and its environment (the template's: set by the
+      platform, no function's) is emptied; the request's is set later.
+    * Its bounding and ambient capability sets are emptied: that keeps every capability in
+      its effective set, which the set-up still needs, and only narrows what an exec could
+      ever regain, so doing it before the request is the same sandbox, sooner.
+    """
+    try:
+        req = json.loads(json.dumps(dict(_SAMPLE, seccomp=_LAST_SECCOMP[0])))
+        fds = _raise_fds([os.dup(err_w) for _ in range(len(req["targets"]) + req["cgroups"] + 2)])
+        _prepare(req, fds, err_w)
+        for fd in fds:
+            os.close(fd)
+        _environment({})
+        try:  # the import system's path, as the handler's import will take it
+            __import__("_strata_spare_warm_up")
+        except ImportError:
+            pass
+    except Exception:  # only a warm-up: the request's own path reports what fails
+        pass
+    random.seed()
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+        for cap in range(last + 1):
+            if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                return cap - 1
+        _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        return last
+    except (OSError, ValueError):
+        return -1
 
 
 class Spare:
@@ -474,32 +525,31 @@ class Spare:
 
     def __init__(self, sock):
         self.sock_parent, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.err_r, err_w_high = _report_pipe()
         pid = _clone_sandbox()
         if pid == 0:
+            report_w = None
             try:
                 sock.detach()
                 os.close(CTRL_FD)  # the daemon's socket: the template's alone
                 self.sock_parent.close()
-                os.close(self.err_r)
+                dropped = _ready_spare(child_end.fileno())
                 data, fds = _recv_with_fds(child_end)
                 if not data:
                     os._exit(0)
                 child_end.close()
-                fds = _raise_fds(fds)
-                ops = _prepare(json.loads(data), fds, err_w_high)
+                fds, report_w = _take_report_fd(_raise_fds(fds))
+                ops = _prepare(json.loads(data), fds, report_w, dropped)
             except BaseException as e:  # never run half-prepared
                 try:
-                    os.write(err_w_high, ("setup:0:%s" % e).encode()[:4000])
+                    if report_w is not None:
+                        os.write(report_w, ("setup:0:%s" % e).encode()[:4000])
                 finally:
                     os._exit(127)
-            _sandbox(ops, fds[-1], err_w_high)
+            _sandbox(ops, fds[-1], report_w, seeded=True)
             os._exit(127)
         child_end.close()
-        os.close(err_w_high)
         if pid < 0:
             self.sock_parent.close()
-            os.close(self.err_r)
             raise OSError(ctypes.get_errno(), "clone of a spare")
         self.pid = pid
 
@@ -514,29 +564,37 @@ class Spare:
             self.sock_parent.close()
 
 
+def _take_report_fd(fds):
+    """The request's descriptors without the report pipe's write end (the one before the
+    payload, see crates/strata-sandbox/src/template.rs), and that end."""
+    if len(fds) < 2:
+        raise ValueError("%d descriptors: no report pipe and payload" % len(fds))
+    return fds[:-2] + fds[-1:], fds[-2]
+
+
 def _serve_spare(spare, data, fds):
-    """Serve a request with the spare; None if it is gone (the request is then served by a
-    clone made now)."""
+    """Serve a request with the spare: the answer once it has the request (it reports its
+    setup to the daemon itself); None if it is gone (the request is then served by a clone
+    made now)."""
     t0 = time.perf_counter()
-    handed = spare.hand(data, fds)
-    if not handed:
-        os.close(spare.err_r)
+    if not spare.hand(data, fds):
         return None
     for fd in fds:
         os.close(fd)
-    answer = _answer(spare.pid, spare.err_r, t0, time.perf_counter())
-    answer["spare"] = True
-    return answer
+    return {"pid": spare.pid, "fork_us": int((time.perf_counter() - t0) * 1e6), "spare": True}
 
 
 def _serve_one(sock, req, fds):
+    """Serve a request with a clone made now: the answer once it exists (it reports its setup
+    to the daemon itself)."""
     t0 = time.perf_counter()
-    err_r, err_w_high = _report_pipe()
     fds = _raise_fds(fds)
+    report_w = None
     try:
-        ops = _prepare(req, fds, err_w_high)
+        fds, report_w = _take_report_fd(fds)
+        ops = _prepare(req, fds, report_w)
     except Exception:
-        for fd in fds + [err_r, err_w_high]:
+        for fd in fds + ([] if report_w is None else [report_w]):
             os.close(fd)
         raise
     payload_fd = fds[-1]
@@ -544,41 +602,15 @@ def _serve_one(sock, req, fds):
     if pid == 0:
         try:
             sock.detach()
-            os.close(err_r)
         except BaseException:
             os._exit(127)
-        _sandbox(ops, payload_fd, err_w_high)
+        _sandbox(ops, payload_fd, report_w)
         os._exit(127)
-    os.close(err_w_high)
-    for fd in fds:
+    for fd in fds + [report_w]:
         os.close(fd)
     if pid < 0:
-        os.close(err_r)
         return {"error": "clone: %s" % os.strerror(ctypes.get_errno()), "errno": ctypes.get_errno()}
-    return _answer(pid, err_r, t0, time.perf_counter())
-
-
-def _answer(pid, err_r, t0, t_forked):
-    """The answer for the sandbox `pid`, from its setup report on `err_r` (closed here)."""
-    report = os.read(err_r, 4096).decode(errors="replace")
-    os.close(err_r)
-    if report.startswith("ok "):
-        _, mounts_us, priv_us = report.split()
-        return {
-            "pid": pid,
-            "fork_us": int((t_forked - t0) * 1e6),
-            "mounts_us": int(mounts_us),
-            "privileges_us": int(priv_us),
-        }
-    step, _, rest = report.partition(":")
-    errno_, _, detail = rest.partition(":")
-    try:
-        errno_ = int(errno_)
-    except ValueError:
-        errno_ = 0
-    message = detail or (os.strerror(errno_) if errno_ else "died")
-    # The failed sandbox has exited (127); the daemon reaps it as its child.
-    return {"error": "%s: %s" % (step or "setup", message), "errno": errno_, "pid_failed": pid}
+    return {"pid": pid, "fork_us": int((time.perf_counter() - t0) * 1e6)}
 
 
 def main():
@@ -624,6 +656,12 @@ def main():
             answer = {"error": "template: %s: %s" % (type(e).__name__, e), "errno": 0}
         answer["id"] = req.get("id") if isinstance(req, dict) else None
         sock.send(json.dumps(answer).encode())
+        if isinstance(req, dict) and isinstance(req.get("seccomp"), str) and req["seccomp"] != _LAST_SECCOMP[0]:
+            try:
+                _fprog(req["seccomp"])
+                _LAST_SECCOMP[0] = req["seccomp"]
+            except (ValueError, TypeError):
+                pass
         if spare is None:
             spare_at = time.monotonic() + SPARE_DELAY
 

@@ -76,15 +76,7 @@ impl Config {
 pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
     let cfg = Config::from_args(args)?;
     if cfg.build {
-        let mut cargo = Command::new("cargo");
-        cargo
-            .current_dir(repo)
-            .args(["build", "--release", "-p", "strata", "-j2"]);
-        eprintln!("bench: {cargo:?}");
-        let status = cargo.status().context("running cargo build")?;
-        if !status.success() {
-            bail!("{cargo:?} failed: {status}");
-        }
+        build_release(repo)?;
     }
     let bin = repo.join("target/release/strata");
     let (date, machine_start) = (utc_now(), Machine::probe()?);
@@ -1996,15 +1988,31 @@ pub(crate) fn deploy_python(
 /// `target/release/strata`, built first unless `args` has `--no-build`.
 pub(crate) fn release_binary(repo: &Path, args: &[String]) -> anyhow::Result<PathBuf> {
     if !args.iter().any(|a| a == "--no-build") {
-        let status = Command::new("cargo")
-            .current_dir(repo)
-            .args(["build", "--release", "-p", "strata", "-j2"])
-            .status()?;
-        if !status.success() {
-            bail!("cargo build failed");
-        }
+        build_release(repo)?;
     }
     Ok(repo.join("target/release/strata"))
+}
+
+/// `cargo build --release -p strata`, as a plain `cargo build` in a shell would run it: without
+/// the variables `cargo run` gave this xtask (`CARGO_*`, its `LD_LIBRARY_PATH`), which made
+/// the benches and a plain build rebuild each other's dependencies (minutes on 2 cores).
+pub(crate) fn build_release(repo: &Path) -> anyhow::Result<()> {
+    let mut cargo = Command::new("cargo");
+    cargo
+        .current_dir(repo)
+        .args(["build", "--release", "-p", "strata", "-j2"]);
+    for (k, _) in std::env::vars_os() {
+        let name = k.to_string_lossy();
+        if (name.starts_with("CARGO_") && name != "CARGO_HOME") || name == "LD_LIBRARY_PATH" || name == "CARGO" {
+            cargo.env_remove(&k);
+        }
+    }
+    eprintln!("bench: cargo build --release -p strata -j2");
+    let status = cargo.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release -p strata failed: {status}");
+    }
+    Ok(())
 }
 
 pub(crate) fn replace_section_under(doc: &str, heading: &str, section: &str) -> String {

@@ -57,11 +57,7 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
         load_rounds: if quick { 1 } else { 3 },
     };
     if cfg.build {
-        crate::run(
-            Command::new("cargo")
-                .current_dir(repo)
-                .args(["build", "--release", "-p", "strata", "-j2"]),
-        )?;
+        crate::bench::build_release(repo)?;
     }
     let wasmtime = wasmtime_cli(repo)?;
     let component = repo.join("examples/hello-wasm/hello.wasm");

@@ -432,7 +432,17 @@ impl Instance {
                     .map_err(|e| std::io::Error::other(e.to_string()))??
             }
         };
-        let sandbox_time = sandbox.timings().total;
+        let timings = sandbox.timings();
+        let sandbox_time = timings.total;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let sandbox_steps = strata_types::SandboxSteps {
+            cgroup_ms: ms(timings.cgroup),
+            netns_ms: ms(timings.netns),
+            clone_ms: ms(timings.namespaces),
+            mounts_ms: ms(timings.mounts),
+            privileges_ms: ms(timings.privileges),
+            exec_ms: ms(timings.exec),
+        };
         let spawned = Instant::now();
         let pidfd = sandbox.pidfd().try_clone_to_owned()?;
 
@@ -485,6 +495,7 @@ impl Instance {
                     runtime_init_ms: (ready_ms - import_ms).max(0.0),
                     import_ms,
                     launch_ms: t0.elapsed().as_secs_f64() * 1000.0,
+                    sandbox_steps: Some(sandbox_steps),
                     ..ColdStart::default()
                 };
                 if let Some((took, template_import_ms)) = from_template {

@@ -65,7 +65,7 @@ use crate::template::{Template, hex_encode, recv, seccomp_bytes, send_with_fds, 
 const PREPARE_DELAY: Duration = Duration::from_millis(25);
 
 /// How long a forked sandbox may take to set itself up once released.
-const SETUP_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const SETUP_LIMIT: Duration = Duration::from_secs(10);
 
 /// A running fork server. Dropping the last reference stops it, and with it every sandbox it
 /// forked (each holds a reference).
@@ -276,7 +276,7 @@ fn fork_err(msg: impl Into<String>) -> SandboxError {
 }
 
 /// A pipe, both ends close-on-exec: (read, write).
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the array with two new descriptors we own from here on.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -374,7 +374,7 @@ fn pid_of(pidfd: &OwnedFd, server: i32) -> Result<i32> {
 }
 
 /// Wait up to `limit` for one short message on a pipe ("" at end of file).
-fn read_report(fd: &OwnedFd, limit: Duration) -> std::io::Result<String> {
+pub(crate) fn read_report(fd: &OwnedFd, limit: Duration) -> std::io::Result<String> {
     if !poll_in(fd, limit.as_millis().min(i32::MAX as u128) as i32)? {
         return Err(std::io::ErrorKind::TimedOut.into());
     }
@@ -385,6 +385,29 @@ fn read_report(fd: &OwnedFd, limit: Duration) -> std::io::Result<String> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+}
+
+/// A sandbox's setup report: "ok <mounts µs> <privileges µs>" gives the two times;
+/// "step:errno[:detail]" the step that failed ("" at end of file: it died first).
+pub(crate) fn parse_report(report: &str) -> Result<(Duration, Duration)> {
+    if let Some(times) = report.strip_prefix("ok ") {
+        let mut it = times.split_whitespace().map(|t| t.parse::<u64>().unwrap_or(0));
+        return Ok((
+            Duration::from_micros(it.next().unwrap_or(0)),
+            Duration::from_micros(it.next().unwrap_or(0)),
+        ));
+    }
+    let (step, rest) = report.split_once(':').unwrap_or(("setup", ""));
+    let (errno, detail) = rest.split_once(':').unwrap_or((rest, ""));
+    match errno.parse::<i32>() {
+        Ok(errno) if errno > 0 => Err(SandboxError::Setup {
+            step: step.to_owned(),
+            source: std::io::Error::from_raw_os_error(errno),
+        }),
+        _ if report.is_empty() => Err(fork_err("the sandbox's process died during its setup")),
+        _ if !detail.is_empty() => Err(fork_err(format!("sandbox setup failed: {step}: {detail}"))),
+        _ => Err(fork_err(format!("sandbox setup failed: {report:?}"))),
+    }
 }
 
 impl Backend {
@@ -566,27 +589,9 @@ impl Backend {
                 ));
             }
         };
-        let (mounts, privileges) = match report.strip_prefix("ok ") {
-            Some(times) => {
-                let mut it = times.split_whitespace().map(|t| t.parse::<u64>().unwrap_or(0));
-                (
-                    Duration::from_micros(it.next().unwrap_or(0)),
-                    Duration::from_micros(it.next().unwrap_or(0)),
-                )
-            }
-            None => {
-                let (step, rest) = report.split_once(':').unwrap_or(("setup", ""));
-                let errno = rest.split(':').next().and_then(|e| e.parse::<i32>().ok()).unwrap_or(0);
-                let e = if errno > 0 {
-                    SandboxError::Setup {
-                        step: step.to_owned(),
-                        source: std::io::Error::from_raw_os_error(errno),
-                    }
-                } else {
-                    fork_err(format!("forked sandbox setup failed: {report:?}"))
-                };
-                return Err(fail(e, cgroup));
-            }
+        let (mounts, privileges) = match parse_report(&report) {
+            Ok(times) => times,
+            Err(e) => return Err(fail(e, cgroup)),
         };
         let mut sandbox = Sandbox::new(Arc::clone(inner), pid, pidfd, cgroup);
         self.prepare_in_background(server, limits, want);

@@ -21,19 +21,21 @@
 //!    the parent-death signal, clears the capabilities, sets `no_new_privs` and installs the
 //!    same seccomp program. Then, instead of exec, it replaces its environment and runs the
 //!    requested program inside the already-loaded runtime;
-//! 3. the sandbox reports "ok" (with the time its mounts and privilege drop took) or the step
-//!    that failed and its errno; the template answers the backend with the pid or the error.
+//! 3. the template answers the backend with the pid as soon as the process exists (or has its
+//!    request, for a spare); the sandbox reports "ok <mounts µs> <privileges µs>" or
+//!    "step:errno[:detail]" straight to the backend, on a pipe the backend made and sent
+//!    with the request (one hand-off less on the path than a report through the template).
 //!
 //! Request (one datagram): a JSON object with `id` (echoed in the answer), `steps` (the plan,
 //! see [`wire_step`]), `cwd`, `hostname`, `uid`, `gid`, `rlimits`, `cap_last`, `seccomp` (the
 //! program as hex, 8 bytes per instruction), `targets` (the descriptor number each passed
 //! descriptor gets), `cgroups` (how many of the passed descriptors are `cgroup.procs` files,
-//! sent first), `netns` (whether one network namespace descriptor follows them). The last
+//! sent first), `netns` (whether one network namespace descriptor follows them), `report`
+//! (true: the next-to-last descriptor is the report pipe's write end). The last
 //! descriptor is a memfd with the function's `argv` and `env` (JSON), read only by the new
 //! process after the clone: the template itself never holds one function's data for the
-//! next. Answer: `{"id": …, "pid": N, "fork_us": …, "mounts_us": …, "privileges_us": …}` or
-//! `{"id": …, "error": "step: message", "errno": N}`. The template announces itself with
-//! `{"ready": true}` once loaded.
+//! next. Answer: `{"id": …, "pid": N, "fork_us": …}` or `{"id": …, "error": "…", "errno": N}`
+//! (no process was made). The template announces itself with `{"ready": true}` once loaded.
 //!
 //! **Spares.** The clone of a ~15 MB interpreter is most of a templated spawn's time, so the
 //! template makes step 1 ahead: at start, and 15 ms after each answer (at once, it competed
@@ -42,7 +44,11 @@
 //! request goes to the spare, descriptors and all; the spare prepares and carries out steps 2
 //! and 3 exactly as a process cloned on demand does, and the answer says `"spare": true`
 //! (`fork_us` is then the hand-over). Until its request the spare has no cgroup, network,
-//! descriptors or identity of any function. The spare is our child (`CLONE_PARENT`), so
+//! descriptors or identity of any function. While it waits it runs the request path on a
+//! sample without executing it (copying now the pages a request would make it copy: these
+//! copy-on-write faults were a third of its set-up), takes its own random seed, empties the
+//! environment it inherited and its bounding and ambient capability sets (which narrows only
+//! what an exec could regain, not what its set-up may do). The spare is our child (`CLONE_PARENT`), so
 //! [`Template`] keeps the announced pids and, when the template goes, kills and reaps the one
 //! never used; an answer with `"spare_gone": pid` names a spare that died before its request
 //! (it is reaped then).
@@ -423,6 +429,7 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
             "targets": targets,
             "cgroups": prepared.procs.len(),
             "netns": prepared.netns.is_some(),
+            "report": true,
         });
         // The function's own data (argv, environment: often secrets) goes in a memfd that only
         // the new process reads, after the clone: the template's memory, which every later
@@ -438,13 +445,14 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
         })?;
         Ok((serde_json::to_vec(&req).expect("JSON of plain values"), id, payload))
     })();
-    let (request, id, payload) = match request {
-        Ok(r) => r,
-        Err(e) => {
-            prepared.abandon(inner);
-            return Err(e);
-        }
-    };
+    let (request, id, payload, (report_r, report_w)) =
+        match request.and_then(|(r, id, p)| Ok((r, id, p, crate::fork::pipe()?))) {
+            Ok(r) => r,
+            Err(e) => {
+                prepared.abandon(inner);
+                return Err(e);
+            }
+        };
     let mut fds: Vec<RawFd> = prepared.procs.iter().map(AsRawFd::as_raw_fd).collect();
     fds.extend(prepared.netns.as_ref().map(AsRawFd::as_raw_fd));
     fds.extend(spec.fds.iter().map(|m| m.fd.as_raw_fd()));
@@ -453,6 +461,7 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
             fds.push(inner.devnull());
         }
     }
+    fds.push(report_w.as_raw_fd());
     fds.push(payload.as_raw_fd());
     let answer = {
         let sock = template.sock.lock().expect("template socket lock");
@@ -461,6 +470,8 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
             .and_then(|()| template.answer(sock.as_raw_fd()))
     };
     drop(payload);
+    // Only the sandbox's process keeps a write end: its death before a report is end of file.
+    drop(report_w);
     let v = answer.and_then(|v| {
         if v["id"].as_u64() == Some(id) {
             Ok(v)
@@ -477,8 +488,7 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
                 // SAFETY: waitpid on our child's pid, not yet reaped.
                 unsafe { libc::waitpid(gone as i32, std::ptr::null_mut(), 0) };
             }
-            let named = v["pid"].as_i64().or(v["pid_failed"].as_i64());
-            if named.is_some_and(|pid| template.handed_out(pid)) {
+            if v["pid"].as_i64().is_some_and(|pid| template.handed_out(pid)) {
                 template.spares_used.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             v
@@ -494,13 +504,6 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
         }
     };
     let Some(pid) = v["pid"].as_i64().map(|p| p as i32) else {
-        if let Some(failed) = v["pid_failed"].as_i64() {
-            // The sandbox's process exits after its failed setup; it is our child (see the
-            // module docs): reap it, before its cgroup goes (a group with a process in it
-            // cannot be removed).
-            // SAFETY: waitpid on a pid with a null status pointer.
-            unsafe { libc::waitpid(failed as i32, std::ptr::null_mut(), 0) };
-        }
         prepared.abandon(inner);
         let message = v["error"].as_str().unwrap_or("no pid in the answer").to_owned();
         let (step, _) = message.split_once(':').unwrap_or((&message, ""));
@@ -526,6 +529,29 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
     }
     // SAFETY: pidfd_open returned a new descriptor we own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    // The template answered as soon as the process had its request; its setup report comes
+    // straight from it (one hand-off less than through the template).
+    let report = crate::fork::read_report(&report_r, crate::fork::SETUP_LIMIT)
+        .map_err(|source| SandboxError::Sys {
+            op: "wait for a templated sandbox's setup",
+            source,
+        })
+        .and_then(|r| crate::fork::parse_report(&r));
+    let (mounts, privileges) = match report {
+        Ok(times) => times,
+        Err(e) => {
+            // A failed setup exits (127), a hung one is killed; either way it is our child
+            // (see the module docs): reap it before its cgroup goes (a group with a process
+            // in it cannot be removed).
+            // SAFETY: kill and reap our child's pid, not yet reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            prepared.abandon(inner);
+            return Err(e);
+        }
+    };
     let micros = |k: &str| Duration::from_micros(v[k].as_u64().unwrap_or(0));
     let crate::backend::Prepared {
         t0,
@@ -542,7 +568,7 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
     };
     spec.fds.clear();
     let total = t0.elapsed();
-    let (fork, mounts, privileges) = (micros("fork_us"), micros("mounts_us"), micros("privileges_us"));
+    let fork = micros("fork_us");
     sandbox.timings = SpawnTimings {
         cgroup: cgroup_time,
         netns: netns_time,

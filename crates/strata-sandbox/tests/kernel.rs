@@ -776,6 +776,41 @@ fn a_runtime_templates_spare_serves_the_next_spawn_and_goes_with_the_template() 
 }
 
 #[test]
+fn a_templated_sandboxs_failed_setup_names_the_step_and_is_reaped() {
+    // The sandbox reports its setup to the backend itself (the template answers as soon as
+    // the process exists): a failed step must still come back by name, for a spare and for a
+    // clone made on demand, and the failed process must be reaped with nothing left behind.
+    const UID: u32 = 61_009;
+    let t = Arc::new(python_template("python-setup-failure-test"));
+    wait_for_spare(&t, Duration::from_secs(10)).expect("no spare announced");
+    let failing = || {
+        let mut spec = python("print('never')");
+        spec.uid = UID;
+        spec.gid = UID;
+        spec.cwd = "/no-such-directory".into();
+        spec
+    };
+    let first = backend().spawn_from_template(&t, failing()).unwrap_err();
+    assert_eq!(t.spares_used(), 1, "the first from the spare");
+    // Back to back: the template clones its next spare only 15 ms after answering, so this
+    // one is (almost always) a clone made on demand; both must fail the same way.
+    let second = backend().spawn_from_template(&t, failing()).unwrap_err();
+    for err in [first, second] {
+        let text = err.to_string();
+        assert!(text.contains("`chdir`") && text.contains("No such file"), "{text}");
+    }
+    assert_eq!(processes_of_uid(UID), Vec::<i32>::new(), "nothing runs on");
+    assert_eq!(zombies_of(std::process::id(), UID), Vec::<String>::new(), "reaped");
+    assert_eq!(zombies_of(std::process::id(), 0), Vec::<String>::new(), "reaped");
+    // The template is still good for the next sandbox.
+    let mut ok = python("pass");
+    ok.uid = UID;
+    ok.gid = UID;
+    let mut sb = backend().spawn_from_template(&t, ok).expect("spawn after failures");
+    assert_eq!(sb.wait().unwrap().kind, ExitKind::Exited(0));
+}
+
+#[test]
 fn a_templated_sandbox_finds_no_other_sandboxs_environment_in_its_memory() {
     // A gets a secret in its environment; B, forked later from the same template, scans its
     // own memory for it. B knows only the secret's prefix and SHA-256, so the secret itself is

@@ -100,7 +100,7 @@ pub struct FunctionMeta {
 }
 
 enum Write {
-    Record(InvocationRecord),
+    Record(Box<InvocationRecord>),
     Log {
         function: String,
         call_id: Option<String>,
@@ -410,7 +410,7 @@ impl Store {
 
     /// Queue an invocation record for writing.
     pub fn record(&self, r: InvocationRecord) {
-        self.push(Write::Record(r));
+        self.push(Write::Record(Box::new(r)));
     }
 
     fn push(&self, w: Write) {

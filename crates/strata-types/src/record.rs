@@ -39,6 +39,27 @@ pub struct ColdStart {
     /// wasm: where the machine code came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<ArtifactOrigin>,
+    /// Process tier: where `sandbox_ms` went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_steps: Option<SandboxSteps>,
+}
+
+/// The steps of a process sandbox's creation, milliseconds. What is left of `sandbox_ms`
+/// beyond their sum is the hand-offs between the daemon, a template and the new process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSteps {
+    /// Taking a cgroup (from the pool, or made now) and writing its limits.
+    pub cgroup_ms: f64,
+    /// Taking a network namespace.
+    pub netns_ms: f64,
+    /// Making the process: clone into new namespaces, or a template's hand-over to its spare.
+    pub clone_ms: f64,
+    /// Inside the new process: joining the cgroup, its root filesystem.
+    pub mounts_ms: f64,
+    /// Inside the new process: descriptors, limits, identity, capabilities, seccomp.
+    pub privileges_ms: f64,
+    /// `execve` (0 for a process forked from a template).
+    pub exec_ms: f64,
 }
 
 fn is_zero(v: &f64) -> bool {
