@@ -402,9 +402,10 @@ def _run(argv):
 def _read_payload(fd):
     """The function's argv and environment, from the memfd the backend sent (read only here,
     in the sandbox's process, so the template's memory never holds them)."""
+    size = os.fstat(fd).st_size  # the backend wrote it whole before sending it
     chunks, off = [], 0
-    while True:
-        b = os.pread(fd, 1 << 16, off)
+    while off < size:
+        b = os.pread(fd, size - off, off)
         if not b:
             break
         chunks.append(b)
