@@ -478,10 +478,11 @@ def _ready_spare(err_w):
     """What a spare does while it waits, so that its request's path is shorter. Returns the
     last capability dropped from its bounding set (-1: none).
 
-    * The request path runs once on a sample, executing nothing, and the import system looks
-      for a module that is not there: the pages they write (reference counts of the code and
-      objects they touch, the interpreter's frames) are copied from the template's image now
-      instead of on the path (copy-on-write faults were a third of a spare's set-up time).
+    * The request path runs once on a sample, executing nothing; a sample payload is read
+      and its environment set; the import system runs (``_warm_imports``): the pages they
+      write (reference counts of the code and objects they touch, the interpreter's frames)
+      are copied from the template's image now instead of on the path (copy-on-write faults
+      were a third of a spare's set-up time).
     * Its random module gets its own seed, and its environment (the template's: set by the
       platform, no function's) is emptied; the request's is set later.
     * Its bounding and ambient capability sets are emptied: that keeps every capability in
@@ -494,11 +495,12 @@ def _ready_spare(err_w):
         _prepare(req, fds, err_w)
         for fd in fds:
             os.close(fd)
+        payload = os.memfd_create("strata-warm-up", os.MFD_CLOEXEC)
+        os.write(payload, json.dumps({"argv": ["python3"], "env": {"STRATA_WARM_UP": "1"}}).encode())
+        env, _ = _read_payload(payload)
+        _environment(env)
         _environment({})
-        try:  # the import system's path, as the handler's import will take it
-            __import__("_strata_spare_warm_up")
-        except ImportError:
-            pass
+        _warm_imports()
     except Exception:  # only a warm-up: the request's own path reports what fails
         pass
     random.seed()
@@ -512,6 +514,40 @@ def _ready_spare(err_w):
         return last
     except (OSError, ValueError):
         return -1
+
+
+def _warm_template():
+    """The template's own side of a request, on a sample, right after cloning a spare: every
+    page of the template is shared with the spare from then on, and the first write to each
+    copies it, so the pages a request's parse and answer write are copied now, not while the
+    daemon waits."""
+    try:
+        json.loads(json.dumps(dict(_SAMPLE, seccomp=_LAST_SECCOMP[0])).encode())
+        json.dumps({"pid": 1, "fork_us": 1, "spare": True, "id": 1}).encode()
+    except (TypeError, ValueError):
+        pass
+
+
+def _warm_imports():
+    """The import system's path, as the handler's import will take it: a finder made for a
+    directory new to it (its listing read) and a miss there, then a whole import of a small
+    module nothing here uses, from its ``.pyc``. Leaves ``sys.path`` and ``sys.modules`` as
+    they were."""
+    saved = sys.path[:]
+    try:
+        sys.path_importer_cache.pop(RUNTIME_DIR, None)
+        sys.path[:] = [RUNTIME_DIR] + saved
+        try:
+            __import__("_strata_spare_warm_up")
+        except ImportError:
+            pass
+        had = "colorsys" in sys.modules
+        __import__("colorsys")
+        if not had:
+            del sys.modules["colorsys"]
+    finally:
+        sys.path[:] = saved
+        sys.path_importer_cache.pop(RUNTIME_DIR, None)
 
 
 class Spare:
@@ -632,6 +668,7 @@ def main():
                     sock.send(json.dumps({"spare": spare.pid}).encode())
                 except OSError:
                     spare = None
+                _warm_template()
                 continue
         data, fds = _recv_with_fds(sock)
         if not data:

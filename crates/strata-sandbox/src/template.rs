@@ -463,12 +463,14 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
     }
     fds.push(report_w.as_raw_fd());
     fds.push(payload.as_raw_fd());
+    let t_request = std::time::Instant::now();
     let answer = {
         let sock = template.sock.lock().expect("template socket lock");
         send_with_fds(sock.as_raw_fd(), &request, &fds)
             .map_err(|e| e.to_string())
             .and_then(|()| template.answer(sock.as_raw_fd()))
     };
+    let t_answered = std::time::Instant::now();
     drop(payload);
     // Only the sandbox's process keeps a write end: its death before a report is end of file.
     drop(report_w);
@@ -537,6 +539,12 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
             source,
         })
         .and_then(|r| crate::fork::parse_report(&r));
+    tracing::debug!(
+        prepare_us = (t_request - prepared.t0).as_micros() as u64,
+        answer_us = t_answered.duration_since(t_request).as_micros() as u64,
+        report_us = t_answered.elapsed().as_micros() as u64,
+        "templated spawn"
+    );
     let (mounts, privileges) = match report {
         Ok(times) => times,
         Err(e) => {
