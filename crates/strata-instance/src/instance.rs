@@ -506,7 +506,7 @@ impl Instance {
                 instance
                     .shared
                     .cpu_base_usec
-                    .store(instance.raw_usage().cpu_usec, Ordering::Relaxed);
+                    .store(instance.live_usage().0, Ordering::Relaxed);
                 Ok(instance)
             }
             Err(mut message) => {
@@ -548,21 +548,23 @@ impl Instance {
         rx.borrow().clone().unwrap_or(DeathReason::Stopped)
     }
 
-    fn raw_usage(&self) -> strata_sandbox::Usage {
+    /// CPU time (µs) and peak memory (bytes) so far, from the cgroup files the sandbox keeps
+    /// open (one `pread` each: this is on every call's path, before its response).
+    fn live_usage(&self) -> (u64, u64) {
         self.shared
             .sandbox
             .lock()
             .expect("sandbox lock")
             .as_ref()
-            .map(Sandbox::usage)
+            .map(Sandbox::live_usage)
             .unwrap_or_default()
     }
 
     /// CPU time used since the previous call of this method (ms), and peak memory (bytes).
     pub fn take_usage(&self) -> (f64, u64) {
-        let u = self.raw_usage();
-        let before = self.shared.cpu_base_usec.swap(u.cpu_usec, Ordering::Relaxed);
-        (u.cpu_usec.saturating_sub(before) as f64 / 1000.0, u.memory_peak_bytes)
+        let (cpu_usec, peak) = self.live_usage();
+        let before = self.shared.cpu_base_usec.swap(cpu_usec, Ordering::Relaxed);
+        (cpu_usec.saturating_sub(before) as f64 / 1000.0, peak)
     }
 
     /// Run one call.

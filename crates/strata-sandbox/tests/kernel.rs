@@ -606,6 +606,38 @@ fn timings_and_usage_are_recorded() {
     assert!(exit.usage.cpu_usec > 0);
 }
 
+#[test]
+fn live_usage_reads_the_counters_usage_reads() {
+    // Per-call accounting reads kept-open cgroup files; they must be the same counters as a
+    // full read: CPU time and peak memory of the sandbox, growing as it works.
+    let spec = python(
+        "import time\nx = bytearray(24 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\nt = time.process_time()\nwhile time.process_time() - t < 0.1: pass\ntime.sleep(30)",
+    );
+    let mut sb = backend().spawn(spec).unwrap();
+    let first = sb.live_usage();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let live = loop {
+        let live = sb.live_usage();
+        if live.0 >= 100_000 || std::time::Instant::now() > deadline {
+            break live;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let full = sb.usage();
+    assert!(live.0 >= 100_000, "CPU time seen through the kept-open file: {live:?}");
+    assert!(live.0 > first.0, "it grows: {first:?} then {live:?}");
+    assert!(
+        full.cpu_usec >= live.0 && full.cpu_usec - live.0 < 50_000,
+        "{full:?} vs {live:?}"
+    );
+    assert!(live.1 >= 24 << 20, "peak memory: {live:?}");
+    assert!(
+        full.memory_peak_bytes >= live.1 && full.memory_peak_bytes - live.1 < 1 << 20,
+        "the same peak: {full:?} vs {live:?}"
+    );
+    sb.terminate().unwrap();
+}
+
 /// The inode of the sandbox's network namespace, and whether anything answers on `port`.
 fn netns_of(key: Option<&str>, port: u16) -> (String, String) {
     let mut spec = python(&format!(
