@@ -516,6 +516,17 @@ def _ready_spare(err_w):
         return -1
 
 
+def _learn_seccomp(req):
+    """Decode the seccomp program a request (or a notice of one) names, here in the template,
+    so the spares cloned after it find it decoded."""
+    if isinstance(req, dict) and isinstance(req.get("seccomp"), str) and req["seccomp"] != _LAST_SECCOMP[0]:
+        try:
+            _fprog(req["seccomp"])
+            _LAST_SECCOMP[0] = req["seccomp"]
+        except (ValueError, TypeError):
+            pass
+
+
 def _warm_template():
     """The template's own side of a request, on a sample, right after cloning a spare: every
     page of the template is shared with the spare from then on, and the first write to each
@@ -665,7 +676,9 @@ def main():
                 spare_at = None
                 try:
                     spare = Spare(sock)
-                    sock.send(json.dumps({"spare": spare.pid}).encode())
+                    # With the spare's own request socket: the daemon hands it the next
+                    # request itself and then tells us ({"taken": pid}).
+                    socket.send_fds(sock, [json.dumps({"spare": spare.pid}).encode()], [spare.sock_parent.fileno()])
                 except OSError:
                     spare = None
                 _warm_template()
@@ -676,6 +689,15 @@ def main():
         req = None
         try:
             req = json.loads(data)
+            if isinstance(req, dict) and "taken" in req:
+                # The daemon handed our spare its request: clone the next one (no answer).
+                for fd in fds:
+                    os.close(fd)
+                if spare is not None and spare.pid == req["taken"]:
+                    spare.sock_parent.close()
+                    spare, spare_at = None, time.monotonic() + SPARE_DELAY
+                _learn_seccomp(req)
+                continue
             answer, gone = None, None
             if spare is not None and isinstance(req, dict):
                 used, spare = spare, None
@@ -694,12 +716,7 @@ def main():
             answer = {"error": "template: %s: %s" % (type(e).__name__, e), "errno": 0}
         answer["id"] = req.get("id") if isinstance(req, dict) else None
         sock.send(json.dumps(answer).encode())
-        if isinstance(req, dict) and isinstance(req.get("seccomp"), str) and req["seccomp"] != _LAST_SECCOMP[0]:
-            try:
-                _fprog(req["seccomp"])
-                _LAST_SECCOMP[0] = req["seccomp"]
-            except (ValueError, TypeError):
-                pass
+        _learn_seccomp(req)
         if spare is None:
             spare_at = time.monotonic() + SPARE_DELAY
 

@@ -287,7 +287,12 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Receive one datagram and at most one descriptor.
-fn recv_with_fd(sock: RawFd) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
+pub(crate) fn recv_with_fd(sock: RawFd) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    recv_with_fd_flags(sock, 0)
+}
+
+/// [`recv_with_fd`] with `flags` (`MSG_DONTWAIT`: an error rather than a wait).
+pub(crate) fn recv_with_fd_flags(sock: RawFd, flags: libc::c_int) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
     let mut buf = vec![0u8; 64 << 10];
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
@@ -304,7 +309,7 @@ fn recv_with_fd(sock: RawFd) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = space as _;
         // SAFETY: as above; MSG_CMSG_CLOEXEC marks received descriptors close-on-exec.
-        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC | flags) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {

@@ -40,10 +40,14 @@
 //! **Spares.** The clone of a ~15 MB interpreter is most of a templated spawn's time, so the
 //! template makes step 1 ahead: at start, and 15 ms after each answer (at once, it competed
 //! with the new sandbox's start for the cores), it clones the next sandbox's process, which
-//! waits on a socket of its own, and announces it with `{"spare": pid}` (no `id`). The next
-//! request goes to the spare, descriptors and all; the spare prepares and carries out steps 2
-//! and 3 exactly as a process cloned on demand does, and the answer says `"spare": true`
-//! (`fork_us` is then the hand-over). Until its request the spare has no cgroup, network,
+//! waits on a socket of its own, and announces it with `{"spare": pid}` (no `id`) and that
+//! socket's other end (`SCM_RIGHTS`). The backend sends the next request, descriptors and
+//! all, straight to the spare, then tells the template `{"taken": pid, "seccomp": …}` (no
+//! answer; it clones the next spare, and decodes the seccomp program for it): the template
+//! is not on the spawn's path. A request sent to the template while it has a spare (the
+//! backend had not read the announcement yet) is forwarded to the spare, and the answer says
+//! `"spare": true` (`fork_us` is then the hand-over). Either way the spare prepares and
+//! carries out steps 2 and 3 exactly as a process cloned on demand does. Until its request the spare has no cgroup, network,
 //! descriptors or identity of any function. While it waits it runs the request path on a
 //! sample without executing it (copying now the pages a request would make it copy: these
 //! copy-on-write faults were a third of its set-up), takes its own random seed, empties the
@@ -83,9 +87,17 @@ pub struct Template {
     seq: std::sync::atomic::AtomicU64,
     /// Spares the template announced and has not handed out: our children (`CLONE_PARENT`),
     /// reaped here if they are never used.
-    spares: Mutex<Vec<i32>>,
+    spares: Mutex<Vec<Spare>>,
     /// Spawns served by a spare.
     spares_used: std::sync::atomic::AtomicU64,
+}
+
+/// A spare the template announced: its pid and, when the template sent it, the spare's own
+/// request socket, so a spawn can hand it the request without the template (see the module
+/// docs).
+struct Spare {
+    pid: i32,
+    sock: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for Template {
@@ -122,7 +134,7 @@ impl Template {
         }
         self.read_announcements();
         let spares = std::mem::take(&mut *self.spares.lock().expect("spares lock"));
-        for pid in spares {
+        for Spare { pid, .. } in spares {
             // SAFETY: `pid` is our child (CLONE_PARENT), not yet reaped, so the number is still
             // its own: kill it and reap it.
             unsafe {
@@ -140,27 +152,30 @@ impl Template {
     /// The pid of the spare waiting for the next request, if the template has announced one.
     pub fn spare(&self) -> Option<i32> {
         self.read_announcements();
-        self.spares.lock().expect("spares lock").last().copied()
+        self.spares.lock().expect("spares lock").last().map(|s| s.pid)
     }
 
     /// Take in the announcements waiting on the socket (messages nobody else waits for
     /// between requests).
     fn read_announcements(&self) {
         if let Ok(sock) = self.sock.lock() {
-            while let Ok(msg) = recv_flags(sock.as_raw_fd(), libc::MSG_DONTWAIT) {
+            while let Ok((msg, fd)) = crate::fork::recv_with_fd_flags(sock.as_raw_fd(), libc::MSG_DONTWAIT) {
                 if let Ok(v) = serde_json::from_slice(&msg) {
-                    self.note(&v);
+                    self.note(&v, fd);
                 }
             }
         }
     }
 
-    /// Take in a message that is not an answer: a spare's announcement (`{"spare": pid}`).
-    /// Says whether it was one.
-    fn note(&self, v: &serde_json::Value) -> bool {
+    /// Take in a message that is not an answer: a spare's announcement (`{"spare": pid}`,
+    /// with the spare's request socket). Says whether it was one.
+    fn note(&self, v: &serde_json::Value, sock: Option<OwnedFd>) -> bool {
         match (v.get("id"), v["spare"].as_i64()) {
             (None, Some(pid)) => {
-                self.spares.lock().expect("spares lock").push(pid as i32);
+                self.spares
+                    .lock()
+                    .expect("spares lock")
+                    .push(Spare { pid: pid as i32, sock });
                 true
             }
             _ => false,
@@ -170,9 +185,9 @@ impl Template {
     /// The next answer on `sock`, parsed, taking in announcements that come before it.
     fn answer(&self, sock: RawFd) -> std::result::Result<serde_json::Value, String> {
         loop {
-            let msg = recv(sock).map_err(|e| e.to_string())?;
+            let (msg, fd) = crate::fork::recv_with_fd(sock).map_err(|e| e.to_string())?;
             let v = serde_json::from_slice(&msg).map_err(|e| format!("bad answer: {e}"))?;
-            if !self.note(&v) {
+            if !self.note(&v, fd) {
                 return Ok(v);
             }
         }
@@ -182,8 +197,18 @@ impl Template {
     fn handed_out(&self, pid: i64) -> bool {
         let mut spares = self.spares.lock().expect("spares lock");
         let before = spares.len();
-        spares.retain(|&p| i64::from(p) != pid);
+        spares.retain(|s| i64::from(s.pid) != pid);
         before != spares.len()
+    }
+
+    /// The newest announced spare that came with its request socket, taken out of the list
+    /// (the spawn that takes it owns its pid from then on); older ones stay to be reaped.
+    fn take_direct_spare(&self) -> Option<(i32, OwnedFd)> {
+        self.read_announcements();
+        let mut spares = self.spares.lock().expect("spares lock");
+        let at = spares.iter().rposition(|s| s.sock.is_some())?;
+        let Spare { pid, sock } = spares.remove(at);
+        Some((pid, sock?))
     }
 
     /// The template process's pid (host view).
@@ -401,9 +426,9 @@ impl Backend {
 
 fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpec) -> Result<Sandbox> {
     let prepared = prepare(inner, &spec)?;
-    let request = (|| -> Result<(Vec<u8>, u64, OwnedFd)> {
+    let request = (|| -> Result<(Vec<u8>, u64, OwnedFd, String)> {
         let steps = prepared.plan.iter().map(wire_step).collect::<Result<Vec<_>>>()?;
-        let program = seccomp_bytes(inner.filter(spec.seccomp));
+        let seccomp = hex_encode(&seccomp_bytes(inner.filter(spec.seccomp)));
         let mut targets: Vec<RawFd> = spec.fds.iter().map(|m| m.target).collect();
         for std_fd in 0..3 {
             if !targets.contains(&std_fd) {
@@ -425,7 +450,7 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
             "gid": spec.gid,
             "rlimits": rlimits(&spec),
             "cap_last": inner.cap_last(),
-            "seccomp": hex_encode(&program),
+            "seccomp": &seccomp,
             "targets": targets,
             "cgroups": prepared.procs.len(),
             "netns": prepared.netns.is_some(),
@@ -443,10 +468,15 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
             op: "memfd for the sandbox's environment",
             source,
         })?;
-        Ok((serde_json::to_vec(&req).expect("JSON of plain values"), id, payload))
+        Ok((
+            serde_json::to_vec(&req).expect("JSON of plain values"),
+            id,
+            payload,
+            seccomp,
+        ))
     })();
-    let (request, id, payload, (report_r, report_w)) =
-        match request.and_then(|(r, id, p)| Ok((r, id, p, crate::fork::pipe()?))) {
+    let (request, id, payload, seccomp, (report_r, report_w)) =
+        match request.and_then(|(r, id, p, sc)| Ok((r, id, p, sc, crate::fork::pipe()?))) {
             Ok(r) => r,
             Err(e) => {
                 prepared.abandon(inner);
@@ -464,11 +494,43 @@ fn spawn_templated(inner: &Arc<Inner>, template: &Template, mut spec: SandboxSpe
     fds.push(report_w.as_raw_fd());
     fds.push(payload.as_raw_fd());
     let t_request = std::time::Instant::now();
-    let answer = {
-        let sock = template.sock.lock().expect("template socket lock");
-        send_with_fds(sock.as_raw_fd(), &request, &fds)
-            .map_err(|e| e.to_string())
-            .and_then(|()| template.answer(sock.as_raw_fd()))
+    // A spare whose socket the template sent gets the request straight from here: the
+    // template (one more process to wake, on a 2-CPU machine) is off the spawn's path, and is
+    // only told afterwards, so that it clones the next one.
+    let direct = template.take_direct_spare().and_then(|(pid, sock)| {
+        if send_with_fds(sock.as_raw_fd(), &request, &fds).is_ok() {
+            return Some(pid);
+        }
+        // Gone before its request (killed from outside): ours to reap; the template serves
+        // the request instead.
+        // SAFETY: kill and reap our child (CLONE_PARENT), taken out of the spare list above.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        None
+    });
+    let answer = match direct {
+        Some(pid) => {
+            let notice = serde_json::json!({"taken": pid, "seccomp": seccomp});
+            let sock = template.sock.lock().expect("template socket lock");
+            // A template that cannot take the notice is gone: the runtime's manager starts
+            // another, and this sandbox is already on its way.
+            let _ = send_with_fds(sock.as_raw_fd(), notice.to_string().as_bytes(), &[]);
+            template.spares_used.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(serde_json::json!({
+                "id": id,
+                "pid": pid,
+                "spare": true,
+                "fork_us": t_request.elapsed().as_micros() as u64,
+            }))
+        }
+        None => {
+            let sock = template.sock.lock().expect("template socket lock");
+            send_with_fds(sock.as_raw_fd(), &request, &fds)
+                .map_err(|e| e.to_string())
+                .and_then(|()| template.answer(sock.as_raw_fd()))
+        }
     };
     let t_answered = std::time::Instant::now();
     drop(payload);

@@ -789,7 +789,14 @@ fn a_runtime_templates_spare_serves_the_next_spawn_and_goes_with_the_template() 
     spec.uid = 61_007;
     spec.gid = 61_007;
     spec.fds.push(FdMapping { fd: out_w, target: 1 });
-    let mut sb = backend().spawn_from_template(&t, spec).expect("spawn");
+    // The spare gets its request straight from the backend: the spawn does not wait for the
+    // template, even a stopped one.
+    // SAFETY: signals to the template process this test started.
+    unsafe { libc::kill(t.pid() as i32, libc::SIGSTOP) };
+    let spawned = backend().spawn_from_template(&t, spec);
+    // SAFETY: as above.
+    unsafe { libc::kill(t.pid() as i32, libc::SIGCONT) };
+    let mut sb = spawned.expect("spawn while the template is stopped");
     assert_eq!(t.spares_used(), 1, "served by the spare");
     assert_eq!(sb.pid(), spare, "the sandbox is the spare's process");
     let mut out = String::new();
@@ -804,6 +811,26 @@ fn a_runtime_templates_spare_serves_the_next_spawn_and_goes_with_the_template() 
     assert!(
         !std::path::Path::new(&format!("/proc/{next}")).exists(),
         "the unused spare is killed and reaped with its template"
+    );
+}
+
+#[test]
+fn a_spare_killed_before_its_request_is_reaped_and_the_spawn_goes_on() {
+    const UID: u32 = 61_011;
+    let t = Arc::new(python_template("python-killed-spare-test"));
+    let spare = wait_for_spare(&t, Duration::from_secs(10)).expect("no spare announced");
+    // SAFETY: SIGKILL to the spare this test's template made; it is the backend's child.
+    unsafe { libc::kill(spare, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(50));
+    let mut spec = python("pass");
+    spec.uid = UID;
+    spec.gid = UID;
+    let mut sb = backend().spawn_from_template(&t, spec).expect("a clone made on demand");
+    assert_ne!(sb.pid(), spare);
+    assert_eq!(sb.wait().unwrap().kind, ExitKind::Exited(0));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{spare}")).exists(),
+        "the killed spare is reaped"
     );
 }
 
