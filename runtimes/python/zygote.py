@@ -474,7 +474,7 @@ _SAMPLE = {
 _LAST_SECCOMP = [""]
 
 
-def _ready_spare(err_w):
+def _ready_spare(any_fd):
     """What a spare does while it waits, so that its request's path is shorter. Returns the
     last capability dropped from its bounding set (-1: none).
 
@@ -491,8 +491,8 @@ def _ready_spare(err_w):
     """
     try:
         req = json.loads(json.dumps(dict(_SAMPLE, seccomp=_LAST_SECCOMP[0])))
-        fds = _raise_fds([os.dup(err_w) for _ in range(len(req["targets"]) + req["cgroups"] + 2)])
-        _prepare(req, fds, err_w)
+        fds = _raise_fds([os.dup(any_fd) for _ in range(len(req["targets"]) + req["cgroups"] + 2)])
+        _prepare(req, fds, any_fd)
         for fd in fds:
             os.close(fd)
         payload = os.memfd_create("strata-warm-up", os.MFD_CLOEXEC)
@@ -564,12 +564,14 @@ def _warm_imports():
 class Spare:
     """A sandbox's first process cloned ahead of its request (the clone of this ~15 MB
     process is most of a templated spawn's time): pid 1 of its new namespaces, a child of the
-    daemon like any sandbox, waiting on a socket of its own for the request the template
-    forwards to it; then it prepares and runs exactly what a sandbox cloned on demand does.
+    daemon like any sandbox, waiting on a socket of its own for its request (sent by the
+    daemon, which gets the socket's other end with the announcement, or forwarded by the
+    template); then it prepares and runs exactly what a sandbox cloned on demand does.
     Until then it has no cgroup, network, descriptors or privileges of any function, and
-    holds nothing but the template's image. It exits when the template goes (its socket
-    closes). The daemon is told its pid as soon as it exists (``{"spare": pid}``), so it can
-    reap it if it is never used."""
+    holds nothing but the template's image (see ``_ready_spare`` for what it does while it
+    waits). It exits when the template and the daemon have both closed its socket. The daemon
+    is told its pid as soon as it exists (``{"spare": pid}``), so it can reap it if it is
+    never used."""
 
     def __init__(self, sock):
         self.sock_parent, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
