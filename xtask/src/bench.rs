@@ -1994,16 +1994,27 @@ pub(crate) fn release_binary(repo: &Path, args: &[String]) -> anyhow::Result<Pat
 }
 
 /// `cargo build --release -p strata`, as a plain `cargo build` in a shell would run it: without
-/// the variables `cargo run` gave this xtask (`CARGO_*`, its `LD_LIBRARY_PATH`), which made
+/// the variables `cargo run` gave this xtask (`CARGO_PKG_*` and the like, `LD_LIBRARY_PATH`), which made
 /// the benches and a plain build rebuild each other's dependencies (minutes on 2 cores).
 pub(crate) fn build_release(repo: &Path) -> anyhow::Result<()> {
     let mut cargo = Command::new("cargo");
     cargo
         .current_dir(repo)
         .args(["build", "--release", "-p", "strata", "-j2"]);
+    // What `cargo run` sets for the program it runs (the user's own CARGO_* settings stay).
+    const SET_BY_CARGO_RUN: [&str; 8] = [
+        "CARGO",
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "LD_LIBRARY_PATH",
+    ];
     for (k, _) in std::env::vars_os() {
         let name = k.to_string_lossy();
-        if (name.starts_with("CARGO_") && name != "CARGO_HOME") || name == "LD_LIBRARY_PATH" || name == "CARGO" {
+        if name.starts_with("CARGO_PKG_") || SET_BY_CARGO_RUN.contains(&name.as_ref()) {
             cargo.env_remove(&k);
         }
     }
