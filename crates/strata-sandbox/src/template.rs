@@ -331,29 +331,10 @@ pub(crate) fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> std::io:
     Ok(())
 }
 
-/// Receive one datagram (the template's answers are small JSON objects).
+/// Receive one datagram (the template's answers are small JSON objects); a descriptor sent
+/// with it is closed.
 pub(crate) fn recv(sock: RawFd) -> std::io::Result<Vec<u8>> {
-    recv_flags(sock, 0)
-}
-
-/// [`recv`] with `flags` (`MSG_DONTWAIT`: an error rather than a wait when nothing is there).
-fn recv_flags(sock: RawFd, flags: libc::c_int) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        // SAFETY: reading into a buffer we own.
-        let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), flags) };
-        if n > 0 {
-            buf.truncate(n as usize);
-            return Ok(buf);
-        }
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    crate::fork::recv_with_fd(sock).map(|(data, _)| data)
 }
 
 impl Backend {

@@ -202,6 +202,14 @@ fn run_via(via: Via, mut spec: SandboxSpec) -> (Exit, String, String) {
     (exit, out, errs.join().unwrap())
 }
 
+/// [`python`], run as `uid` (and the same gid).
+fn python_as(code: &str, uid: u32) -> SandboxSpec {
+    let mut spec = python(code);
+    spec.uid = uid;
+    spec.gid = uid;
+    spec
+}
+
 fn python(script: &str) -> SandboxSpec {
     SandboxSpec::new(
         "/usr/bin/python3",
@@ -491,9 +499,10 @@ fn the_root_template_stays_out_of_the_host_mount_namespace() {
     );
     // …and sandboxes start from it: their root is the template's tmpfs, read-only, with the
     // runtime directories and /etc below it, and their own /tmp and /proc.
-    let mut spec = python("for l in open('/proc/self/mountinfo'):\n f = l.split()\n print(f[4], f[5].split(',')[0])");
-    spec.uid = 61_005;
-    spec.gid = 61_005;
+    let spec = python_as(
+        "for l in open('/proc/self/mountinfo'):\n f = l.split()\n print(f[4], f[5].split(',')[0])",
+        61_005,
+    );
     let (exit, out, err) = run(spec);
     assert_eq!(exit.kind, ExitKind::Exited(0), "{err}");
     let mounts: std::collections::BTreeMap<&str, &str> = out.lines().filter_map(|l| l.split_once(' ')).collect();
@@ -735,9 +744,7 @@ fn templated_spawn_kill_cycles_leave_nothing_behind() {
                 "import os, time\nfor _ in range(3):\n  if os.fork() == 0:\n    os.setsid(); time.sleep(30)\ntime.sleep(30)"
             }
         };
-        let mut spec = python(script);
-        spec.uid = UID;
-        spec.gid = UID;
+        let spec = python_as(script, UID);
         let mut sb = spawn_via(Via::Template, spec).unwrap();
         if i % 2 == 1 {
             std::thread::sleep(Duration::from_millis(5));
@@ -770,9 +777,7 @@ fn a_runtime_templates_spare_serves_the_next_spawn_and_goes_with_the_template() 
     let wait_spare = |t: &Template| wait_for_spare(t, Duration::from_secs(10)).expect("no spare announced");
     let spare = wait_spare(&t);
     let (mut out_r, out_w) = pipe();
-    let mut spec = python("import os; print(os.getpid(), os.getuid())");
-    spec.uid = 61_007;
-    spec.gid = 61_007;
+    let mut spec = python_as("import os; print(os.getpid(), os.getuid())", 61_007);
     spec.fds.push(FdMapping { fd: out_w, target: 1 });
     // The spare gets its request straight from the backend: the spawn does not wait for the
     // template, even a stopped one.
@@ -807,9 +812,7 @@ fn a_spare_killed_before_its_request_is_reaped_and_the_spawn_goes_on() {
     // SAFETY: SIGKILL to the spare this test's template made; it is the backend's child.
     unsafe { libc::kill(spare, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(50));
-    let mut spec = python("pass");
-    spec.uid = UID;
-    spec.gid = UID;
+    let spec = python_as("pass", UID);
     let mut sb = backend().spawn_from_template(&t, spec).expect("a clone made on demand");
     assert_ne!(sb.pid(), spare);
     assert_eq!(sb.wait().unwrap().kind, ExitKind::Exited(0));
@@ -828,9 +831,7 @@ fn a_templated_sandboxs_failed_setup_names_the_step_and_is_reaped() {
     let t = Arc::new(python_template("python-setup-failure-test"));
     wait_for_spare(&t, Duration::from_secs(10)).expect("no spare announced");
     let failing = || {
-        let mut spec = python("print('never')");
-        spec.uid = UID;
-        spec.gid = UID;
+        let mut spec = python_as("print('never')", UID);
         spec.cwd = "/no-such-directory".into();
         spec
     };
@@ -848,9 +849,7 @@ fn a_templated_sandboxs_failed_setup_names_the_step_and_is_reaped() {
     assert_eq!(zombies_of(std::process::id(), 0), Vec::<String>::new(), "reaped");
     // The template survives the failed sandboxes and is good for the next one.
     assert!(t.is_alive(), "the template survives a failed sandbox");
-    let mut ok = python("pass");
-    ok.uid = UID;
-    ok.gid = UID;
+    let ok = python_as("pass", UID);
     let mut sb = backend().spawn_from_template(&t, ok).expect("spawn after failures");
     assert_eq!(sb.wait().unwrap().kind, ExitKind::Exited(0));
 }
