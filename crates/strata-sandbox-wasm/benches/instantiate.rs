@@ -4,8 +4,12 @@
 //! `target/bench/wasm-instantiate.json`.
 //!
 //! Side by side in the same run:
-//! - `pooled`: the tier as the daemon runs it (pooling allocator, copy-on-write images);
-//! - `on_demand`: the same engine without the pool (mmap per instance), the baseline the
+//! - `pooled`: instantiate, call and drop, all on the caller's path (pooling allocator,
+//!   copy-on-write images, nothing done ahead): what a call costs in all;
+//! - `ahead`: the tier as the daemon runs it: the same, except that the engine's recycler
+//!   thread makes each call's instance ahead of it and drops it after, so the caller waits
+//!   for the guest's run only (the report counts how many calls found their instance made);
+//! - `on_demand`: the `pooled` engine without the pool (mmap per instance), the baseline the
 //!   pool is measured against.
 //!
 //! And the `preinit` guest (a wasip1 module whose set-up, a table of primes, is exported as
@@ -21,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hdrhistogram::Histogram;
-use strata_sandbox_wasm::{AllowedHosts, EngineConfig, HttpCall, Limits, WasmEngine, WasmFunction};
+use strata_sandbox_wasm::{Ahead, AllowedHosts, EngineConfig, HttpCall, Limits, WasmEngine, WasmFunction};
 
 fn component() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guests/target/wasm32-wasip2/release/hello.wasm");
@@ -33,13 +37,10 @@ fn component() -> PathBuf {
     p
 }
 
-fn function(dir: &std::path::Path, pooling: bool) -> WasmFunction {
-    load(dir, pooling, &component())
-}
-
-fn load(dir: &std::path::Path, pooling: bool, wasm: &std::path::Path) -> WasmFunction {
+fn load(dir: &std::path::Path, pooling: bool, ahead: Ahead, wasm: &std::path::Path) -> WasmFunction {
     let mut cfg = EngineConfig::new(dir.join(if pooling { "pooled" } else { "on-demand" }));
     cfg.pooling = pooling;
+    cfg.ahead = ahead;
     let engine = WasmEngine::new(cfg).expect("engine");
     let limits = Limits {
         memory_bytes: 64 << 20,
@@ -73,6 +74,8 @@ struct Series {
     name: &'static str,
     total: Histogram<u64>,
     instantiate: Histogram<u64>,
+    /// Calls whose instance was made ahead of them.
+    ahead: u64,
 }
 
 static SERIES: Mutex<Vec<Series>> = Mutex::new(Vec::new());
@@ -91,8 +94,12 @@ fn bench(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("wasm");
     group.measurement_time(Duration::from_secs(5));
-    for (name, pooling) in [("pooled", true), ("on_demand", false)] {
-        let f = function(dir.path(), pooling);
+    for (name, pooling, ahead) in [
+        ("pooled", true, Ahead::Never),
+        ("ahead", true, Ahead::WhenIdle),
+        ("on_demand", false, Ahead::Never),
+    ] {
+        let f = load(dir.path(), pooling, ahead, &component());
         measure(&mut group, &rt, "instantiate_and_call", name, &f, &call, "Hello");
     }
     let (pre, plain) = preinit_modules(dir.path());
@@ -106,7 +113,7 @@ fn bench(c: &mut Criterion) {
         ("preinit", &pre, "\"preinitialized\":true"),
         ("no_preinit", &plain, "\"preinitialized\":false"),
     ] {
-        let f = load(dir.path(), true, wasm);
+        let f = load(dir.path(), true, Ahead::Never, wasm);
         measure(&mut group, &rt, "primes", name, &f, &primes, want);
     }
     group.finish();
@@ -126,6 +133,7 @@ fn measure(
 ) {
     let mut total = Histogram::<u64>::new(3).expect("histogram");
     let mut instantiate = Histogram::<u64>::new(3).expect("histogram");
+    let mut ahead = 0;
     group.bench_function(format!("{what}/{name}"), |b| {
         b.iter_custom(|iters| {
             let mut sum = Duration::ZERO;
@@ -139,7 +147,9 @@ fn measure(
                 }
                 sum += took;
                 let _ = total.record(took.as_nanos() as u64);
-                if let Some(i) = r.instantiate {
+                if r.ahead {
+                    ahead += 1;
+                } else if let Some(i) = r.instantiate {
                     let _ = instantiate.record(i.as_nanos() as u64);
                 }
             }
@@ -150,6 +160,7 @@ fn measure(
         name,
         total,
         instantiate,
+        ahead,
     });
 }
 
@@ -159,18 +170,19 @@ fn report() {
     let mut json = serde_json::Map::new();
     println!("\nper call, every criterion iteration (µs):");
     println!(
-        "{:<10} {:>8} {:>8} {:>8} {:>14} {:>14}",
-        "series", "n", "p50", "p99", "inst p50", "inst p99"
+        "{:<10} {:>8} {:>8} {:>8} {:>14} {:>14} {:>8}",
+        "series", "n", "p50", "p99", "inst p50", "inst p99", "ahead"
     );
     for s in series.iter() {
         println!(
-            "{:<10} {:>8} {:>8.1} {:>8.1} {:>14.1} {:>14.1}",
+            "{:<10} {:>8} {:>8.1} {:>8.1} {:>14.1} {:>14.1} {:>8}",
             s.name,
             s.total.len(),
             us(&s.total, 0.5),
             us(&s.total, 0.99),
             us(&s.instantiate, 0.5),
-            us(&s.instantiate, 0.99)
+            us(&s.instantiate, 0.99),
+            s.ahead
         );
         json.insert(
             s.name.into(),
@@ -180,6 +192,7 @@ fn report() {
                 "p99_us": us(&s.total, 0.99),
                 "instantiate_p50_us": us(&s.instantiate, 0.5),
                 "instantiate_p99_us": us(&s.instantiate, 0.99),
+                "ahead": s.ahead,
             }),
         );
     }

@@ -12,12 +12,13 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::capture::Capture;
-use crate::engine::{Pre, WasmFunction};
+use crate::engine::{Ahead, Inner, Limits, Pre, WasmFunction};
+use crate::recycle::{Ready, Stash};
 use strata_types::AllowedHosts;
 
 /// An HTTP request for a function.
@@ -82,6 +83,9 @@ pub struct CallReport {
     pub cpu: Duration,
     /// The largest linear memory the instance had, bytes.
     pub memory_peak_bytes: u64,
+    /// The instance was made ahead of the call (`instantiate` is how long that took, off
+    /// the call's path).
+    pub ahead: bool,
 }
 
 /// The data of one call's store.
@@ -197,30 +201,73 @@ impl std::error::Error for DeadlineReached {}
 impl WasmFunction {
     /// Serve one request with a fresh instance.
     pub async fn call(&self, call: HttpCall) -> CallReport {
+        self.function.call(call).await
+    }
+}
+
+/// A loaded component and what its calls share: the linked component, the limits, the
+/// engine, and the instance made ahead of its next call.
+pub(crate) struct Function {
+    pub(crate) pre: Pre,
+    pub(crate) limits: Limits,
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) stash: Stash,
+}
+
+impl Function {
+    /// Serve one request with a fresh instance: the one made ahead of it if there is one,
+    /// else one made now; then ask for the next call's.
+    async fn call(self: &Arc<Self>, call: HttpCall) -> CallReport {
         let queued_at = Instant::now();
         let command = matches!(self.pre, Pre::Command(_));
-        // A command's stdout is its response body, so it gets the response's cap.
-        let stdout = Capture::new(if command {
-            self.limits.max_response_bytes
-        } else {
-            self.limits.max_output_bytes
-        });
-        let stderr = Capture::new(self.limits.max_output_bytes);
-        let Ok(permit) = Arc::clone(&self.inner.slots).acquire_owned().await else {
-            let result = Err(CallError::BadResponse("engine closed".into()));
-            return report(result, &stdout, &stderr, None, queued_at.elapsed(), command);
+        let ahead_on = self.inner.ahead != Ahead::Never && !command;
+        let ready = if ahead_on { self.stash.take() } else { None };
+        // When the machine has no core to spare, work moved to the recycler's thread would
+        // only compete with the calls and add a hand-off: a call then makes and drops its own
+        // instance (it still takes one that is ready).
+        let offload = ahead_on && (self.inner.ahead == Ahead::Always || self.inner.load.spare());
+        if offload && self.stash.should_ask() {
+            self.inner.recycler.prepare(self);
+        }
+        let ahead = ready.is_some();
+        let (stdout, stderr, permit, meter, made) = match ready {
+            Some(r) => (r.stdout, r.stderr, r.permit, r.meter, Some((r.store, r.proxy))),
+            None => {
+                // A command's stdout is its response body, so it gets the response's cap.
+                let stdout = Capture::new(if command {
+                    self.limits.max_response_bytes
+                } else {
+                    self.limits.max_output_bytes
+                });
+                let stderr = Capture::new(self.limits.max_output_bytes);
+                let Ok(permit) = Arc::clone(&self.inner.slots).acquire_owned().await else {
+                    let result = Err(CallError::BadResponse("engine closed".into()));
+                    return report(result, &stdout, &stderr, None, queued_at.elapsed(), command);
+                };
+                (stdout, stderr, permit, Arc::new(Meter::default()), None)
+            }
         };
         let queued = queued_at.elapsed();
         let started = Instant::now();
-        let meter = Arc::new(Meter::default());
         let result = match &self.pre {
-            Pre::Proxy(pre) => match self.store(None, &stdout, &stderr, &[], started, &meter) {
-                Ok(store) => {
-                    let run = (pre.clone(), store, permit, Arc::clone(&meter));
-                    self.run_proxy(run, &call, started).await
+            Pre::Proxy(pre) => {
+                let made = match made {
+                    Some((mut store, proxy)) => {
+                        self.arm(&mut store, started);
+                        Ok((store, Some(proxy)))
+                    }
+                    None => self
+                        .store(None, &stdout, &stderr, &[], started, &meter)
+                        .map(|s| (s, None)),
+                };
+                match made {
+                    Ok((store, proxy)) => {
+                        let run = (pre.clone(), store, permit, Arc::clone(&meter));
+                        self.run_proxy(run, proxy, offload, &call, started).await
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             Pre::Command(pre) => {
                 let (path, query) = call
                     .path_with_query
@@ -242,9 +289,52 @@ impl WasmFunction {
             ns => Some(Duration::from_nanos(ns)),
         };
         let mut r = report(result, &stdout, &stderr, instantiate, queued, command);
+        r.ahead = ahead;
         r.cpu = Duration::from_nanos(meter.cpu_ns.load(Ordering::Relaxed));
         r.memory_peak_bytes = meter.peak.load(Ordering::Relaxed);
         r
+    }
+
+    /// Make the instance for the next call (the recycler's thread): a store and an
+    /// instance, as a call would make them, kept in the stash. Not when one is ready, the
+    /// function is a command (its store holds the request's body), or no pool slot is free.
+    pub(crate) fn prepare_ahead(self: &Arc<Self>, rt: &tokio::runtime::Runtime) {
+        let ready = (|| {
+            let Pre::Proxy(pre) = &self.pre else { return None };
+            if self.stash.has_ready() {
+                return None;
+            }
+            let permit = Arc::clone(&self.inner.slots).try_acquire_owned().ok()?;
+            let stdout = Capture::new(self.limits.max_output_bytes);
+            let stderr = Capture::new(self.limits.max_output_bytes);
+            let meter = Arc::new(Meter::default());
+            let started = Instant::now();
+            let mut store = self.store(None, &stdout, &stderr, &[], started, &meter).ok()?;
+            match rt.block_on(guarded(Arc::clone(&meter), pre.instantiate_async(&mut store))) {
+                Ok(Ok(proxy)) => {
+                    meter.instantiated(started);
+                    Some(Ready {
+                        store,
+                        proxy,
+                        permit,
+                        meter,
+                        stdout,
+                        stderr,
+                    })
+                }
+                // The call that finds no instance ready instantiates its own and reports
+                // what went wrong; here it is only noted.
+                Ok(Err(e)) => {
+                    tracing::debug!("instantiating ahead failed: {e:#}");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!("instantiating ahead panicked in the host");
+                    None
+                }
+            }
+        })();
+        self.stash.put(ready);
     }
 
     /// A store for one call: WASI with captured output, no sockets, the granted folder, the
@@ -288,6 +378,13 @@ impl WasmFunction {
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
+        self.arm(&mut store, started);
+        Ok(store)
+    }
+
+    /// Give `store` its call's deadline, counted from `started`: the epoch callback stops
+    /// the guest there and lets it yield to the executor at every tick before.
+    fn arm(&self, store: &mut Store<CallState>, started: Instant) {
         let deadline = started + self.limits.timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -297,7 +394,6 @@ impl WasmFunction {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        Ok(store)
     }
 
     /// How long to wait for the guest before giving up on it from the host side: the
@@ -311,8 +407,10 @@ impl WasmFunction {
     /// task is spawned per call, so the call does not hop between worker threads. Giving up on
     /// it (the grace timeout) drops the guest's future, and with it its store and pool slot.
     async fn run_proxy(
-        &self,
+        self: &Arc<Self>,
         (pre, mut store, permit, meter): Run<ProxyPre<CallState>>,
+        made: Option<Proxy>,
+        offload: bool,
         call: &HttpCall,
         started: Instant,
     ) -> Result<Reply, CallError> {
@@ -327,13 +425,30 @@ impl WasmFunction {
         let (req, out) = resources.map_err(|e| CallError::BadResponse(format!("{e:#}")))?;
         let timer = Arc::clone(&meter);
         let guest = guarded(Arc::clone(&meter), async move {
-            let _permit = permit;
-            let proxy = pre.instantiate_async(&mut store).await?;
-            timer.instantiated(started);
-            proxy
+            let proxy = match made {
+                Some(proxy) => proxy,
+                None => {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    timer.instantiated(started);
+                    proxy
+                }
+            };
+            let outcome = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
-                .await
+                .await;
+            // The instance is done: its teardown (the pool slot's reset) and the next call's
+            // instance are not this caller's to wait for.
+            if offload {
+                // The host's resources go now: the response's sender among them, whose drop
+                // tells the response's side that a guest that trapped set none.
+                drop(std::mem::take(&mut store.data_mut().table));
+                self.inner.recycler.retire(store, permit);
+            } else {
+                drop(store);
+                drop(permit);
+            }
+            outcome
         });
         let max_body = self.limits.max_response_bytes;
         // The response as the guest set it, with its whole body, or why there is none.
@@ -448,13 +563,14 @@ fn report(
         queued,
         cpu: Duration::ZERO,
         memory_peak_bytes: 0,
+        ahead: false,
     }
 }
 
 /// What a call's instance used: CPU while it ran, its largest memory, and whether the
 /// limiter refused it memory.
 #[derive(Debug, Default)]
-struct Meter {
+pub(crate) struct Meter {
     cpu_ns: AtomicU64,
     peak: AtomicU64,
     refused: AtomicBool,

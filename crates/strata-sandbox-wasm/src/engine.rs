@@ -15,7 +15,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::WasmError;
 use crate::cache::{ArtifactCache, Lookup};
-use crate::call::CallState;
+use crate::call::{CallState, Function};
+use crate::recycle::{Load, Recycler, Stash};
 use strata_types::AllowedHosts;
 
 /// How the engine is set up.
@@ -32,6 +33,21 @@ pub struct EngineConfig {
     /// Instances from the pooling allocator (the default); off allocates each instance's
     /// memories and tables with mmap, for comparison in benchmarks.
     pub pooling: bool,
+    /// Whether each function's next instance is made ahead of its call, and used ones are
+    /// dropped after it, on a thread of the engine's instead of the call's path.
+    pub ahead: Ahead,
+}
+
+/// When the engine's recycler thread makes instances ahead of calls and drops used ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ahead {
+    /// Never: every call makes and drops its own instance (for comparison in benchmarks).
+    Never,
+    /// While the machine has a core to spare (the default): when it has none, the work moved
+    /// off a call's path would only compete with the calls, so they do it themselves.
+    WhenIdle,
+    /// Whatever the load (tests).
+    Always,
 }
 
 impl EngineConfig {
@@ -43,6 +59,7 @@ impl EngineConfig {
             max_memory_bytes: 1 << 30,
             epoch_tick: Duration::from_millis(5),
             pooling: true,
+            ahead: Ahead::WhenIdle,
         }
     }
 }
@@ -119,6 +136,11 @@ pub(crate) struct Inner {
     max_memory_bytes: u64,
     /// Components prepared at deploy, handed to the load that follows (no second read).
     prepared: Mutex<HashMap<String, (Component, LoadInfo)>>,
+    /// Drops used stores and makes instances ahead of calls, off the calls' path.
+    pub(crate) recycler: Recycler,
+    pub(crate) ahead: Ahead,
+    /// Whether the machine has a core to spare for the recycler.
+    pub(crate) load: Arc<Load>,
 }
 
 /// The WebAssembly engine; cheap to clone.
@@ -204,7 +226,9 @@ impl WasmEngine {
 
         let cache =
             ArtifactCache::open(&cfg.cache_dir).map_err(|e| WasmError::Io(cfg.cache_dir.display().to_string(), e))?;
-        spawn_ticker(&engine, cfg.epoch_tick);
+        let load = Arc::new(Load::new());
+        spawn_ticker(&engine, cfg.epoch_tick, Arc::clone(&load));
+        let recycler = Recycler::start().map_err(|e| WasmError::Engine(format!("recycler thread: {e}")))?;
         Ok(WasmEngine {
             inner: Arc::new(Inner {
                 engine,
@@ -215,6 +239,9 @@ impl WasmEngine {
                 tick: cfg.epoch_tick,
                 max_memory_bytes: cfg.max_memory_bytes,
                 prepared: Mutex::new(HashMap::new()),
+                recycler,
+                ahead: cfg.ahead,
+                load,
             }),
         })
     }
@@ -266,9 +293,12 @@ impl WasmEngine {
             ..info
         };
         Ok(WasmFunction {
-            pre,
-            limits: Arc::new(limits),
-            inner: Arc::clone(&self.inner),
+            function: Arc::new(Function {
+                pre,
+                limits,
+                inner: Arc::clone(&self.inner),
+                stash: Stash::default(),
+            }),
             info,
         })
     }
@@ -390,15 +420,24 @@ fn is_component(wasm: &[u8]) -> bool {
     wasm.len() >= 8 && wasm.starts_with(b"\0asm") && wasm[6..8] == [1, 0]
 }
 
-/// Advance the engine's epoch every `tick` until the engine is gone.
-fn spawn_ticker(engine: &Engine, tick: Duration) {
+/// How often the machine's load is sampled.
+const LOAD_SAMPLE: Duration = Duration::from_millis(100);
+
+/// Advance the engine's epoch every `tick` until the engine is gone; sample the machine's
+/// load every [`LOAD_SAMPLE`].
+fn spawn_ticker(engine: &Engine, tick: Duration, load: Arc<Load>) {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("wasm-epoch".into())
         .spawn(move || {
+            let mut sampled = Instant::now();
             while let Some(engine) = weak.upgrade() {
                 engine.increment_epoch();
                 drop(engine);
+                if sampled.elapsed() >= LOAD_SAMPLE {
+                    load.sample();
+                    sampled = Instant::now();
+                }
                 std::thread::sleep(tick);
             }
         })
@@ -416,9 +455,7 @@ pub(crate) enum Pre {
 
 /// A component ready to serve calls.
 pub struct WasmFunction {
-    pub(crate) pre: Pre,
-    pub(crate) limits: Arc<Limits>,
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) function: Arc<Function>,
     info: LoadInfo,
 }
 
@@ -438,6 +475,20 @@ impl WasmFunction {
 
     /// Whether it is a command module (body on stdin, response on stdout).
     pub fn is_command(&self) -> bool {
-        matches!(self.pre, Pre::Command(_))
+        matches!(self.function.pre, Pre::Command(_))
+    }
+
+    /// Ask the engine's recycler for this function's next instance now, whatever the load
+    /// (calls ask for it themselves when a core is spare). Nothing for a command module or
+    /// when the engine makes nothing ahead.
+    pub fn prepare_next(&self) {
+        if self.function.inner.ahead != Ahead::Never && !self.is_command() && self.function.stash.should_ask() {
+            self.function.inner.recycler.prepare(&self.function);
+        }
+    }
+
+    /// Whether an instance made ahead waits for the next call.
+    pub fn has_ready(&self) -> bool {
+        self.function.stash.has_ready()
     }
 }

@@ -26,9 +26,10 @@ mod call;
 mod capture;
 mod engine;
 pub mod preinit;
+mod recycle;
 
 pub use call::{CallError, CallReport, HttpCall, Reply};
-pub use engine::{ArtifactSource, EngineConfig, Limits, LoadInfo, WasmEngine, WasmFunction};
+pub use engine::{Ahead, ArtifactSource, EngineConfig, Limits, LoadInfo, WasmEngine, WasmFunction};
 pub use strata_types::{AllowedHosts, BadHost};
 
 /// Why a component could not be prepared or loaded.

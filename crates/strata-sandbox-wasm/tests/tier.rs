@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use strata_sandbox_wasm::{AllowedHosts, ArtifactSource, CallError, EngineConfig, HttpCall, Limits, WasmEngine};
+use strata_sandbox_wasm::{
+    Ahead, AllowedHosts, ArtifactSource, CallError, EngineConfig, HttpCall, Limits, WasmEngine, WasmFunction,
+};
 
 fn guest(name: &str) -> PathBuf {
     let target = if name == "upper" {
@@ -46,16 +48,27 @@ fn get(path: &str) -> HttpCall {
 }
 
 fn engine(dir: &std::path::Path) -> WasmEngine {
+    engine_making(dir, Ahead::WhenIdle)
+}
+
+/// An engine whose recycler makes instances ahead `when`.
+fn engine_making(dir: &std::path::Path, when: Ahead) -> WasmEngine {
     let mut cfg = EngineConfig::new(dir.join("cache"));
     cfg.max_instances = 64;
+    cfg.ahead = when;
     WasmEngine::new(cfg).unwrap()
 }
 
-/// An engine on a cache shared by the tests that do not test the cache: unoptimised test
-/// builds of Cranelift take seconds per compile.
-fn shared() -> WasmEngine {
+/// The cache shared by the tests that do not test the cache: unoptimised test builds of
+/// Cranelift take seconds per compile.
+fn shared_dir() -> &'static std::path::Path {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    engine(DIR.get_or_init(|| tempfile::tempdir().unwrap()).path())
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+/// An engine on the shared cache.
+fn shared() -> WasmEngine {
+    engine(shared_dir())
 }
 
 #[tokio::test]
@@ -89,6 +102,82 @@ async fn every_call_gets_a_fresh_instance() {
     for _ in 0..5 {
         let reply = f.call(get("/counter")).await.result.unwrap();
         assert_eq!(&reply.body[..], b"1");
+    }
+}
+
+/// Ask for `f`'s next instance and wait until the recycler has made it.
+async fn until_ready(f: &WasmFunction) {
+    f.prepare_next();
+    let t = Instant::now();
+    while !f.has_ready() {
+        assert!(t.elapsed() < Duration::from_secs(20), "no instance was made ahead");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_instance_made_ahead_serves_one_call_as_a_fresh_one_would() {
+    // The recycler makes instances and drops used ones whatever this machine's load.
+    let f = engine_making(shared_dir(), Ahead::Always)
+        .load(&guest("probe"), limits())
+        .unwrap();
+    assert!(!f.has_ready(), "nothing is made before the function is called or asked");
+    // Fresh: the guest's counter starts from its initial value in every call.
+    for _ in 0..3 {
+        until_ready(&f).await;
+        let r = f.call(get("/counter")).await;
+        assert!(r.ahead, "the call took the instance made for it");
+        assert!(r.instantiate.is_some(), "how long making it took is reported");
+        assert_eq!(&r.result.unwrap().body[..], b"1");
+    }
+    // Its own output and environment.
+    until_ready(&f).await;
+    let r = f.call(get("/log")).await;
+    assert!(r.ahead);
+    assert_eq!(&r.stdout.0[..], b"to stdout\n");
+    assert_eq!(&r.stderr.0[..], b"to stderr\n");
+    until_ready(&f).await;
+    let r = f.call(get("/env?name=GREETING")).await;
+    assert!(r.ahead);
+    assert_eq!(&r.result.unwrap().body[..], b"hi");
+    // Made well before its call, it still gets the whole timeout, counted from the call.
+    until_ready(&f).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let t = Instant::now();
+    let r = f.call(get("/loop")).await;
+    let took = t.elapsed();
+    assert!(r.ahead);
+    assert_eq!(r.result.unwrap_err(), CallError::Timeout(Duration::from_millis(500)));
+    assert!(
+        took >= Duration::from_millis(500),
+        "stopped after {took:?}, before its timeout"
+    );
+    // A trap or a memory bomb in an instance made ahead is reported as in any other, and is
+    // that call's alone.
+    until_ready(&f).await;
+    match f.call(get("/trap")).await.result {
+        Err(CallError::Trap(m)) => assert!(m.contains("unreachable"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    until_ready(&f).await;
+    assert!(matches!(
+        f.call(get("/bomb")).await.result,
+        Err(CallError::OutOfMemory(_))
+    ));
+    assert_eq!(&f.call(get("/counter")).await.result.unwrap().body[..], b"1");
+}
+
+#[tokio::test]
+async fn an_engine_that_makes_nothing_ahead_instantiates_in_the_call() {
+    let f = engine_making(shared_dir(), Ahead::Never)
+        .load(&guest("probe"), limits())
+        .unwrap();
+    f.prepare_next();
+    for _ in 0..3 {
+        let r = f.call(get("/counter")).await;
+        assert!(!r.ahead);
+        assert_eq!(&r.result.unwrap().body[..], b"1");
+        assert!(!f.has_ready());
     }
 }
 

@@ -1,0 +1,238 @@
+//! Work around a call that the caller need not wait for: dropping a used store (resetting its
+//! pool slot: finding and rewriting the pages the call dirtied) and instantiating the next
+//! call's instance ahead of it. One thread per engine does both, so a call's path is the
+//! guest's run and not its set-up and teardown.
+//!
+//! An instance made ahead is still used for one call only and dropped after it: nothing
+//! survives from one call to the next, exactly as when the call instantiates it itself. It
+//! holds a pool slot while it waits, so a function keeps at most one ready, made only after
+//! it has been called, and only when a slot is free (`try_acquire`: the recycler never waits
+//! for a slot a call may need).
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::Store;
+use wasmtime_wasi_http::p2::bindings::Proxy;
+
+use crate::call::{CallState, Function};
+use crate::capture::Capture;
+
+/// An instance made ahead of its call, with everything the call takes over.
+pub(crate) struct Ready {
+    pub(crate) store: Store<CallState>,
+    pub(crate) proxy: Proxy,
+    pub(crate) permit: OwnedSemaphorePermit,
+    pub(crate) meter: Arc<crate::call::Meter>,
+    pub(crate) stdout: Capture,
+    pub(crate) stderr: Capture,
+}
+
+/// A store whose call is over and the pool slot it held: dropped in that order, so the slot
+/// is free again before a call can take the permit.
+type Used = (Box<Store<CallState>>, OwnedSemaphorePermit);
+
+/// How long used stores may wait for the thread when no call wakes it.
+const IDLE_SWEEP: Duration = Duration::from_millis(2);
+
+/// The recycler thread's queue of functions to make an instance for, and the used stores it
+/// drops. A call wakes the thread once, when it asks for the next instance (so that is made
+/// while the call runs); used stores are only put aside, and the thread drops them after its
+/// next instance, or within [`IDLE_SWEEP`] when no call comes. The thread ends when the engine
+/// (the sender) is gone.
+pub(crate) struct Recycler {
+    tx: mpsc::Sender<Weak<Function>>,
+    used: Arc<Mutex<Vec<Used>>>,
+}
+
+impl Recycler {
+    pub(crate) fn start() -> std::io::Result<Recycler> {
+        let (tx, rx) = mpsc::channel::<Weak<Function>>();
+        let used: Arc<Mutex<Vec<Used>>> = Arc::default();
+        // A runtime of its own: instantiation is a future (it runs on a wasmtime fiber) that
+        // does not wait for I/O, but host code a component's start-up calls may expect one.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let sweep = Arc::clone(&used);
+        std::thread::Builder::new().name("wasm-recycle".into()).spawn(move || {
+            loop {
+                let pending = !sweep.lock().map(|u| u.is_empty()).unwrap_or(true);
+                let next = if pending {
+                    match rx.recv_timeout(IDLE_SWEEP) {
+                        Ok(f) => Some(f),
+                        Err(mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                } else {
+                    match rx.recv() {
+                        Ok(f) => Some(f),
+                        Err(_) => break,
+                    }
+                };
+                if let Some(f) = next.and_then(|f| f.upgrade()) {
+                    f.prepare_ahead(&rt);
+                }
+                let batch = std::mem::take(&mut *sweep.lock().unwrap_or_else(|p| p.into_inner()));
+                for (store, permit) in batch {
+                    drop(store);
+                    drop(permit);
+                }
+            }
+            // The engine is gone: what is left is dropped with `sweep`.
+        })?;
+        Ok(Recycler { tx, used })
+    }
+
+    /// Make `function`'s next instance, off any call's path.
+    pub(crate) fn prepare(&self, function: &Arc<Function>) {
+        let _ = self.tx.send(Arc::downgrade(function));
+    }
+
+    /// Drop `store` and release its slot, off the caller's path.
+    pub(crate) fn retire(&self, store: Store<CallState>, permit: OwnedSemaphorePermit) {
+        match self.used.lock() {
+            Ok(mut used) => used.push((Box::new(store), permit)),
+            Err(_) => {
+                drop(store);
+                drop(permit);
+            }
+        }
+    }
+}
+
+/// A function's instance made ahead, if any, and whether one is being made.
+#[derive(Default)]
+pub(crate) struct Stash {
+    ready: Mutex<Option<Ready>>,
+    asked: std::sync::atomic::AtomicBool,
+}
+
+impl Stash {
+    /// The instance made ahead, if there is one.
+    pub(crate) fn take(&self) -> Option<Ready> {
+        self.ready.lock().ok()?.take()
+    }
+
+    /// Whether a call should ask the recycler for one: not when one is asked for already.
+    pub(crate) fn should_ask(&self) -> bool {
+        !self.asked.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Keep `ready` for the next call (the recycler's side); the request is answered.
+    pub(crate) fn put(&self, ready: Option<Ready>) {
+        if let (Some(r), Ok(mut slot)) = (ready, self.ready.lock())
+            && slot.is_none()
+        {
+            *slot = Some(r);
+        }
+        self.asked.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether an instance is ready.
+    pub(crate) fn has_ready(&self) -> bool {
+        self.ready.lock().map(|r| r.is_some()).unwrap_or(false)
+    }
+}
+
+/// Whether the machine has a core to spare for the recycler: when it has not, the work moved
+/// off a call's path only competes with the calls (and costs a hand-off), so calls make and
+/// drop their own instances. Read from `/proc/stat` by the engine's epoch thread: a
+/// system-wide figure, because whatever else runs on the machine takes the same cores.
+#[derive(Debug)]
+pub(crate) struct Load {
+    busy: std::sync::atomic::AtomicBool,
+    last: Mutex<Option<CpuTimes>>,
+}
+
+/// Idle and total time of all cores, in the kernel's clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct CpuTimes {
+    idle: u64,
+    total: u64,
+}
+
+/// Idle cores below which the machine counts as busy.
+const SPARE_CORES: f64 = 0.3;
+
+impl Load {
+    pub(crate) fn new() -> Self {
+        Load {
+            busy: std::sync::atomic::AtomicBool::new(false),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Whether a core is idle enough to take work off calls' paths.
+    pub(crate) fn spare(&self) -> bool {
+        !self.busy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Take a new sample (the epoch thread, every few ticks). Without `/proc/stat` the
+    /// machine counts as having a core to spare.
+    pub(crate) fn sample(&self) {
+        let Some(now) = std::fs::read_to_string("/proc/stat").ok().and_then(|s| parse_stat(&s)) else {
+            return;
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let Ok(mut last) = self.last.lock() else { return };
+        if let Some(prev) = last.replace(now)
+            && let Some(idle) = idle_cores(prev, now, cpus)
+        {
+            self.busy
+                .store(idle < SPARE_CORES, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The first line of `/proc/stat`: `cpu user nice system idle iowait irq softirq steal …`;
+/// idle time is idle + iowait.
+pub(crate) fn parse_stat(stat: &str) -> Option<CpuTimes> {
+    let line = stat.lines().next()?;
+    let mut fields = line.split_ascii_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let ticks: Vec<u64> = fields.take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    if ticks.len() < 5 {
+        return None;
+    }
+    Some(CpuTimes {
+        idle: ticks[3] + ticks[4],
+        total: ticks.iter().sum(),
+    })
+}
+
+/// Cores idle on average between two samples, `None` if no time passed.
+pub(crate) fn idle_cores(prev: CpuTimes, now: CpuTimes, cpus: usize) -> Option<f64> {
+    let total = now.total.checked_sub(prev.total).filter(|t| *t > 0)?;
+    let idle = now.idle.saturating_sub(prev.idle).min(total);
+    Some(idle as f64 / total as f64 * cpus as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_gives_idle_and_total_ticks() {
+        let stat = "cpu  9026121 191 1335613 4859699 107866 0 54152 61807 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        let t = parse_stat(stat).expect("parsed");
+        assert_eq!(t.idle, 4859699 + 107866);
+        assert_eq!(t.total, 9026121 + 191 + 1335613 + 4859699 + 107866 + 54152 + 61807);
+        assert_eq!(parse_stat("intr 1 2 3\n"), None);
+        assert_eq!(parse_stat("cpu 1 2 x 4 5\n"), None);
+        assert_eq!(parse_stat("cpu 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn idle_cores_are_the_idle_share_of_all_cores() {
+        let a = CpuTimes { idle: 100, total: 1000 };
+        // 20 ticks passed on 2 cores, 5 of them idle: a quarter of the time, half a core.
+        let b = CpuTimes { idle: 105, total: 1020 };
+        assert_eq!(idle_cores(a, b, 2), Some(0.5));
+        assert_eq!(idle_cores(a, a, 2), None);
+        // Counters that went backwards (a different machine's figures) give no reading.
+        assert_eq!(idle_cores(b, a, 2), None);
+    }
+}
