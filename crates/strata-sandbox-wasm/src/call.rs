@@ -297,11 +297,12 @@ impl Function {
 
     /// Make the instance for the next call (the recycler's thread): a store and an
     /// instance, as a call would make them, kept in the stash. Not when one is ready, the
-    /// function is a command (its store holds the request's body), or no pool slot is free.
-    pub(crate) fn prepare_ahead(self: &Arc<Self>, rt: &tokio::runtime::Runtime) {
+    /// function is a command (its store holds the request's body), or fewer than half the
+    /// pool's slots are free. Whether it made one.
+    pub(crate) fn prepare_ahead(self: &Arc<Self>, rt: &tokio::runtime::Runtime) -> bool {
         let ready = (|| {
             let Pre::Proxy(pre) = &self.pre else { return None };
-            if self.stash.has_ready() {
+            if self.stash.has_ready() || self.inner.slots.available_permits() < self.inner.pool_slots / 2 {
                 return None;
             }
             let permit = Arc::clone(&self.inner.slots).try_acquire_owned().ok()?;
@@ -314,6 +315,7 @@ impl Function {
                 Ok(Ok(proxy)) => {
                     meter.instantiated(started);
                     Some(Ready {
+                        made: Instant::now(),
                         store,
                         proxy,
                         permit,
@@ -334,7 +336,9 @@ impl Function {
                 }
             }
         })();
+        let made = ready.is_some();
         self.stash.put(ready);
+        made
     }
 
     /// A store for one call: WASI with captured output, no sockets, the granted folder, the

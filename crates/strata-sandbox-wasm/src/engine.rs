@@ -36,6 +36,8 @@ pub struct EngineConfig {
     /// Whether each function's next instance is made ahead of its call, and used ones are
     /// dropped after it, on a thread of the engine's instead of the call's path.
     pub ahead: Ahead,
+    /// How long an instance made ahead waits for a call before it is dropped.
+    pub ready_idle: Duration,
 }
 
 /// When the engine's recycler thread makes instances ahead of calls and drops used ones.
@@ -60,6 +62,7 @@ impl EngineConfig {
             epoch_tick: Duration::from_millis(5),
             pooling: true,
             ahead: Ahead::WhenIdle,
+            ready_idle: Duration::from_secs(30),
         }
     }
 }
@@ -132,6 +135,8 @@ pub(crate) struct Inner {
     cache: ArtifactCache,
     engine_key: String,
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    /// The pool's instance slots (the semaphore's permits when no call runs).
+    pub(crate) pool_slots: usize,
     pub(crate) tick: Duration,
     max_memory_bytes: u64,
     /// Components prepared at deploy, handed to the load that follows (no second read).
@@ -228,7 +233,8 @@ impl WasmEngine {
             ArtifactCache::open(&cfg.cache_dir).map_err(|e| WasmError::Io(cfg.cache_dir.display().to_string(), e))?;
         let load = Arc::new(Load::new());
         spawn_ticker(&engine, cfg.epoch_tick, Arc::clone(&load));
-        let recycler = Recycler::start().map_err(|e| WasmError::Engine(format!("recycler thread: {e}")))?;
+        let recycler =
+            Recycler::start(cfg.ready_idle).map_err(|e| WasmError::Engine(format!("recycler thread: {e}")))?;
         Ok(WasmEngine {
             inner: Arc::new(Inner {
                 engine,
@@ -236,6 +242,7 @@ impl WasmEngine {
                 cache,
                 engine_key,
                 slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
+                pool_slots: slots as usize,
                 tick: cfg.epoch_tick,
                 max_memory_bytes: cfg.max_memory_bytes,
                 prepared: Mutex::new(HashMap::new()),

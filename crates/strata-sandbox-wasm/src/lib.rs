@@ -11,7 +11,9 @@
 //! - **Instantiate per request.** [`WasmFunction::call`] creates a store and an instance from
 //!   an `InstancePre` on the pooling allocator (copy-on-write memory images), runs
 //!   `wasi:http/incoming-handler.handle`, and drops both. Nothing survives from one call to
-//!   the next.
+//!   the next. While the machine has a core to spare, the engine's recycler thread
+//!   (`recycle.rs`) makes a function's next instance ahead of its call and drops used ones,
+//!   so the call waits for the guest's run only.
 //! - **Limits.** Epoch interruption stops a guest at its timeout (it yields to the executor
 //!   at every tick, so a spinning guest does not starve others); a resource limiter caps
 //!   linear memory and tables; outbound HTTP goes only to `allowed_outbound_hosts`

@@ -5,13 +5,14 @@
 //!
 //! An instance made ahead is still used for one call only and dropped after it: nothing
 //! survives from one call to the next, exactly as when the call instantiates it itself. It
-//! holds a pool slot while it waits, so a function keeps at most one ready, made only after
-//! it has been called, and only when a slot is free (`try_acquire`: the recycler never waits
-//! for a slot a call may need).
+//! holds a pool slot (and its memory) while it waits, so a function keeps at most one ready,
+//! made only after it has been called, only while at least half the pool's slots are free
+//! (`try_acquire`: the recycler never waits for a slot a call may need), and dropped when no
+//! call has taken it within the engine's `ready_idle`.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::Store;
@@ -22,6 +23,7 @@ use crate::capture::Capture;
 
 /// An instance made ahead of its call, with everything the call takes over.
 pub(crate) struct Ready {
+    pub(crate) made: Instant,
     pub(crate) store: Store<CallState>,
     pub(crate) proxy: Proxy,
     pub(crate) permit: OwnedSemaphorePermit,
@@ -37,6 +39,9 @@ type Used = (Box<Store<CallState>>, OwnedSemaphorePermit);
 /// How long used stores may wait for the thread when no call wakes it.
 const IDLE_SWEEP: Duration = Duration::from_millis(2);
 
+/// How often the thread looks for instances made ahead that no call took.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
 /// The recycler thread's queue of functions to make an instance for, and the used stores it
 /// drops. A call wakes the thread once, when it asks for the next instance (so that is made
 /// while the call runs); used stores are only put aside, and the thread drops them after its
@@ -48,7 +53,9 @@ pub(crate) struct Recycler {
 }
 
 impl Recycler {
-    pub(crate) fn start() -> std::io::Result<Recycler> {
+    /// Start the thread; instances made ahead that no call takes within `ready_idle` are
+    /// dropped.
+    pub(crate) fn start(ready_idle: Duration) -> std::io::Result<Recycler> {
         let (tx, rx) = mpsc::channel::<Weak<Function>>();
         let used: Arc<Mutex<Vec<Used>>> = Arc::default();
         // A runtime of its own: instantiation is a future (it runs on a wasmtime fiber) that
@@ -56,27 +63,45 @@ impl Recycler {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let sweep = Arc::clone(&used);
         std::thread::Builder::new().name("wasm-recycle".into()).spawn(move || {
+            // The functions it has made an instance for, to drop the ones no call takes.
+            let mut holding: Vec<Weak<Function>> = Vec::new();
+            let mut checked = Instant::now();
             loop {
                 let pending = !sweep.lock().map(|u| u.is_empty()).unwrap_or(true);
-                let next = if pending {
-                    match rx.recv_timeout(IDLE_SWEEP) {
+                let wait = match (pending, holding.is_empty()) {
+                    (true, _) => Some(IDLE_SWEEP),
+                    (false, false) => Some(EXPIRY_CHECK),
+                    (false, true) => None,
+                };
+                let next = match wait {
+                    Some(d) => match rx.recv_timeout(d) {
                         Ok(f) => Some(f),
                         Err(mpsc::RecvTimeoutError::Timeout) => None,
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                } else {
-                    match rx.recv() {
+                    },
+                    None => match rx.recv() {
                         Ok(f) => Some(f),
                         Err(_) => break,
-                    }
+                    },
                 };
-                if let Some(f) = next.and_then(|f| f.upgrade()) {
-                    f.prepare_ahead(&rt);
+                if let Some(f) = next.as_ref().and_then(Weak::upgrade)
+                    && f.prepare_ahead(&rt)
+                    && !holding.iter().any(|h| Weak::ptr_eq(h, &Arc::downgrade(&f)))
+                {
+                    holding.push(Arc::downgrade(&f));
                 }
                 let batch = std::mem::take(&mut *sweep.lock().unwrap_or_else(|p| p.into_inner()));
                 for (store, permit) in batch {
                     drop(store);
                     drop(permit);
+                }
+                if checked.elapsed() >= EXPIRY_CHECK {
+                    checked = Instant::now();
+                    holding.retain(|h| {
+                        let Some(f) = h.upgrade() else { return false };
+                        drop(f.stash.expire(ready_idle));
+                        f.stash.has_ready()
+                    });
                 }
             }
             // The engine is gone: what is left is dropped with `sweep`.
@@ -127,6 +152,16 @@ impl Stash {
             *slot = Some(r);
         }
         self.asked.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The instance made ahead if it has waited `idle` or longer.
+    pub(crate) fn expire(&self, idle: Duration) -> Option<Ready> {
+        let mut ready = self.ready.lock().ok()?;
+        if ready.as_ref().is_some_and(|r| r.made.elapsed() >= idle) {
+            ready.take()
+        } else {
+            None
+        }
     }
 
     /// Whether an instance is ready.

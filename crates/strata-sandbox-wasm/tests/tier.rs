@@ -168,6 +168,32 @@ async fn an_instance_made_ahead_serves_one_call_as_a_fresh_one_would() {
 }
 
 #[tokio::test]
+async fn an_instance_no_call_takes_is_dropped_and_its_slot_freed() {
+    let mut cfg = EngineConfig::new(shared_dir().join("cache"));
+    cfg.max_instances = 4;
+    cfg.ahead = Ahead::Always;
+    cfg.ready_idle = Duration::from_millis(50);
+    let f = WasmEngine::new(cfg).unwrap().load(&guest("probe"), limits()).unwrap();
+    until_ready(&f).await;
+    let t = Instant::now();
+    while f.has_ready() {
+        assert!(t.elapsed() < Duration::from_secs(10), "kept past its idle time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // All four slots are free again: four calls that each hold theirs for the whole 500-ms
+    // timeout all start at once (with a slot still held, one would wait for another's end).
+    let calls: Vec<_> = (0..4).map(|_| f.call(get("/loop"))).collect();
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.result.unwrap_err(), CallError::Timeout(Duration::from_millis(500)));
+        assert!(
+            r.queued < Duration::from_millis(250),
+            "waited {:?} for a slot",
+            r.queued
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_engine_that_makes_nothing_ahead_instantiates_in_the_call() {
     let f = engine_making(shared_dir(), Ahead::Never)
         .load(&guest("probe"), limits())
