@@ -84,15 +84,22 @@ impl Recycler {
                         Err(_) => break,
                     },
                 };
+                // A panic in one job (a bug in a host function run at instantiation, or in a
+                // drop) must not end the thread: the used stores it drops hold pool slots.
                 if let Some(f) = next.as_ref().and_then(Weak::upgrade)
-                    && f.prepare_ahead(&rt)
+                    && unwind_safe(|| f.prepare_ahead(&rt)).unwrap_or_else(|| {
+                        f.stash.put(None);
+                        false
+                    })
                     && !holding.iter().any(|h| Weak::ptr_eq(h, &Arc::downgrade(&f)))
                 {
                     holding.push(Arc::downgrade(&f));
                 }
                 let batch = std::mem::take(&mut *sweep.lock().unwrap_or_else(|p| p.into_inner()));
                 for (store, permit) in batch {
-                    drop(store);
+                    if unwind_safe(|| drop(store)).is_none() {
+                        tracing::warn!("dropping a used wasm store panicked; its slot is released");
+                    }
                     drop(permit);
                 }
                 if checked.elapsed() >= EXPIRY_CHECK {
@@ -122,6 +129,17 @@ impl Recycler {
                 drop(store);
                 drop(permit);
             }
+        }
+    }
+}
+
+/// Run `f`, a panic in it caught and logged.
+fn unwind_safe<T>(f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            tracing::warn!("the wasm recycler caught a panic");
+            None
         }
     }
 }
