@@ -216,7 +216,8 @@ pub(crate) struct Function {
 
 impl Function {
     /// Serve one request with a fresh instance: the one made ahead of it if there is one,
-    /// else one made now; then ask for the next call's.
+    /// else one made now. While the machine has a core to spare, the recycler is asked for
+    /// the next call's instance as this one starts, and gets this one's store to drop.
     async fn call(self: &Arc<Self>, call: HttpCall) -> CallReport {
         let queued_at = Instant::now();
         let command = matches!(self.pre, Pre::Command(_));

@@ -196,6 +196,8 @@ impl Stash {
 pub(crate) struct Load {
     busy: std::sync::atomic::AtomicBool,
     last: Mutex<Option<CpuTimes>>,
+    /// The cores this process may use.
+    cpus: usize,
 }
 
 /// Idle and total time of all cores, in the kernel's clock ticks.
@@ -213,6 +215,7 @@ impl Load {
         Load {
             busy: std::sync::atomic::AtomicBool::new(false),
             last: Mutex::new(None),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
@@ -227,10 +230,9 @@ impl Load {
         let Some(now) = std::fs::read_to_string("/proc/stat").ok().and_then(|s| parse_stat(&s)) else {
             return;
         };
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let Ok(mut last) = self.last.lock() else { return };
         if let Some(prev) = last.replace(now)
-            && let Some(idle) = idle_cores(prev, now, cpus)
+            && let Some(idle) = idle_cores(prev, now, self.cpus)
         {
             self.busy
                 .store(idle < SPARE_CORES, std::sync::atomic::Ordering::Relaxed);
