@@ -221,7 +221,7 @@ impl Function {
     async fn call(self: &Arc<Self>, call: HttpCall) -> CallReport {
         let queued_at = Instant::now();
         let command = matches!(self.pre, Pre::Command(_));
-        let ahead_on = self.inner.ahead != Ahead::Never && !command;
+        let ahead_on = self.makes_ahead();
         let ready = if ahead_on { self.stash.take() } else { None };
         // When the machine has no core to spare, work moved to the recycler's thread would
         // only compete with the calls and add a hand-off: a call then makes and drops its own
@@ -263,7 +263,7 @@ impl Function {
                 };
                 match made {
                     Ok((store, proxy)) => {
-                        let run = (pre.clone(), store, permit, Arc::clone(&meter));
+                        let run = (pre, store, permit, Arc::clone(&meter));
                         self.run_proxy(run, proxy, offload, &call, started).await
                     }
                     Err(e) => Err(e),
@@ -278,7 +278,7 @@ impl Function {
                 let body = Some(call.body.clone());
                 match self.store(body, &stdout, &stderr, &env, started, &meter) {
                     Ok(store) => {
-                        let run = (pre.clone(), store, permit, Arc::clone(&meter));
+                        let run = (pre, store, permit, Arc::clone(&meter));
                         self.run_command(run, &stdout, started).await
                     }
                     Err(e) => Err(e),
@@ -296,11 +296,17 @@ impl Function {
         r
     }
 
+    /// Whether this function's instances may be made ahead: not a command's (its store holds
+    /// the request's body), nor when the engine makes nothing ahead.
+    pub(crate) fn makes_ahead(&self) -> bool {
+        self.inner.ahead != Ahead::Never && !matches!(self.pre, Pre::Command(_))
+    }
+
     /// Make the instance for the next call (the recycler's thread): a store and an
     /// instance, as a call would make them, kept in the stash. Not when one is ready, the
     /// function is a command (its store holds the request's body), or fewer than half the
     /// pool's slots are free. Whether it made one.
-    pub(crate) fn prepare_ahead(self: &Arc<Self>, rt: &tokio::runtime::Runtime) -> bool {
+    pub(crate) fn prepare_ahead(&self, rt: &tokio::runtime::Runtime) -> bool {
         let ready = (|| {
             let Pre::Proxy(pre) = &self.pre else { return None };
             if self.stash.has_ready() || self.inner.slots.available_permits() < self.inner.pool_slots / 2 {
@@ -413,7 +419,7 @@ impl Function {
     /// it (the grace timeout) drops the guest's future, and with it its store and pool slot.
     async fn run_proxy(
         self: &Arc<Self>,
-        (pre, mut store, permit, meter): Run<ProxyPre<CallState>>,
+        (pre, mut store, permit, meter): Run<'_, ProxyPre<CallState>>,
         made: Option<Proxy>,
         offload: bool,
         call: &HttpCall,
@@ -506,7 +512,7 @@ impl Function {
 
     async fn run_command(
         &self,
-        (pre, mut store, permit, meter): Run<CommandPre<CallState>>,
+        (pre, mut store, permit, meter): Run<'_, CommandPre<CallState>>,
         stdout: &Capture,
         started: Instant,
     ) -> Result<Reply, CallError> {
@@ -591,7 +597,7 @@ impl Meter {
 }
 
 /// The pieces a call runs with: linked component, store, pool slot, the meter.
-type Run<P> = (P, Store<CallState>, tokio::sync::OwnedSemaphorePermit, Arc<Meter>);
+type Run<'a, P> = (&'a P, Store<CallState>, tokio::sync::OwnedSemaphorePermit, Arc<Meter>);
 
 /// The guest's future, timed in CPU time and with a panic in it (a bug in a host function)
 /// caught as an error of this call rather than unwinding into the caller's task.

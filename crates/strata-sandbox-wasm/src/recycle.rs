@@ -91,9 +91,9 @@ impl Recycler {
                         f.stash.put(None);
                         false
                     })
-                    && !holding.iter().any(|h| Weak::ptr_eq(h, &Arc::downgrade(&f)))
+                    && let Some(weak) = next.filter(|w| !holding.iter().any(|h| Weak::ptr_eq(h, w)))
                 {
-                    holding.push(Arc::downgrade(&f));
+                    holding.push(weak);
                 }
                 let batch = std::mem::take(&mut *sweep.lock().unwrap_or_else(|p| p.into_inner()));
                 for (store, permit) in batch {
