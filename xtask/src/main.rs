@@ -154,7 +154,6 @@ fn build_python_component() -> anyhow::Result<()> {
 
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
-/// The componentize-py command, installed with pip when missing.
 /// Every file called `name` in the directories of `PATH`, in order.
 pub(crate) fn on_path(name: &str) -> Vec<PathBuf> {
     std::env::var_os("PATH")
@@ -167,6 +166,7 @@ pub(crate) fn on_path(name: &str) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// The componentize-py command, installed with pip when missing.
 fn componentize_py() -> anyhow::Result<PathBuf> {
     let found = |name: &str| on_path(name).into_iter().next();
     if let Some(p) = found("componentize-py") {
@@ -209,10 +209,33 @@ fn wasi_http_wit() -> anyhow::Result<PathBuf> {
     Ok(Path::new(manifest).with_file_name("wit"))
 }
 
+/// What a clean clone's `cargo xtask test` leaves on disk (target/, the guests' builds and the
+/// tests' scratch), measured on a clean clone, with room to spare.
+const TEST_DISK_BYTES: u64 = 6 << 30;
+
+/// Bytes free on the file system holding `path`, from `df` (coreutils).
+fn disk_free(path: &Path) -> Option<u64> {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.lines().nth(1)?.trim().parse().ok()
+}
+
 fn test() -> anyhow::Result<()> {
+    let root = repo();
+    // A build that runs out of disk fails deep in the linker ("Bus error"); say why up front.
+    if let Some(free) = disk_free(&root).filter(|&f| f < TEST_DISK_BYTES) {
+        eprintln!(
+            "warning: {} MiB free on {}; cargo xtask test needs about {} MiB",
+            free >> 20,
+            root.display(),
+            TEST_DISK_BYTES >> 20
+        );
+    }
     ensure_packages(false)?;
     build_examples()?;
-    let root = repo();
     run(Command::new("cargo")
         .current_dir(&root)
         .args(["build", "--workspace", "--all-targets", "-j2"]))?;
