@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use strata_instance::Request;
 use strata_types::ErrorCode;
+use tracing::Instrument;
 
 use crate::{ApiError, AppState};
 
@@ -135,9 +136,10 @@ pub(crate) async fn invoke(
             .collect(),
         body,
     };
+    // The span covers the whole call, across its awaits (an `enter()` guard held over an
+    // await would be wrong; one dropped at once, as this was, covered nothing).
     let span = tracing::debug_span!("invoke", function = %name, call_id = %id);
-    let _ = span.enter();
-    let outcome = s.orch.invoke(&name, req).await;
+    let outcome = s.orch.invoke(&name, req).instrument(span).await;
     let elapsed = t0.elapsed();
     let cold = outcome.cold.is_some();
     match outcome.result {
