@@ -60,10 +60,11 @@ fn engine_making(dir: &std::path::Path, when: Ahead) -> WasmEngine {
 }
 
 /// The cache shared by the tests that do not test the cache: unoptimised test builds of
-/// Cranelift take seconds per compile.
+/// Cranelift take seconds per compile. In cargo's scratch folder for integration tests (under
+/// `target/`), not a `TempDir` in a static: statics are never dropped, so every run left one
+/// behind in `/tmp`. Artifacts of another build are rejected by the cache's key and rebuilt.
 fn shared_dir() -> &'static std::path::Path {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+    std::path::Path::new(concat!(env!("CARGO_TARGET_TMPDIR"), "/wasm-tier-shared"))
 }
 
 /// An engine on the shared cache.
