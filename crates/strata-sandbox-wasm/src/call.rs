@@ -227,20 +227,14 @@ impl Function {
         // only compete with the calls and add a hand-off: a call then makes and drops its own
         // instance (it still takes one that is ready).
         let offload = ahead_on && (self.inner.ahead == Ahead::Always || self.inner.load.spare());
-        if offload && self.stash.should_ask() {
-            self.inner.recycler.prepare(self);
+        if offload {
+            self.ask_next();
         }
         let ahead = ready.is_some();
         let (stdout, stderr, permit, meter, made) = match ready {
             Some(r) => (r.stdout, r.stderr, r.permit, r.meter, Some((r.store, r.proxy))),
             None => {
-                // A command's stdout is its response body, so it gets the response's cap.
-                let stdout = Capture::new(if command {
-                    self.limits.max_response_bytes
-                } else {
-                    self.limits.max_output_bytes
-                });
-                let stderr = Capture::new(self.limits.max_output_bytes);
+                let (stdout, stderr) = self.captures();
                 let Ok(permit) = Arc::clone(&self.inner.slots).acquire_owned().await else {
                     let result = Err(CallError::BadResponse("engine closed".into()));
                     return report(result, &stdout, &stderr, None, queued_at.elapsed(), command);
@@ -296,6 +290,23 @@ impl Function {
         r
     }
 
+    /// A call's stdout and stderr captures. A command's stdout is its response body, so it
+    /// gets the response's cap.
+    fn captures(&self) -> (Capture, Capture) {
+        let stdout = Capture::new(match self.pre {
+            Pre::Command(_) => self.limits.max_response_bytes,
+            Pre::Proxy(_) => self.limits.max_output_bytes,
+        });
+        (stdout, Capture::new(self.limits.max_output_bytes))
+    }
+
+    /// Ask the recycler for this function's next instance, unless it has been asked already.
+    pub(crate) fn ask_next(self: &Arc<Self>) {
+        if self.stash.should_ask() {
+            self.inner.recycler.prepare(self);
+        }
+    }
+
     /// Whether this function's instances may be made ahead: not a command's (its store holds
     /// the request's body), nor when the engine makes nothing ahead.
     pub(crate) fn makes_ahead(&self) -> bool {
@@ -313,8 +324,7 @@ impl Function {
                 return None;
             }
             let permit = Arc::clone(&self.inner.slots).try_acquire_owned().ok()?;
-            let stdout = Capture::new(self.limits.max_output_bytes);
-            let stderr = Capture::new(self.limits.max_output_bytes);
+            let (stdout, stderr) = self.captures();
             let meter = Arc::new(Meter::default());
             let started = Instant::now();
             let mut store = self.store(None, &stdout, &stderr, &[], started, &meter).ok()?;

@@ -489,8 +489,8 @@ impl WasmFunction {
     /// (calls ask for it themselves when a core is spare). Nothing for a command module or
     /// when the engine makes nothing ahead.
     pub fn prepare_next(&self) {
-        if self.function.makes_ahead() && self.function.stash.should_ask() {
-            self.function.inner.recycler.prepare(&self.function);
+        if self.function.makes_ahead() {
+            self.function.ask_next();
         }
     }
 
