@@ -1,8 +1,8 @@
 //! One call: a store and an instance made for it, `wasi:http/incoming-handler.handle`, and
 //! the response, the output and what went wrong.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::capture::Capture;
+use crate::choose::{Chooser, Way};
 use crate::engine::{Ahead, Inner, Limits, Pre, WasmFunction};
 use crate::recycle::{Ready, Stash};
 use strata_types::AllowedHosts;
@@ -212,6 +213,20 @@ pub(crate) struct Function {
     pub(crate) limits: Limits,
     pub(crate) inner: Arc<Inner>,
     pub(crate) stash: Stash,
+    /// Whether its calls are faster with instances made ahead or made in place
+    /// ([`Ahead::Adaptive`]).
+    pub(crate) chooser: Mutex<Chooser>,
+    /// Its calls in flight.
+    pub(crate) inflight: AtomicU32,
+}
+
+/// Counts a call out of its function's calls in flight when dropped.
+struct Inflight<'a>(&'a AtomicU32);
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Function {
@@ -225,8 +240,19 @@ impl Function {
         let ready = if ahead_on { self.stash.take() } else { None };
         // When the machine has no core to spare, work moved to the recycler's thread would
         // only compete with the calls and add a hand-off: a call then makes and drops its own
-        // instance (it still takes one that is ready).
-        let offload = ahead_on && (self.inner.ahead == Ahead::Always || self.inner.load.spare());
+        // instance (it still takes one that is ready). With a core to spare, `Adaptive` asks
+        // the function's chooser which way its calls are faster.
+        let spare = ahead_on && (self.inner.ahead == Ahead::Always || self.inner.load.spare());
+        let alone = self.inflight.fetch_add(1, Ordering::Relaxed) == 0;
+        let _inflight = Inflight(&self.inflight);
+        let ticket = (spare && self.inner.ahead == Ahead::Adaptive).then(|| {
+            let now = queued_at.saturating_duration_since(self.inner.born).as_nanos() as u64;
+            self.chooser.lock().expect("chooser lock").start(now, alone)
+        });
+        let offload = match ticket {
+            Some(t) => t.way == Way::Ahead,
+            None => spare,
+        };
         if offload {
             self.ask_next();
         }

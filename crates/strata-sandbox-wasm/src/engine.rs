@@ -45,9 +45,14 @@ pub struct EngineConfig {
 pub enum Ahead {
     /// Never: every call makes and drops its own instance (for comparison in benchmarks).
     Never,
-    /// While the machine has a core to spare (the default): when it has none, the work moved
-    /// off a call's path would only compete with the calls, so they do it themselves.
+    /// While the machine has a core to spare: when it has none, the work moved off a call's
+    /// path would only compete with the calls, so they do it themselves.
     WhenIdle,
+    /// As `WhenIdle`, but only if that makes a client calling the function back to back
+    /// faster on this machine, which the engine measures on the calls themselves
+    /// (`choose.rs`; the default): the hand-off and the recycler's work on another core can
+    /// cost more than making the instance in place.
+    Adaptive,
     /// Whatever the load (tests).
     Always,
 }
@@ -61,7 +66,7 @@ impl EngineConfig {
             max_memory_bytes: 1 << 30,
             epoch_tick: Duration::from_millis(5),
             pooling: true,
-            ahead: Ahead::WhenIdle,
+            ahead: Ahead::Adaptive,
             ready_idle: Duration::from_secs(30),
         }
     }
@@ -146,6 +151,8 @@ pub(crate) struct Inner {
     pub(crate) ahead: Ahead,
     /// Whether the machine has a core to spare for the recycler.
     pub(crate) load: Arc<Load>,
+    /// When the engine was made: the origin of the times its functions' choosers get.
+    pub(crate) born: Instant,
 }
 
 /// The WebAssembly engine; cheap to clone.
@@ -249,6 +256,7 @@ impl WasmEngine {
                 recycler,
                 ahead: cfg.ahead,
                 load,
+                born: Instant::now(),
             }),
         })
     }
@@ -305,6 +313,8 @@ impl WasmEngine {
                 limits,
                 inner: Arc::clone(&self.inner),
                 stash: Stash::default(),
+                chooser: Mutex::default(),
+                inflight: Default::default(),
             }),
             info,
         })

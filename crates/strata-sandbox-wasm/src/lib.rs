@@ -26,6 +26,7 @@
 pub mod cache;
 mod call;
 mod capture;
+mod choose;
 mod engine;
 pub mod preinit;
 mod recycle;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use strata_instance::{InvokeError, LogSink, Request, Response};
 use strata_orchestrator::{DirectFunction, DirectOutcome, DirectTier, Error, PoolStats};
 use strata_sandbox_wasm::{
-    AllowedHosts, ArtifactSource, CallError, EngineConfig, HttpCall, Limits, WasmEngine, WasmFunction,
+    Ahead, AllowedHosts, ArtifactSource, CallError, EngineConfig, HttpCall, Limits, WasmEngine, WasmFunction,
 };
 use strata_types::{ArtifactOrigin, ColdPath, ColdStart, FunctionSpec, LogStream};
 
@@ -29,7 +29,20 @@ pub struct Tier {
 impl Tier {
     /// The engine, with compiled artifacts cached in `data/wasm-cache`.
     pub fn new(data: &Path) -> anyhow::Result<Tier> {
-        let engine = WasmEngine::new(EngineConfig::new(data.join("wasm-cache")))?;
+        let mut cfg = EngineConfig::new(data.join("wasm-cache"));
+        // Operators (and benchmarks) can pin how instances are made: `never` ahead (every
+        // call makes its own), `when-idle` (ahead whenever a core is spare), `always`;
+        // unset, the engine measures which is faster here (`adaptive`).
+        if let Ok(v) = std::env::var("STRATA_WASM_AHEAD") {
+            cfg.ahead = match v.as_str() {
+                "never" => Ahead::Never,
+                "when-idle" => Ahead::WhenIdle,
+                "always" => Ahead::Always,
+                "adaptive" => Ahead::Adaptive,
+                other => anyhow::bail!("STRATA_WASM_AHEAD = {other:?}: expected never, when-idle, always or adaptive"),
+            };
+        }
+        let engine = WasmEngine::new(cfg)?;
         Ok(Tier { engine })
     }
 }
