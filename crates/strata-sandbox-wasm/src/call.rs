@@ -699,17 +699,26 @@ fn classify<T>(guest: std::thread::Result<wasmtime::Result<T>>, refused: bool, t
 }
 
 fn build_request(call: &HttpCall) -> Result<http::Request<Full<Bytes>>, String> {
-    let mut b = http::Request::builder()
-        .method(call.method.as_str())
-        .uri(format!("http://localhost{}", call.path_with_query));
-    let mut has_host = false;
+    let method = http::Method::from_bytes(call.method.as_bytes()).map_err(|e| format!("request method: {e}"))?;
+    // The URI from its parts: no `http://localhost…` string to format and parse again.
+    let uri = http::Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority("localhost")
+        .path_and_query(call.path_with_query.as_str())
+        .build()
+        .map_err(|e| format!("request path: {e}"))?;
+    let mut headers = http::HeaderMap::with_capacity(call.headers.len() + 1);
     for (k, v) in &call.headers {
-        has_host |= k.eq_ignore_ascii_case("host");
-        b = b.header(k.as_str(), v.as_str());
+        let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("request header {k:?}: {e}"))?;
+        let value = http::HeaderValue::from_str(v).map_err(|e| format!("request header {k:?}: {e}"))?;
+        headers.append(name, value);
     }
-    if !has_host {
-        b = b.header("host", "localhost");
+    if !headers.contains_key(http::header::HOST) {
+        headers.insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
     }
-    b.body(Full::new(call.body.clone()))
-        .map_err(|e| format!("request: {e}"))
+    let mut request = http::Request::new(Full::new(call.body.clone()));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Ok(request)
 }
