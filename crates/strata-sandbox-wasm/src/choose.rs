@@ -94,8 +94,8 @@ pub(crate) struct Chooser {
     way: Way,
     len: u32,
     left: u32,
-    /// The last call that started alone: its ticket and start time.
-    pending: Option<(Ticket, u64)>,
+    /// The last call that started alone: its ticket, number and start time.
+    pending: Option<(Ticket, u64, u64)>,
     /// The choice last logged.
     announced: Option<Way>,
 }
@@ -121,11 +121,14 @@ pub(crate) struct Ticket {
 }
 
 impl Chooser {
-    /// A call starts at `now_ns` (any fixed origin); `alone`: no other call of the function
-    /// is in flight. The previous call's cycle is counted if both it and this one came alone.
-    pub(crate) fn start(&mut self, now_ns: u64, alone: bool) -> Ticket {
-        if let Some((previous, at)) = self.pending.take()
+    /// Call number `seq` of the function starts at `now_ns` (any fixed origin); `alone`: no
+    /// other call of the function is in flight. The previous call's cycle is counted if it is
+    /// call `seq - 1` (no call came between unseen: under load calls do not ask the chooser)
+    /// and both came alone.
+    pub(crate) fn start(&mut self, seq: u64, now_ns: u64, alone: bool) -> Ticket {
+        if let Some((previous, previous_seq, at)) = self.pending.take()
             && alone
+            && previous_seq.wrapping_add(1) == seq
         {
             let cycle = now_ns.saturating_sub(at);
             if cycle <= MAX_CYCLE_NS {
@@ -134,7 +137,7 @@ impl Chooser {
         }
         let ticket = self.next();
         if alone {
-            self.pending = Some((ticket, now_ns));
+            self.pending = Some((ticket, seq, now_ns));
         }
         ticket
     }
@@ -276,27 +279,32 @@ mod tests {
     }
 
     #[test]
-    fn cycles_are_counted_between_calls_that_came_alone() {
+    fn cycles_are_counted_between_consecutive_calls_that_came_alone() {
         let mut c = Chooser::default();
         for _ in 0..SETTLE {
             c.next();
         }
-        let _first = c.start(0, true);
-        let second = c.start(50_000, true);
-        assert_eq!(c.estimates[Way::Ahead.index()].samples, 1);
-        c.estimates = Default::default();
+        let samples = |c: &Chooser| c.estimates[Way::Ahead.index()].samples;
+        c.start(1, 0, true);
+        c.start(2, 50_000, true);
+        assert_eq!(samples(&c), 1);
         // Overlapping calls: the second's cycle is not counted, nor the third's.
-        let _third = c.start(60_000, false);
-        let _fourth = c.start(120_000, true);
-        assert_eq!(c.estimates[Way::Ahead.index()].samples, 0);
+        c.start(3, 60_000, false);
+        c.start(4, 120_000, true);
+        assert_eq!(samples(&c), 1);
         // Back to back again: the fourth's cycle counts.
-        let _fifth = c.start(190_000, true);
-        assert_eq!(c.estimates[Way::Ahead.index()].samples, 1);
-        assert!((c.estimates[Way::Ahead.index()].typical_ns() - 70_000.0).abs() < 1.0);
+        c.start(5, 190_000, true);
+        assert_eq!(samples(&c), 2);
         // An idle gap is not a cycle.
-        let _sixth = c.start(190_000 + MAX_CYCLE_NS + 1, true);
-        assert_eq!(c.estimates[Way::Ahead.index()].samples, 1);
-        let _ = second;
+        c.start(6, 190_000 + MAX_CYCLE_NS + 1, true);
+        assert_eq!(samples(&c), 2);
+        // Calls that did not ask (under load) came between: not a cycle either.
+        c.start(9, 200_000 + MAX_CYCLE_NS, true);
+        assert_eq!(samples(&c), 2);
+        c.start(10, 250_000 + MAX_CYCLE_NS, true);
+        assert_eq!(samples(&c), 3);
+        let typical = c.estimates[Way::Ahead.index()].typical_ns();
+        assert!((40_000.0..=70_000.0).contains(&typical), "{typical}");
     }
 
     #[test]

@@ -315,6 +315,7 @@ impl WasmEngine {
                 stash: Stash::default(),
                 chooser: Mutex::default(),
                 inflight: Default::default(),
+                calls: Default::default(),
             }),
             info,
         })

@@ -124,6 +124,29 @@ async fn every_call_is_fresh_whichever_way_the_engine_chooses() {
     eprintln!("{ahead} of 300 calls took an instance made ahead");
 }
 
+#[tokio::test]
+async fn one_pool_slot_serves_calls_one_after_another_and_at_once() {
+    // While a core is spare a call's store is dropped (its slot freed) by a task that runs
+    // after the call has returned: the next call, waiting for the only slot, must get it.
+    let mut cfg = EngineConfig::new(shared_dir().join("cache"));
+    cfg.max_instances = 1;
+    cfg.ahead = Ahead::Never;
+    let f = WasmEngine::new(cfg).unwrap().load(&guest("probe"), limits()).unwrap();
+    for i in 0..20 {
+        let r = tokio::time::timeout(Duration::from_secs(20), f.call(get("/counter")))
+            .await
+            .unwrap_or_else(|_| panic!("call {i} never got the pool's slot"));
+        assert_eq!(&r.result.unwrap().body[..], b"1", "call {i}");
+    }
+    let calls = (0..8).map(|_| f.call(get("/counter")));
+    let all = tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(calls))
+        .await
+        .expect("concurrent calls on one slot all finish");
+    for r in all {
+        assert_eq!(&r.result.unwrap().body[..], b"1");
+    }
+}
+
 /// Ask for `f`'s next instance and wait until the recycler has made it.
 async fn until_ready(f: &WasmFunction) {
     f.prepare_next();
