@@ -233,8 +233,11 @@ impl Drop for Inflight<'_> {
 
 impl Function {
     /// Serve one request with a fresh instance: the one made ahead of it if there is one,
-    /// else one made now. While the machine has a core to spare, the recycler is asked for
-    /// the next call's instance as this one starts, and gets this one's store to drop.
+    /// else one made now. While the machine has a core to spare, either the recycler is asked
+    /// for the next call's instance as this one starts and gets this one's store to drop
+    /// (`WhenIdle`, and `Adaptive` while its chooser finds that faster), or the call drops
+    /// its store in a task that runs after it has returned. With no core spare, the call
+    /// makes and drops its own.
     async fn call(self: &Arc<Self>, call: HttpCall) -> CallReport {
         let queued_at = Instant::now();
         let command = matches!(self.pre, Pre::Command(_));
@@ -495,18 +498,15 @@ impl Function {
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await;
-            // The instance is done: its teardown (the pool slot's reset) and the next call's
-            // instance are not this caller's to wait for.
+            // The instance is done. Its teardown (the pool slot's reset) goes to the recycler,
+            // to a task that runs once this one has passed the response on, or happens now.
             // The host's resources go now: the response's sender among them, whose drop
             // tells the response's side that a guest that trapped set none.
             drop(std::mem::take(&mut store.data_mut().table));
             match teardown {
                 Teardown::Recycler => self.inner.recycler.retire(store, permit),
                 Teardown::AfterThisTask => teardown_after_this_task(store, permit),
-                Teardown::Now => {
-                    drop(store);
-                    drop(permit);
-                }
+                Teardown::Now => teardown_now(store, permit),
             }
             outcome
         });
@@ -627,14 +627,17 @@ enum Teardown {
 /// the same poll, to the socket). The pool slot's reset is then not part of what the client
 /// waits for. Its CPU time is not in the call's record. Outside a runtime: at once.
 fn teardown_after_this_task(store: Store<CallState>, permit: tokio::sync::OwnedSemaphorePermit) {
-    let teardown = move || {
-        drop(store);
-        drop(permit);
-    };
     match tokio::runtime::Handle::try_current() {
-        Ok(rt) => drop(rt.spawn(async move { teardown() })),
-        Err(_) => teardown(),
+        Ok(rt) => drop(rt.spawn(async move { teardown_now(store, permit) })),
+        Err(_) => teardown_now(store, permit),
     }
+}
+
+/// Drop a used store, then free its pool slot: in that order, so the slot is free again
+/// before a call can take the permit.
+fn teardown_now(store: Store<CallState>, permit: tokio::sync::OwnedSemaphorePermit) {
+    drop(store);
+    drop(permit);
 }
 
 /// The report of a call; a command's stdout was its response, not output to log.

@@ -10,6 +10,7 @@
 //! (`try_acquire`: the recycler never waits for a slot a call may need), and dropped when no
 //! call has taken it within the engine's `ready_idle`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -42,14 +43,20 @@ const IDLE_SWEEP: Duration = Duration::from_millis(2);
 /// How often the thread looks for instances made ahead that no call took.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
+/// How long after its last job the thread keeps to waits of [`IDLE_SWEEP`].
+const RECENT: Duration = Duration::from_millis(50);
+
 /// The recycler thread's queue of functions to make an instance for, and the used stores it
 /// drops. A call wakes the thread once, when it asks for the next instance (so that is made
 /// while the call runs); used stores are only put aside, and the thread drops them after its
-/// next instance, or within [`IDLE_SWEEP`] when no call comes. The thread ends when the engine
-/// (the sender) is gone.
+/// next instance, or within [`IDLE_SWEEP`] when no call comes. After [`RECENT`] without a
+/// job the thread waits long (for a call, or the next expiry check), and then a retired store
+/// wakes it (`sleeping`). The thread ends when the engine (the sender) is gone.
 pub(crate) struct Recycler {
     tx: mpsc::Sender<Weak<Function>>,
     used: Arc<Mutex<Vec<Used>>>,
+    /// The thread is in, or about to start, a long wait: `retire` must wake it.
+    sleeping: Arc<AtomicBool>,
 }
 
 impl Recycler {
@@ -62,16 +69,31 @@ impl Recycler {
         // does not wait for I/O, but host code a component's start-up calls may expect one.
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let sweep = Arc::clone(&used);
+        let sleeping = Arc::new(AtomicBool::new(false));
+        let asleep = Arc::clone(&sleeping);
         std::thread::Builder::new().name("wasm-recycle".into()).spawn(move || {
             // The functions it has made an instance for, to drop the ones no call takes.
             let mut holding: Vec<Weak<Function>> = Vec::new();
             let mut checked = Instant::now();
+            let mut worked = Instant::now();
+            let retired = || !sweep.lock().map(|u| u.is_empty()).unwrap_or(true);
             loop {
-                let pending = !sweep.lock().map(|u| u.is_empty()).unwrap_or(true);
-                let wait = match (pending, holding.is_empty()) {
-                    (true, _) => Some(IDLE_SWEEP),
-                    (false, false) => Some(EXPIRY_CHECK),
-                    (false, true) => None,
+                let wait = if retired() || worked.elapsed() < RECENT {
+                    Some(IDLE_SWEEP)
+                } else {
+                    // A long wait: say so, then look once more. A store retired before the
+                    // flag is seen now; one retired after it wakes the thread. (Without this,
+                    // a store retired just after the look waited for the next call: a thousand
+                    // calls started at once, so none left to ask, deadlocked with every pool
+                    // slot held by a store nobody dropped.)
+                    asleep.store(true, Ordering::SeqCst);
+                    if retired() {
+                        Some(Duration::ZERO)
+                    } else if holding.is_empty() {
+                        None
+                    } else {
+                        Some(EXPIRY_CHECK)
+                    }
                 };
                 let next = match wait {
                     Some(d) => match rx.recv_timeout(d) {
@@ -84,6 +106,8 @@ impl Recycler {
                         Err(_) => break,
                     },
                 };
+                asleep.store(false, Ordering::SeqCst);
+                let asked = next.is_some();
                 // A panic in one job (a bug in a host function run at instantiation, or in a
                 // drop) must not end the thread: the used stores it drops hold pool slots.
                 if let Some(f) = next.as_ref().and_then(Weak::upgrade)
@@ -96,6 +120,9 @@ impl Recycler {
                     holding.push(weak);
                 }
                 let batch = std::mem::take(&mut *sweep.lock().unwrap_or_else(|p| p.into_inner()));
+                if asked || !batch.is_empty() {
+                    worked = Instant::now();
+                }
                 for (store, permit) in batch {
                     if unwind_safe(|| drop(store)).is_none() {
                         tracing::warn!("dropping a used wasm store panicked; its slot is released");
@@ -113,7 +140,7 @@ impl Recycler {
             }
             // The engine is gone: what is left is dropped with `sweep`.
         })?;
-        Ok(Recycler { tx, used })
+        Ok(Recycler { tx, used, sleeping })
     }
 
     /// Make `function`'s next instance, off any call's path.
@@ -128,7 +155,13 @@ impl Recycler {
             Err(_) => {
                 drop(store);
                 drop(permit);
+                return;
             }
+        }
+        // After the push (the lock orders the two): either the thread's second look sees the
+        // store, or this sees the flag and wakes it (a dangling `Weak` makes nothing).
+        if self.sleeping.load(Ordering::SeqCst) {
+            let _ = self.tx.send(Weak::new());
         }
     }
 }
@@ -148,7 +181,7 @@ fn unwind_safe<T>(f: impl FnOnce() -> T) -> Option<T> {
 #[derive(Default)]
 pub(crate) struct Stash {
     ready: Mutex<Option<Ready>>,
-    asked: std::sync::atomic::AtomicBool,
+    asked: AtomicBool,
 }
 
 impl Stash {
@@ -159,7 +192,7 @@ impl Stash {
 
     /// Whether a call should ask the recycler for one: not when one is asked for already.
     pub(crate) fn should_ask(&self) -> bool {
-        !self.asked.swap(true, std::sync::atomic::Ordering::AcqRel)
+        !self.asked.swap(true, Ordering::AcqRel)
     }
 
     /// Keep `ready` for the next call (the recycler's side); the request is answered.
@@ -169,7 +202,7 @@ impl Stash {
         {
             *slot = Some(r);
         }
-        self.asked.store(false, std::sync::atomic::Ordering::Release);
+        self.asked.store(false, Ordering::Release);
     }
 
     /// The instance made ahead if it has waited `idle` or longer.
@@ -194,7 +227,7 @@ impl Stash {
 /// system-wide figure, because whatever else runs on the machine takes the same cores.
 #[derive(Debug)]
 pub(crate) struct Load {
-    busy: std::sync::atomic::AtomicBool,
+    busy: AtomicBool,
     last: Mutex<Option<CpuTimes>>,
     /// The cores this process may use.
     cpus: usize,
@@ -213,7 +246,7 @@ const SPARE_CORES: f64 = 0.3;
 impl Load {
     pub(crate) fn new() -> Self {
         Load {
-            busy: std::sync::atomic::AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             last: Mutex::new(None),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
@@ -221,7 +254,7 @@ impl Load {
 
     /// Whether a core is idle enough to take work off calls' paths.
     pub(crate) fn spare(&self) -> bool {
-        !self.busy.load(std::sync::atomic::Ordering::Relaxed)
+        !self.busy.load(Ordering::Relaxed)
     }
 
     /// Take a new sample (the epoch thread, every few ticks). Without `/proc/stat` the
@@ -234,8 +267,7 @@ impl Load {
         if let Some(prev) = last.replace(now)
             && let Some(idle) = idle_cores(prev, now, self.cpus)
         {
-            self.busy
-                .store(idle < SPARE_CORES, std::sync::atomic::Ordering::Relaxed);
+            self.busy.store(idle < SPARE_CORES, Ordering::Relaxed);
         }
     }
 }

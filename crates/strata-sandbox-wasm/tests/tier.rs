@@ -147,6 +147,32 @@ async fn one_pool_slot_serves_calls_one_after_another_and_at_once() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_all_started_at_once_get_the_slots_their_retired_stores_free() {
+    // Every call asks the recycler for an instance as it starts and hands it its store when it
+    // ends. Started all at once, the calls have all asked before most of them end: the stores
+    // retired after the recycler's last job must still be dropped and their slots freed (this
+    // once deadlocked: the recycler slept with the stores, the calls waited for the slots).
+    let mut cfg = EngineConfig::new(shared_dir().join("cache"));
+    cfg.max_instances = 4;
+    cfg.ahead = Ahead::Always;
+    let f = std::sync::Arc::new(WasmEngine::new(cfg).unwrap().load(&guest("probe"), limits()).unwrap());
+    for round in 0..5 {
+        let calls = (0..64).map(|_| {
+            let f = std::sync::Arc::clone(&f);
+            tokio::spawn(async move { f.call(get("/counter")).await })
+        });
+        let all = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(calls))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: calls waited for pool slots nobody freed"));
+        for r in all {
+            assert_eq!(&r.unwrap().result.unwrap().body[..], b"1");
+        }
+        // Idle past the recycler's short waits, so the next round finds it in a long one.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+}
+
 /// Ask for `f`'s next instance and wait until the recycler has made it.
 async fn until_ready(f: &WasmFunction) {
     f.prepare_next();
