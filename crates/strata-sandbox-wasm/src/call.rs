@@ -64,6 +64,10 @@ pub enum CallError {
     /// A command module exited with a non-zero status.
     #[error("exited with status {0}")]
     Exit(i32),
+    /// Every instance slot of the engine stayed taken for the call's whole timeout: it never
+    /// started.
+    #[error("no instance slot free within {0:?}")]
+    OverCapacity(Duration),
 }
 
 /// Everything a call produced.
@@ -268,9 +272,19 @@ impl Function {
             Some(r) => (r.stdout, r.stderr, r.permit, r.meter, Some((r.store, r.proxy))),
             None => {
                 let (stdout, stderr) = self.captures();
-                let Ok(permit) = Arc::clone(&self.inner.slots).acquire_owned().await else {
-                    let result = Err(CallError::BadResponse("engine closed".into()));
-                    return report(result, &stdout, &stderr, None, queued_at.elapsed(), command);
+                // A call waits for a slot at most its timeout: past it, the engine is full
+                // and the caller is told so (429) instead of waiting on.
+                let slot = Arc::clone(&self.inner.slots).acquire_owned();
+                let permit = match tokio::time::timeout(self.limits.timeout, slot).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => {
+                        let result = Err(CallError::BadResponse("engine closed".into()));
+                        return report(result, &stdout, &stderr, None, queued_at.elapsed(), command);
+                    }
+                    Err(_) => {
+                        let result = Err(CallError::OverCapacity(self.limits.timeout));
+                        return report(result, &stdout, &stderr, None, queued_at.elapsed(), command);
+                    }
                 };
                 (stdout, stderr, permit, Arc::new(Meter::default()), None)
             }

@@ -173,6 +173,52 @@ async fn calls_all_started_at_once_get_the_slots_their_retired_stores_free() {
     }
 }
 
+#[tokio::test]
+async fn a_call_that_finds_no_free_slot_within_its_timeout_is_over_capacity() {
+    // One slot, held for 3 s by a spinning guest; a call with a 300 ms timeout waits for it
+    // 300 ms and is told the engine is full, without having started.
+    let mut cfg = EngineConfig::new(shared_dir().join("cache"));
+    cfg.max_instances = 1;
+    cfg.ahead = Ahead::Never;
+    let engine = WasmEngine::new(cfg).unwrap();
+    let spin = engine
+        .load(
+            &guest("probe"),
+            Limits {
+                timeout: Duration::from_secs(3),
+                ..limits()
+            },
+        )
+        .unwrap();
+    let quick = engine
+        .load(
+            &guest("probe"),
+            Limits {
+                timeout: Duration::from_millis(300),
+                ..limits()
+            },
+        )
+        .unwrap();
+    let spinning = spin.call(get("/loop"));
+    let waiting = async {
+        // Let the spinning call take the slot first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = Instant::now();
+        let r = quick.call(get("/counter")).await;
+        (r, t.elapsed())
+    };
+    let (spun, (r, waited)) = tokio::join!(spinning, waiting);
+    assert!(matches!(spun.result, Err(CallError::Timeout(_))), "{:?}", spun.result);
+    assert_eq!(
+        r.result.unwrap_err(),
+        CallError::OverCapacity(Duration::from_millis(300))
+    );
+    assert!(r.instantiate.is_none(), "it never started");
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    // The slot is free again: the next call is served.
+    assert_eq!(&quick.call(get("/counter")).await.result.unwrap().body[..], b"1");
+}
+
 /// Ask for `f`'s next instance and wait until the recycler has made it.
 async fn until_ready(f: &WasmFunction) {
     f.prepare_next();

@@ -160,13 +160,17 @@ impl Loaded {
                 for line in e.to_string().lines() {
                     (self.logs)(Some(&id), LogStream::System, line.to_owned());
                 }
-                Err(Error::Invoke(match e {
-                    CallError::Timeout(d) => InvokeError::Timeout(d),
-                    CallError::OutOfMemory(_) => InvokeError::Oom,
-                    CallError::Trap(m) => InvokeError::Crash(format!("trap: {}", m.lines().next().unwrap_or(""))),
-                    CallError::BadResponse(m) => InvokeError::Crash(m),
-                    CallError::Exit(code) => InvokeError::Function(format!("exited with status {code}")),
-                }))
+                Err(match e {
+                    // Every slot stayed taken: 429 with Retry-After, as a full pool answers.
+                    CallError::OverCapacity(_) => Error::OverCapacity,
+                    CallError::Timeout(d) => Error::Invoke(InvokeError::Timeout(d)),
+                    CallError::OutOfMemory(_) => Error::Invoke(InvokeError::Oom),
+                    CallError::Trap(m) => {
+                        Error::Invoke(InvokeError::Crash(format!("trap: {}", m.lines().next().unwrap_or(""))))
+                    }
+                    CallError::BadResponse(m) => Error::Invoke(InvokeError::Crash(m)),
+                    CallError::Exit(code) => Error::Invoke(InvokeError::Function(format!("exited with status {code}"))),
+                })
             }
         };
         let cold = self.first.swap(false, Ordering::Relaxed).then(|| {
