@@ -1,13 +1,14 @@
 //! Whether a function's calls should take instances made ahead on the recycler's thread or
 //! make their own: decided by measuring the function's own calls both ways.
 //!
-//! Neither is faster everywhere. Making the instance ahead takes instantiation and teardown
+//! Neither is faster everywhere, nor at every moment on one machine. Making the instance ahead takes instantiation and teardown
 //! off the call's path, but the instance is built, and its pool slot reset, by another
 //! thread while the request's other work (HTTP, the kernel's TCP, the client when it shares
 //! the machine) wants the cores too. Measured on two machines of the same kind
 //! (docs/benchmarks.md): on one (AMD EPYC) sequential calls through the gateway were 26 %
-//! faster made ahead; on the other (Intel Xeon) 50 % slower, although the call itself was
-//! shorter there too (45 against 55 µs): the cost lands outside the call. So what is measured
+//! faster made ahead; on the other (Intel Xeon) 40–50 % slower in one hour and 17 % faster
+//! in the next. There the call itself was shorter made ahead (45 against 55 µs) while the
+//! client waited longer: the cost lands outside the call. So what is measured
 //! is the cycle a client sees: the time from one call's start to the next call's start, for
 //! calls that came one at a time (a sequential client, the case in which a core is spare and
 //! the choice is made at all); gaps over [`MAX_CYCLE_NS`] are idle time, not a cycle. Calls
@@ -21,7 +22,8 @@ pub(crate) const MAX_CYCLE_NS: u64 = 10_000_000;
 /// How one call gets its instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Way {
-    /// The call makes its own instance and drops it itself.
+    /// The call makes its own instance, and drops it itself (in a task that runs after the
+    /// response is passed on, while a core is spare).
     InPlace,
     /// The call takes the instance made ahead of it, asks for the next, and hands its store
     /// to the recycler to drop.
