@@ -370,11 +370,15 @@ impl Function {
     /// Make the instance for the next call (the recycler's thread): a store and an
     /// instance, as a call would make them, kept in the stash. Not when one is ready, the
     /// function is a command (its store holds the request's body), or fewer than half the
-    /// pool's slots are free. Whether it made one.
+    /// pool's slots would be free once it holds one. Whether it made one.
     pub(crate) fn prepare_ahead(&self, rt: &tokio::runtime::Runtime) -> bool {
         let ready = (|| {
             let Pre::Proxy(pre) = &self.pre else { return None };
-            if self.stash.has_ready() || self.inner.slots.available_permits() < self.inner.pool_slots / 2 {
+            // At least half the pool stays free once this instance holds its slot (with a
+            // pool of one slot or two, nothing is made ahead: it would hold a slot a call of
+            // another function may need).
+            let free_after = self.inner.slots.available_permits().saturating_sub(1);
+            if self.stash.has_ready() || free_after * 2 < self.inner.pool_slots {
                 return None;
             }
             let permit = Arc::clone(&self.inner.slots).try_acquire_owned().ok()?;

@@ -42,6 +42,14 @@ impl Tier {
                 other => anyhow::bail!("STRATA_WASM_AHEAD = {other:?}: expected never, when-idle, always or adaptive"),
             };
         }
+        // The engine's instance slots: calls of all wasm functions at once (1,000 unless set).
+        if let Ok(v) = std::env::var("STRATA_WASM_SLOTS") {
+            cfg.max_instances = v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| anyhow::anyhow!("STRATA_WASM_SLOTS = {v:?}: expected a number from 1 to 100000"))?;
+        }
         let engine = WasmEngine::new(cfg)?;
         Ok(Tier { engine })
     }

@@ -125,6 +125,30 @@ async fn wait_for_log(d: &Daemon, function: &str, call: &str, needle: &str) -> V
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_full_engine_answers_429_with_retry_after_and_serves_again_once_a_slot_frees() {
+    // One instance slot for every wasm function; one function spins in it for 3 s.
+    let d = Daemon::start_env(&[], &[("STRATA_WASM_SLOTS", "1")]);
+    d.deploy(probe_dir("spin", "timeout = \"3s\"\n").path());
+    d.deploy(probe_dir("quick", "timeout = \"300ms\"\n").path());
+    let c = d.client();
+    let spin = {
+        let (c, url) = (c.clone(), format!("{}/loop", d.fn_url("spin")));
+        tokio::spawn(async move { c.get(url).send().await.unwrap().status().as_u16() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let r = c.get(format!("{}/counter", d.fn_url("quick"))).send().await.unwrap();
+    let waited = t.elapsed();
+    assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
+    assert_eq!(code_of(r).await, (429, "over_capacity".into()));
+    assert!(waited >= Duration::from_millis(300), "answered after {waited:?}");
+    assert_eq!(spin.await.unwrap(), 504);
+    // The slot is free again (nothing made ahead holds the only one).
+    let r = c.get(format!("{}/counter", d.fn_url("quick"))).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn loops_traps_and_memory_bombs_fail_cleanly() {
     let d = Daemon::start();
     d.deploy(probe_dir("probe", "timeout = \"300ms\"\n").path());
