@@ -6,9 +6,9 @@
 //! An instance made ahead is still used for one call only and dropped after it: nothing
 //! survives from one call to the next, exactly as when the call instantiates it itself. It
 //! holds a pool slot (and its memory) while it waits, so a function keeps at most one ready,
-//! made only after it has been called, only while at least half the pool's slots are free
-//! (`try_acquire`: the recycler never waits for a slot a call may need), and dropped when no
-//! call has taken it within the engine's `ready_idle`.
+//! made only after it has been called, only while at least half the pool's slots stay free
+//! once it holds one (`try_acquire`: the recycler never waits for a slot a call may need), and
+//! dropped when no call has taken it within the engine's `ready_idle`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
