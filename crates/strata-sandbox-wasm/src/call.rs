@@ -274,8 +274,17 @@ impl Function {
                 let (stdout, stderr) = self.captures();
                 // A call waits for a slot at most its timeout: past it, the engine is full
                 // and the caller is told so (429) instead of waiting on.
-                let slot = Arc::clone(&self.inner.slots).acquire_owned();
-                let permit = match tokio::time::timeout(self.limits.timeout, slot).await {
+                // A free slot is taken at once, without arming a timer for the wait.
+                let slot = async {
+                    match Arc::clone(&self.inner.slots).try_acquire_owned() {
+                        Ok(permit) => Ok(Ok(permit)),
+                        Err(_) => {
+                            let slot = Arc::clone(&self.inner.slots).acquire_owned();
+                            tokio::time::timeout(self.limits.timeout, slot).await
+                        }
+                    }
+                };
+                let permit = match slot.await {
                     Ok(Ok(permit)) => permit,
                     Ok(Err(_)) => {
                         let result = Err(CallError::BadResponse("engine closed".into()));
