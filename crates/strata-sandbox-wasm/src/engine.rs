@@ -186,13 +186,19 @@ impl WasmEngine {
     pub fn new(cfg: EngineConfig) -> Result<Self, WasmError> {
         let slots = cfg.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::new();
+        // The semaphore admits `slots` instances; the pool's per-kind limits get a margin over
+        // that for slots in transit (a dropped store's tables or memories still in a decommit
+        // batch, or being returned by another thread when a new instance asks): without it a
+        // pool of 4 slots once refused a table with 4 instances admitted ("maximum concurrent
+        // limit of 16 for tables reached", a debug test run under CI).
+        let margin = 64;
         pool.total_component_instances(slots)
             .total_stacks(slots)
             // Components hold several core instances (the module, adapters, shims), and
             // interpreters compiled to wasm have large tables and instances.
-            .total_core_instances(slots * 8)
-            .total_memories(slots * 2)
-            .total_tables(slots * 4)
+            .total_core_instances(slots * 8 + margin)
+            .total_memories(slots * 2 + margin)
+            .total_tables(slots * 4 + margin)
             .max_core_instances_per_component(64)
             .max_memories_per_component(8)
             .max_tables_per_component(32)
