@@ -272,28 +272,9 @@ impl Function {
             Some(r) => (r.stdout, r.stderr, r.permit, r.meter, Some((r.store, r.proxy))),
             None => {
                 let (stdout, stderr) = self.captures();
-                // A call waits for a slot at most its timeout: past it, the engine is full
-                // and the caller is told so (429) instead of waiting on.
-                // A free slot is taken at once, without arming a timer for the wait.
-                let slot = async {
-                    match Arc::clone(&self.inner.slots).try_acquire_owned() {
-                        Ok(permit) => Ok(Ok(permit)),
-                        Err(_) => {
-                            let slot = Arc::clone(&self.inner.slots).acquire_owned();
-                            tokio::time::timeout(self.limits.timeout, slot).await
-                        }
-                    }
-                };
-                let permit = match slot.await {
-                    Ok(Ok(permit)) => permit,
-                    Ok(Err(_)) => {
-                        let result = Err(CallError::BadResponse("engine closed".into()));
-                        return report(result, &stdout, &stderr, None, queued_at.elapsed(), command);
-                    }
-                    Err(_) => {
-                        let result = Err(CallError::OverCapacity(self.limits.timeout));
-                        return report(result, &stdout, &stderr, None, queued_at.elapsed(), command);
-                    }
+                let permit = match self.take_slot().await {
+                    Ok(permit) => permit,
+                    Err(e) => return report(Err(e), &stdout, &stderr, None, queued_at.elapsed(), command),
                 };
                 (stdout, stderr, permit, Arc::new(Meter::default()), None)
             }
@@ -351,6 +332,26 @@ impl Function {
         r.cpu = Duration::from_nanos(meter.cpu_ns.load(Ordering::Relaxed));
         r.memory_peak_bytes = meter.peak.load(Ordering::Relaxed);
         r
+    }
+
+    /// An instance slot for a call: a free one at once (no timer armed), else the first to
+    /// free up within the call's timeout; past it the engine is full and the caller is told
+    /// so (429) instead of waiting on.
+    async fn take_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, CallError> {
+        use tokio::sync::TryAcquireError;
+        let closed = || CallError::BadResponse("engine closed".into());
+        match Arc::clone(&self.inner.slots).try_acquire_owned() {
+            Ok(permit) => Ok(permit),
+            Err(TryAcquireError::Closed) => Err(closed()),
+            Err(TryAcquireError::NoPermits) => {
+                let slot = Arc::clone(&self.inner.slots).acquire_owned();
+                match tokio::time::timeout(self.limits.timeout, slot).await {
+                    Ok(Ok(permit)) => Ok(permit),
+                    Ok(Err(_)) => Err(closed()),
+                    Err(_) => Err(CallError::OverCapacity(self.limits.timeout)),
+                }
+            }
+        }
     }
 
     /// A call's stdout and stderr captures. A command's stdout is its response body, so it
@@ -662,7 +663,7 @@ fn teardown_after_this_task(store: Store<CallState>, permit: tokio::sync::OwnedS
 
 /// Drop a used store, then free its pool slot: in that order, so the slot is free again
 /// before a call can take the permit.
-fn teardown_now(store: Store<CallState>, permit: tokio::sync::OwnedSemaphorePermit) {
+pub(crate) fn teardown_now(store: Store<CallState>, permit: tokio::sync::OwnedSemaphorePermit) {
     drop(store);
     drop(permit);
 }

@@ -153,8 +153,7 @@ impl Recycler {
         match self.used.lock() {
             Ok(mut used) => used.push((Box::new(store), permit)),
             Err(_) => {
-                drop(store);
-                drop(permit);
+                crate::call::teardown_now(store, permit);
                 return;
             }
         }
