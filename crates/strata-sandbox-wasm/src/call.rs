@@ -317,7 +317,8 @@ impl Function {
                 match self.store(body, &stdout, &stderr, &env, started, &meter) {
                     Ok(store) => {
                         let run = (pre, store, permit, Arc::clone(&meter));
-                        self.run_command(run, &stdout, started).await
+                        let teardown = if idle { Teardown::AfterThisTask } else { Teardown::Now };
+                        self.run_command(run, teardown, &stdout, started).await
                     }
                     Err(e) => Err(e),
                 }
@@ -590,16 +591,24 @@ impl Function {
     async fn run_command(
         &self,
         (pre, mut store, permit, meter): Run<'_, CommandPre<CallState>>,
+        teardown: Teardown,
         stdout: &Capture,
         started: Instant,
     ) -> Result<Reply, CallError> {
         let timeout = self.limits.timeout;
         let timer = Arc::clone(&meter);
         let guest = guarded(Arc::clone(&meter), async move {
-            let _permit = permit;
             let command = pre.instantiate_async(&mut store).await?;
             timer.instantiated(started);
-            command.wasi_cli_run().call_run(&mut store).await
+            let outcome = command.wasi_cli_run().call_run(&mut store).await;
+            // As for a proxy: the host's resources now, the pool slot's reset after the
+            // response while a core is spare (its stdout, the response, is in the capture).
+            drop(std::mem::take(&mut store.data_mut().table));
+            match teardown {
+                Teardown::AfterThisTask => teardown_after_this_task(store, permit),
+                Teardown::Now | Teardown::Recycler => teardown_now(store, permit),
+            }
+            outcome
         });
         let Ok(outcome) = tokio::time::timeout(self.grace(), guest).await else {
             return Err(CallError::Timeout(timeout));

@@ -128,22 +128,39 @@ async fn every_call_is_fresh_whichever_way_the_engine_chooses() {
 async fn one_pool_slot_serves_calls_one_after_another_and_at_once() {
     // While a core is spare a call's store is dropped (its slot freed) by a task that runs
     // after the call has returned: the next call, waiting for the only slot, must get it.
+    one_slot_serves("probe", get("/counter"), b"1").await;
+}
+
+#[tokio::test]
+async fn one_pool_slot_serves_command_calls_one_after_another_and_at_once() {
+    // The same for a command module, whose store is dropped the same way.
+    let call = HttpCall {
+        method: "POST".into(),
+        body: Bytes::from_static(b"again"),
+        ..get("/")
+    };
+    one_slot_serves("upper", call, b"POST AGAIN").await;
+}
+
+/// An engine of one slot serves `call` to `name` 20 times in a row, then 8 times at once,
+/// each answered `want`.
+async fn one_slot_serves(name: &str, call: HttpCall, want: &[u8]) {
     let mut cfg = EngineConfig::new(shared_dir().join("cache"));
     cfg.max_instances = 1;
     cfg.ahead = Ahead::Never;
-    let f = WasmEngine::new(cfg).unwrap().load(&guest("probe"), limits()).unwrap();
+    let f = WasmEngine::new(cfg).unwrap().load(&guest(name), limits()).unwrap();
     for i in 0..20 {
-        let r = tokio::time::timeout(Duration::from_secs(20), f.call(get("/counter")))
+        let r = tokio::time::timeout(Duration::from_secs(20), f.call(call.clone()))
             .await
             .unwrap_or_else(|_| panic!("call {i} never got the pool's slot"));
-        assert_eq!(&r.result.unwrap().body[..], b"1", "call {i}");
+        assert_eq!(&r.result.unwrap().body[..], want, "call {i}");
     }
-    let calls = (0..8).map(|_| f.call(get("/counter")));
+    let calls = (0..8).map(|_| f.call(call.clone()));
     let all = tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(calls))
         .await
         .expect("concurrent calls on one slot all finish");
     for r in all {
-        assert_eq!(&r.result.unwrap().body[..], b"1");
+        assert_eq!(&r.result.unwrap().body[..], want);
     }
 }
 
