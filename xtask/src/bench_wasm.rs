@@ -304,6 +304,10 @@ fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Me
             "adaptive",
             "pooled, the daemon's default: whichever of the two the engine measures faster",
         ),
+        (
+            "after",
+            "pooled, the next call's instance made right after the call, on its thread (`after-response`)",
+        ),
         ("on_demand", "on demand (mmap per instance), all in the call"),
     ] {
         let c = &criterion[k];

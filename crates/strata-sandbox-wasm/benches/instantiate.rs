@@ -16,6 +16,9 @@
 //!   for the guest's run only (the report counts how many calls found their instance made);
 //! - `adaptive`: the daemon's default: made ahead or in place, whichever the engine measures
 //!   to be faster for this function on this machine;
+//! - `after`: the next call's instance made by the task that drops the call's store, right
+//!   after the call (`Ahead::AfterResponse`): the call runs the guest only, and "with its
+//!   drop" includes making the next one;
 //! - `on_demand`: the `pooled` engine without the pool (mmap per instance), the baseline the
 //!   pool is measured against.
 //!
@@ -109,6 +112,7 @@ fn bench(c: &mut Criterion) {
         ("pooled", true, Ahead::Never),
         ("ahead", true, Ahead::WhenIdle),
         ("adaptive", true, Ahead::Adaptive),
+        ("after", true, Ahead::AfterResponse),
         ("on_demand", false, Ahead::Never),
     ] {
         let f = load(dir.path(), pooling, ahead, &component());

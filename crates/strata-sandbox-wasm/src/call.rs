@@ -217,7 +217,7 @@ pub(crate) struct Function {
     pub(crate) limits: Limits,
     pub(crate) inner: Arc<Inner>,
     pub(crate) stash: Stash,
-    /// Whether its calls are faster with instances made ahead or made in place
+    /// Whether its calls are faster with instances made ahead on the recycler or on their worker
     /// ([`Ahead::Adaptive`]).
     pub(crate) chooser: Mutex<Chooser>,
     /// Its calls in flight.
@@ -240,8 +240,9 @@ impl Function {
     /// else one made now. While the machine has a core to spare, either the recycler is asked
     /// for the next call's instance as this one starts and gets this one's store to drop
     /// (`WhenIdle`, and `Adaptive` while its chooser finds that faster), or the call drops
-    /// its store in a task that runs after it has returned. With no core spare, the call
-    /// makes and drops its own.
+    /// its store in a task that runs after it has returned, which then makes the next call's
+    /// instance (`AfterResponse`, and `Adaptive`'s other way; with `Never`, only the drop).
+    /// With no core spare, the call makes and drops its own.
     async fn call(self: &Arc<Self>, call: HttpCall) -> CallReport {
         let queued_at = Instant::now();
         let command = matches!(self.pre, Pre::Command(_));
@@ -260,10 +261,14 @@ impl Function {
             let now = queued_at.saturating_duration_since(self.inner.born).as_nanos() as u64;
             self.chooser.lock().expect("chooser lock").start(seq, now, alone)
         });
+        let after_response = self.inner.ahead == Ahead::AfterResponse;
         let offload = match ticket {
             Some(t) => t.way == Way::Ahead,
-            None => spare,
+            None => spare && !after_response,
         };
+        // Not on the recycler: the next instance is made by this call's worker once its
+        // response is out (`AfterResponse`, and `Adaptive`'s other way).
+        let makes_next_after = ahead_on && !offload && (after_response || ticket.is_some());
         if offload {
             self.ask_next();
         }
@@ -297,6 +302,8 @@ impl Function {
                         let run = (pre, store, permit, Arc::clone(&meter));
                         let teardown = if offload {
                             Teardown::Recycler
+                        } else if idle && makes_next_after {
+                            Teardown::AfterThisTaskThenNext
                         } else if idle {
                             Teardown::AfterThisTask
                         } else {
@@ -378,53 +385,76 @@ impl Function {
         self.inner.ahead != Ahead::Never && !matches!(self.pre, Pre::Command(_))
     }
 
-    /// Make the instance for the next call (the recycler's thread): a store and an
-    /// instance, as a call would make them, kept in the stash. Not when one is ready, the
-    /// function is a command (its store holds the request's body), or fewer than half the
-    /// pool's slots would be free once it holds one. Whether it made one.
+    /// Make the instance for the next call on the recycler's thread ([`Self::make_ready`]),
+    /// kept in the stash. Whether it made one.
     pub(crate) fn prepare_ahead(&self, rt: &tokio::runtime::Runtime) -> bool {
-        let ready = (|| {
-            let Pre::Proxy(pre) = &self.pre else { return None };
-            // At least half the pool stays free once this instance holds its slot (with a
-            // pool of one slot or two, nothing is made ahead: it would hold a slot a call of
-            // another function may need).
-            let free_after = self.inner.slots.available_permits().saturating_sub(1);
-            if self.stash.has_ready() || free_after * 2 < self.inner.pool_slots {
-                return None;
-            }
-            let permit = Arc::clone(&self.inner.slots).try_acquire_owned().ok()?;
-            let (stdout, stderr) = self.captures();
-            let meter = Arc::new(Meter::default());
-            let started = Instant::now();
-            let mut store = self.store(None, &stdout, &stderr, &[], started, &meter).ok()?;
-            match rt.block_on(guarded(Arc::clone(&meter), pre.instantiate_async(&mut store))) {
-                Ok(Ok(proxy)) => {
-                    meter.instantiated(started);
-                    Some(Ready {
-                        made: Instant::now(),
-                        store,
-                        proxy,
-                        permit,
-                        meter,
-                        stdout,
-                        stderr,
-                    })
-                }
-                // The call that finds no instance ready instantiates its own and reports
-                // what went wrong; here it is only noted.
-                Ok(Err(e)) => {
-                    tracing::debug!("instantiating ahead failed: {e:#}");
-                    None
-                }
-                Err(_) => {
-                    tracing::debug!("instantiating ahead panicked in the host");
-                    None
-                }
-            }
-        })();
+        let ready = rt.block_on(self.make_ready());
         let made = ready.is_some();
         self.stash.put(ready);
         made
+    }
+
+    /// Make the next call's instance on this task's worker, unless one is ready or being made
+    /// ([`Ahead::AfterResponse`]); the recycler is told to drop it if no call takes it.
+    pub(crate) async fn prepare_here(self: &Arc<Self>) {
+        use futures::FutureExt as _;
+        if !self.stash.should_ask() {
+            return;
+        }
+        // A panic in the host while instantiating leaves no instance, and the stash free
+        // to be asked again.
+        let ready = std::panic::AssertUnwindSafe(self.make_ready())
+            .catch_unwind()
+            .await
+            .unwrap_or(None);
+        let made = ready.is_some();
+        self.stash.put(ready);
+        if made {
+            self.inner.recycler.watch(self);
+        }
+    }
+
+    /// A store and an instance, as a call would make them, with their pool slot: not when
+    /// one is ready already, the function is a command (its store holds the request's body),
+    /// or fewer than half the pool's slots would be free once it holds one.
+    async fn make_ready(&self) -> Option<Ready> {
+        let Pre::Proxy(pre) = &self.pre else { return None };
+        // At least half the pool stays free once this instance holds its slot (with a pool
+        // of one slot or two, nothing is made ahead: it would hold a slot a call of another
+        // function may need).
+        let free_after = self.inner.slots.available_permits().saturating_sub(1);
+        if self.stash.has_ready() || free_after * 2 < self.inner.pool_slots {
+            return None;
+        }
+        let permit = Arc::clone(&self.inner.slots).try_acquire_owned().ok()?;
+        let (stdout, stderr) = self.captures();
+        let meter = Arc::new(Meter::default());
+        let started = Instant::now();
+        let mut store = self.store(None, &stdout, &stderr, &[], started, &meter).ok()?;
+        match guarded(Arc::clone(&meter), pre.instantiate_async(&mut store)).await {
+            Ok(Ok(proxy)) => {
+                meter.instantiated(started);
+                Some(Ready {
+                    made: Instant::now(),
+                    store,
+                    proxy,
+                    permit,
+                    meter,
+                    stdout,
+                    stderr,
+                })
+            }
+            // The call that finds no instance ready instantiates its own and reports what
+            // went wrong; here it is only noted.
+            Ok(Err(e)) => {
+                tracing::debug!("instantiating ahead failed: {e:#}");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("instantiating ahead panicked in the host");
+                None
+            }
+        }
     }
 
     /// A store for one call: WASI with captured output, no sockets, the granted folder, the
@@ -534,7 +564,8 @@ impl Function {
             drop(std::mem::take(&mut store.data_mut().table));
             match teardown {
                 Teardown::Recycler => self.inner.recycler.retire(store, permit),
-                Teardown::AfterThisTask => teardown_after_this_task(store, permit),
+                Teardown::AfterThisTask => teardown_after_this_task(store, permit, None),
+                Teardown::AfterThisTaskThenNext => teardown_after_this_task(store, permit, Some(Arc::clone(self))),
                 Teardown::Now => teardown_now(store, permit),
             }
             outcome
@@ -605,7 +636,9 @@ impl Function {
             // response while a core is spare (its stdout, the response, is in the capture).
             drop(std::mem::take(&mut store.data_mut().table));
             match teardown {
-                Teardown::AfterThisTask => teardown_after_this_task(store, permit),
+                Teardown::AfterThisTask | Teardown::AfterThisTaskThenNext => {
+                    teardown_after_this_task(store, permit, None)
+                }
                 Teardown::Now | Teardown::Recycler => teardown_now(store, permit),
             }
             outcome
@@ -653,6 +686,9 @@ enum Teardown {
     /// 162 µs; under 32 clients the extra task per call cost 3 % of the throughput, hence
     /// `Now` when no core is spare.
     AfterThisTask,
+    /// As `AfterThisTask`, and the same task then makes the function's next instance
+    /// ([`Ahead::AfterResponse`]).
+    AfterThisTaskThenNext,
     /// The call itself, before it returns.
     Now,
 }
@@ -663,9 +699,19 @@ enum Teardown {
 /// stolen by other workers), after the response has been handed on (through the gateway, in
 /// the same poll, to the socket). The pool slot's reset is then not part of what the client
 /// waits for. Its CPU time is not in the call's record. Outside a runtime: at once.
-fn teardown_after_this_task(store: Store<CallState>, permit: tokio::sync::OwnedSemaphorePermit) {
+/// With `next`, the task then makes that function's next instance.
+fn teardown_after_this_task(
+    store: Store<CallState>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    next: Option<Arc<Function>>,
+) {
     match tokio::runtime::Handle::try_current() {
-        Ok(rt) => drop(rt.spawn(async move { teardown_now(store, permit) })),
+        Ok(rt) => drop(rt.spawn(async move {
+            teardown_now(store, permit);
+            if let Some(f) = next {
+                f.prepare_here().await;
+            }
+        })),
         Err(_) => teardown_now(store, permit),
     }
 }

@@ -1,10 +1,14 @@
-//! Whether a function's calls should take instances made ahead on the recycler's thread or
-//! make their own: decided by measuring the function's own calls both ways.
+//! Whether a function's calls should take instances made ahead on the recycler's thread, or
+//! on their own worker after the previous call's response: decided by measuring the
+//! function's own calls both ways.
 //!
-//! Neither is faster everywhere, nor at every moment on one machine. Making the instance ahead takes instantiation and teardown
-//! off the call's path, but the instance is built, and its pool slot reset, by another
-//! thread while the request's other work (HTTP, the kernel's TCP, the client when it shares
-//! the machine) wants the cores too. Measured on two machines of the same kind
+//! Neither is faster everywhere, nor at every moment on one machine. The recycler takes
+//! instantiation and teardown off the worker altogether, but the instance is built, and its
+//! pool slot reset, by another thread while the request's other work (HTTP, the kernel's TCP,
+//! the client when it shares the machine) wants the cores too; on the worker, the same work
+//! runs on the core whose caches hold the slot, once the response is out. (The figures below
+//! compared the recycler with calls that made their own instance, before the worker made
+//! the next one after its response.) Measured on two machines of the same kind
 //! (docs/benchmarks.md): on one (AMD EPYC) sequential calls through the gateway were 26 %
 //! faster made ahead; on the other (Intel Xeon) 40–50 % slower in one hour and 17 % faster
 //! in the next. There the call itself was shorter made ahead (45 against 55 µs) while the
@@ -22,9 +26,10 @@ pub(crate) const MAX_CYCLE_NS: u64 = 10_000_000;
 /// How one call gets its instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Way {
-    /// The call makes its own instance, and drops it itself (in a task that runs after the
-    /// response is passed on, while a core is spare).
-    InPlace,
+    /// The call takes the instance its function's previous call made after its response (or
+    /// makes its own when none is ready); once its own response is passed on, a task on its
+    /// worker drops its store and makes the next.
+    OnWorker,
     /// The call takes the instance made ahead of it, asks for the next, and hands its store
     /// to the recycler to drop.
     Ahead,
@@ -33,15 +38,15 @@ pub(crate) enum Way {
 impl Way {
     fn index(self) -> usize {
         match self {
-            Way::InPlace => 0,
+            Way::OnWorker => 0,
             Way::Ahead => 1,
         }
     }
 
     fn other(self) -> Way {
         match self {
-            Way::InPlace => Way::Ahead,
-            Way::Ahead => Way::InPlace,
+            Way::OnWorker => Way::Ahead,
+            Way::Ahead => Way::OnWorker,
         }
     }
 }
@@ -173,7 +178,7 @@ impl Chooser {
         Some(if ahead.typical_ns() < in_place.typical_ns() {
             Way::Ahead
         } else {
-            Way::InPlace
+            Way::OnWorker
         })
     }
 
@@ -204,7 +209,7 @@ impl Chooser {
 mod tests {
     use super::*;
 
-    /// Run `n` calls where a call made `Ahead` takes `ahead_ns` and one made in place
+    /// Run `n` calls where a call made `Ahead` takes `ahead_ns` and one made on the worker
     /// `in_place_ns`; how many went each way.
     fn drive(c: &mut Chooser, n: usize, in_place_ns: u64, ahead_ns: u64) -> [usize; 2] {
         let mut count = [0; 2];
@@ -212,7 +217,7 @@ mod tests {
             let t = c.next();
             count[t.way.index()] += 1;
             let ns = match t.way {
-                Way::InPlace => in_place_ns,
+                Way::OnWorker => in_place_ns,
                 Way::Ahead => ahead_ns,
             };
             c.observe(t, ns);
@@ -228,7 +233,7 @@ mod tests {
         assert!(
             ways[BLOCK as usize..2 * BLOCK as usize]
                 .iter()
-                .all(|w| *w == Way::InPlace)
+                .all(|w| *w == Way::OnWorker)
         );
         assert!(
             ways[2 * BLOCK as usize..3 * BLOCK as usize]
@@ -242,42 +247,52 @@ mod tests {
     fn settles_on_the_faster_way_whichever_it_is() {
         let mut c = Chooser::default();
         let count = drive(&mut c, 20_000, 19_000, 35_000);
-        assert_eq!(c.chosen(), Some(Way::InPlace));
-        assert!(count[0] > 19 * count[1], "in place {} ahead {}", count[0], count[1]);
+        assert_eq!(c.chosen(), Some(Way::OnWorker));
+        assert!(
+            count[0] > 19 * count[1],
+            "on the worker {} ahead {}",
+            count[0],
+            count[1]
+        );
 
         let mut c = Chooser::default();
         let count = drive(&mut c, 20_000, 85_000, 53_000);
         assert_eq!(c.chosen(), Some(Way::Ahead));
-        assert!(count[1] > 19 * count[0], "in place {} ahead {}", count[0], count[1]);
+        assert!(
+            count[1] > 19 * count[0],
+            "on the worker {} ahead {}",
+            count[0],
+            count[1]
+        );
     }
 
     #[test]
     fn keeps_trying_the_other_way_and_follows_a_change() {
         let mut c = Chooser::default();
         drive(&mut c, 10_000, 19_000, 35_000);
-        assert_eq!(c.chosen(), Some(Way::InPlace));
+        assert_eq!(c.chosen(), Some(Way::OnWorker));
         // The machine changes: calls made ahead become the faster ones.
         let count = drive(&mut c, 20_000, 60_000, 30_000);
         assert_eq!(c.chosen(), Some(Way::Ahead));
-        assert!(count[1] > count[0], "in place {} ahead {}", count[0], count[1]);
+        assert!(count[1] > count[0], "on the worker {} ahead {}", count[0], count[1]);
     }
 
     #[test]
     fn a_few_preempted_calls_do_not_flip_the_choice() {
         let mut c = Chooser::default();
         drive(&mut c, 5_000, 19_000, 35_000);
-        // Three calls in place that the OS held for 5 ms each.
+        // Three calls on the worker that the OS held for 5 ms each.
         for _ in 0..3 {
             let t = loop {
                 let t = c.next();
-                if t.way == Way::InPlace && t.counts {
+                if t.way == Way::OnWorker && t.counts {
                     break t;
                 }
                 c.observe(t, 35_000);
             };
             c.observe(t, 5_000_000);
         }
-        assert_eq!(c.chosen(), Some(Way::InPlace));
+        assert_eq!(c.chosen(), Some(Way::OnWorker));
     }
 
     #[test]

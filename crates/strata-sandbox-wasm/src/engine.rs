@@ -48,13 +48,20 @@ pub enum Ahead {
     /// While the machine has a core to spare: when it has none, the work moved off a call's
     /// path would only compete with the calls, so they do it themselves.
     WhenIdle,
-    /// As `WhenIdle`, but only if that makes a client calling the function back to back
-    /// faster on this machine, which the engine measures on the calls themselves
-    /// (`choose.rs`; the default): the hand-off and the recycler's work on another core can
-    /// cost more than making the instance in place.
+    /// While the machine has a core to spare, as `WhenIdle` or as `AfterResponse`, whichever
+    /// makes a client calling the function back to back faster on this machine, which the
+    /// engine measures on the calls themselves (`choose.rs`; the default): the hand-off and
+    /// the recycler's work on another core can cost more than the same work on the call's
+    /// own worker.
     Adaptive,
     /// Whatever the load (tests).
     Always,
+    /// While the machine has a core to spare, on the call's own worker: once a call's response
+    /// is on its way, the task that drops its store then makes the function's next instance
+    /// (into the slot just freed, on the core whose caches hold it), so the next call runs the
+    /// guest only. With no core spare, calls make and drop their own. The recycler thread
+    /// only drops the instances no call took.
+    AfterResponse,
 }
 
 impl EngineConfig {

@@ -55,6 +55,9 @@ const RECENT: Duration = Duration::from_millis(50);
 pub(crate) struct Recycler {
     tx: mpsc::Sender<Weak<Function>>,
     used: Arc<Mutex<Vec<Used>>>,
+    /// Functions whose instance a worker made ahead ([`Recycler::watch`]): the thread drops
+    /// it if no call takes it, as it does its own.
+    watched: Arc<Mutex<Vec<Weak<Function>>>>,
     /// The thread is in, or about to start, a long wait: `retire` must wake it.
     sleeping: Arc<AtomicBool>,
 }
@@ -69,6 +72,8 @@ impl Recycler {
         // does not wait for I/O, but host code a component's start-up calls may expect one.
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let sweep = Arc::clone(&used);
+        let watched: Arc<Mutex<Vec<Weak<Function>>>> = Arc::default();
+        let watch = Arc::clone(&watched);
         let sleeping = Arc::new(AtomicBool::new(false));
         let asleep = Arc::clone(&sleeping);
         std::thread::Builder::new().name("wasm-recycle".into()).spawn(move || {
@@ -78,6 +83,11 @@ impl Recycler {
             let mut worked = Instant::now();
             let retired = || !sweep.lock().map(|u| u.is_empty()).unwrap_or(true);
             loop {
+                for w in std::mem::take(&mut *watch.lock().unwrap_or_else(|p| p.into_inner())) {
+                    if !holding.iter().any(|h| Weak::ptr_eq(h, &w)) {
+                        holding.push(w);
+                    }
+                }
                 let wait = if retired() || worked.elapsed() < RECENT {
                     Some(IDLE_SWEEP)
                 } else {
@@ -134,13 +144,38 @@ impl Recycler {
                     holding.retain(|h| {
                         let Some(f) = h.upgrade() else { return false };
                         drop(f.stash.expire(ready_idle));
-                        f.stash.has_ready()
+                        // Cleared before the look: a worker that makes one after it
+                        // finds the flag down and watches the function again.
+                        f.stash.watched.store(false, Ordering::SeqCst);
+                        let keep = f.stash.has_ready();
+                        if keep {
+                            f.stash.watched.store(true, Ordering::SeqCst);
+                        }
+                        keep
                     });
                 }
             }
             // The engine is gone: what is left is dropped with `sweep`.
         })?;
-        Ok(Recycler { tx, used, sleeping })
+        Ok(Recycler {
+            tx,
+            used,
+            watched,
+            sleeping,
+        })
+    }
+
+    /// Drop `function`'s instance made ahead by a worker if no call takes it in time (once
+    /// per function while it has one: the stash's `watched` flag).
+    pub(crate) fn watch(&self, function: &Arc<Function>) {
+        if function.stash.watched.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(mut w) = self.watched.lock() {
+            w.push(Arc::downgrade(function));
+        }
+        // The thread may be in a long wait with nothing to expire: wake it to take this one.
+        let _ = self.tx.send(Weak::new());
     }
 
     /// Make `function`'s next instance, off any call's path.
@@ -181,6 +216,8 @@ fn unwind_safe<T>(f: impl FnOnce() -> T) -> Option<T> {
 pub(crate) struct Stash {
     ready: Mutex<Option<Ready>>,
     asked: AtomicBool,
+    /// The recycler's thread has the function among those whose instance it expires.
+    watched: AtomicBool,
 }
 
 impl Stash {

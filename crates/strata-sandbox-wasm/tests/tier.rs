@@ -339,6 +339,50 @@ async fn an_engine_that_makes_nothing_ahead_instantiates_in_the_call() {
 }
 
 #[tokio::test]
+async fn an_instance_made_after_a_response_serves_the_next_call_and_expires_untaken() {
+    // `AfterResponse`: the task that drops a call's store makes the next instance (while a
+    // core is spare: calls go on until some find theirs made).
+    let mut cfg = EngineConfig::new(shared_dir().join("cache"));
+    cfg.max_instances = 8;
+    cfg.ahead = Ahead::AfterResponse;
+    cfg.ready_idle = Duration::from_millis(50);
+    let f = WasmEngine::new(cfg).unwrap().load(&guest("probe"), limits()).unwrap();
+    assert!(!f.has_ready(), "nothing is made before the function is called");
+    let t = Instant::now();
+    let mut ahead = 0;
+    while ahead < 3 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no call found an instance made for it"
+        );
+        let r = f.call(get("/counter")).await;
+        assert_eq!(&r.result.unwrap().body[..], b"1", "every call has a fresh instance");
+        ahead += usize::from(r.ahead);
+        // The task the call left (drop its store, make the next instance) runs now.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Made after a call and taken by none: the recycler drops it after its idle time.
+    let t = Instant::now();
+    while !f.has_ready() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no instance was made after a call"
+        );
+        f.call(get("/counter")).await.result.unwrap();
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let t = Instant::now();
+    while f.has_ready() {
+        assert!(t.elapsed() < Duration::from_secs(10), "kept past its idle time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_spinning_guest_is_stopped_at_its_timeout_and_the_next_call_works() {
     let f = shared().load(&guest("probe"), limits()).unwrap();
     let t = Instant::now();

@@ -39,7 +39,10 @@ impl Tier {
                 "when-idle" => Ahead::WhenIdle,
                 "always" => Ahead::Always,
                 "adaptive" => Ahead::Adaptive,
-                other => anyhow::bail!("STRATA_WASM_AHEAD = {other:?}: expected never, when-idle, always or adaptive"),
+                "after-response" => Ahead::AfterResponse,
+                other => anyhow::bail!(
+                    "STRATA_WASM_AHEAD = {other:?}: expected never, when-idle, always, adaptive or after-response"
+                ),
             };
         }
         // The engine's instance slots: calls of all wasm functions at once (1,000 unless set).
