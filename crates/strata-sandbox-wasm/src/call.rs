@@ -252,7 +252,7 @@ impl Function {
         // only compete with the calls and add a hand-off: a call then makes and drops its own
         // instance (it still takes one that is ready). With a core to spare, `Adaptive` asks
         // the function's chooser which way its calls are faster.
-        let idle = self.inner.load.spare();
+        let idle = !self.inner.load_aware || self.inner.load.spare();
         let spare = ahead_on && (self.inner.ahead == Ahead::Always || idle);
         let alone = self.inflight.fetch_add(1, Ordering::Relaxed) == 0;
         let _inflight = Inflight(&self.inflight);

@@ -171,11 +171,11 @@ impl Chooser {
 
     /// The way chosen once both are measured (`None` while still measuring).
     pub(crate) fn chosen(&self) -> Option<Way> {
-        let [in_place, ahead] = &self.estimates;
-        if in_place.samples < MIN_SAMPLES || ahead.samples < MIN_SAMPLES {
+        let [on_worker, ahead] = &self.estimates;
+        if on_worker.samples < MIN_SAMPLES || ahead.samples < MIN_SAMPLES {
             return None;
         }
-        Some(if ahead.typical_ns() < in_place.typical_ns() {
+        Some(if ahead.typical_ns() < on_worker.typical_ns() {
             Way::Ahead
         } else {
             Way::OnWorker
@@ -187,7 +187,7 @@ impl Chooser {
         if chosen != self.announced {
             self.announced = chosen;
             tracing::debug!(
-                in_place_us = self.estimates[0].typical_ns() / 1000.0,
+                on_worker_us = self.estimates[0].typical_ns() / 1000.0,
                 ahead_us = self.estimates[1].typical_ns() / 1000.0,
                 ?chosen,
                 "instances for this function's calls: the faster way changed"
@@ -210,14 +210,14 @@ mod tests {
     use super::*;
 
     /// Run `n` calls where a call made `Ahead` takes `ahead_ns` and one made on the worker
-    /// `in_place_ns`; how many went each way.
-    fn drive(c: &mut Chooser, n: usize, in_place_ns: u64, ahead_ns: u64) -> [usize; 2] {
+    /// `on_worker_ns`; how many went each way.
+    fn drive(c: &mut Chooser, n: usize, on_worker_ns: u64, ahead_ns: u64) -> [usize; 2] {
         let mut count = [0; 2];
         for _ in 0..n {
             let t = c.next();
             count[t.way.index()] += 1;
             let ns = match t.way {
-                Way::OnWorker => in_place_ns,
+                Way::OnWorker => on_worker_ns,
                 Way::Ahead => ahead_ns,
             };
             c.observe(t, ns);

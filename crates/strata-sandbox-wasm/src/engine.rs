@@ -38,6 +38,10 @@ pub struct EngineConfig {
     pub ahead: Ahead,
     /// How long an instance made ahead waits for a call before it is dropped.
     pub ready_idle: Duration,
+    /// Whether what is done while a core is spare (instances made ahead, drops after the
+    /// response) waits for the machine to have one (the default); off, the engine acts as
+    /// if it always had one (tests, whose results must not depend on the machine's load).
+    pub load_aware: bool,
 }
 
 /// When the engine's recycler thread makes instances ahead of calls and drops used ones.
@@ -75,6 +79,7 @@ impl EngineConfig {
             pooling: true,
             ahead: Ahead::Adaptive,
             ready_idle: Duration::from_secs(30),
+            load_aware: true,
         }
     }
 }
@@ -156,6 +161,8 @@ pub(crate) struct Inner {
     /// Drops used stores and makes instances ahead of calls, off the calls' path.
     pub(crate) recycler: Recycler,
     pub(crate) ahead: Ahead,
+    /// [`EngineConfig::load_aware`].
+    pub(crate) load_aware: bool,
     /// Whether the machine has a core to spare for the recycler.
     pub(crate) load: Arc<Load>,
     /// When the engine was made: the origin of the times its functions' choosers get.
@@ -268,6 +275,7 @@ impl WasmEngine {
                 prepared: Mutex::new(HashMap::new()),
                 recycler,
                 ahead: cfg.ahead,
+                load_aware: cfg.load_aware,
                 load,
                 born: Instant::now(),
             }),
