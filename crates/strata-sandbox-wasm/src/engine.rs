@@ -33,8 +33,9 @@ pub struct EngineConfig {
     /// Instances from the pooling allocator (the default); off allocates each instance's
     /// memories and tables with mmap, for comparison in benchmarks.
     pub pooling: bool,
-    /// Whether each function's next instance is made ahead of its call, and used ones are
-    /// dropped after it, on a thread of the engine's instead of the call's path.
+    /// Whether, and where, each function's next instance is made ahead of its call: on the
+    /// engine's recycler thread (which then also drops used ones), or on the call's worker
+    /// after its response.
     pub ahead: Ahead,
     /// How long an instance made ahead waits for a call before it is dropped.
     pub ready_idle: Duration,

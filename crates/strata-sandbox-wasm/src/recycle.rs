@@ -1,7 +1,9 @@
 //! Work around a call that the caller need not wait for: dropping a used store (resetting its
 //! pool slot: finding and rewriting the pages the call dirtied) and instantiating the next
 //! call's instance ahead of it. One thread per engine does both, so a call's path is the
-//! guest's run and not its set-up and teardown.
+//! guest's run and not its set-up and teardown. (The other way, `Ahead::AfterResponse`, makes
+//! the next instance on the call's own worker; this thread then only expires it if no call
+//! takes it: [`Recycler::watch`].)
 //!
 //! An instance made ahead is still used for one call only and dropped after it: nothing
 //! survives from one call to the next, exactly as when the call instantiates it itself. It
