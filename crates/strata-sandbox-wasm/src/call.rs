@@ -252,7 +252,7 @@ impl Function {
         // only compete with the calls and add a hand-off: a call then makes and drops its own
         // instance (it still takes one that is ready). With a core to spare, `Adaptive` asks
         // the function's chooser which way its calls are faster.
-        let idle = !self.inner.load_aware || self.inner.load.spare();
+        let idle = self.inner.load.spare();
         let spare = ahead_on && (self.inner.ahead == Ahead::Always || idle);
         let alone = self.inflight.fetch_add(1, Ordering::Relaxed) == 0;
         let _inflight = Inflight(&self.inflight);
@@ -266,9 +266,18 @@ impl Function {
             Some(t) => t.way == Way::Ahead,
             None => spare && !after_response,
         };
-        // Not on the recycler: the next instance is made by this call's worker once its
-        // response is out (`AfterResponse`, and `Adaptive`'s other way).
-        let makes_next_after = ahead_on && !offload && (after_response || ticket.is_some());
+        // Who drops the store once the guest is done. Not on the recycler, the next instance
+        // is made by this call's worker once its response is out (`AfterResponse`, and
+        // `Adaptive`'s other way). A command is never made ahead: `AfterThisTask` or `Now`.
+        let teardown = if offload {
+            Teardown::Recycler
+        } else if !idle {
+            Teardown::Now
+        } else if ahead_on && (after_response || ticket.is_some()) {
+            Teardown::AfterThisTaskThenNext
+        } else {
+            Teardown::AfterThisTask
+        };
         if offload {
             self.ask_next();
         }
@@ -300,15 +309,6 @@ impl Function {
                 match made {
                     Ok((store, proxy)) => {
                         let run = (pre, store, permit, Arc::clone(&meter));
-                        let teardown = if offload {
-                            Teardown::Recycler
-                        } else if idle && makes_next_after {
-                            Teardown::AfterThisTaskThenNext
-                        } else if idle {
-                            Teardown::AfterThisTask
-                        } else {
-                            Teardown::Now
-                        };
                         self.run_proxy(run, proxy, teardown, &call, started).await
                     }
                     Err(e) => Err(e),
@@ -324,7 +324,6 @@ impl Function {
                 match self.store(body, &stdout, &stderr, &env, started, &meter) {
                     Ok(store) => {
                         let run = (pre, store, permit, Arc::clone(&meter));
-                        let teardown = if idle { Teardown::AfterThisTask } else { Teardown::Now };
                         self.run_command(run, teardown, &stdout, started).await
                     }
                     Err(e) => Err(e),
@@ -563,17 +562,7 @@ impl Function {
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await;
-            // The instance is done. Its teardown (the pool slot's reset) goes to the recycler,
-            // to a task that runs once this one has passed the response on, or happens now.
-            // The host's resources go now: the response's sender among them, whose drop
-            // tells the response's side that a guest that trapped set none.
-            drop(std::mem::take(&mut store.data_mut().table));
-            match teardown {
-                Teardown::Recycler => self.inner.recycler.retire(store, permit),
-                Teardown::AfterThisTask => teardown_after_this_task(store, permit, None),
-                Teardown::AfterThisTaskThenNext => teardown_after_this_task(store, permit, Some(Arc::clone(self))),
-                Teardown::Now => teardown_now(store, permit),
-            }
+            self.finish(teardown, store, permit);
             outcome
         });
         let max_body = self.limits.max_response_bytes;
@@ -626,7 +615,7 @@ impl Function {
     }
 
     async fn run_command(
-        &self,
+        self: &Arc<Self>,
         (pre, mut store, permit, meter): Run<'_, CommandPre<CallState>>,
         teardown: Teardown,
         stdout: &Capture,
@@ -638,15 +627,8 @@ impl Function {
             let command = pre.instantiate_async(&mut store).await?;
             timer.instantiated(started);
             let outcome = command.wasi_cli_run().call_run(&mut store).await;
-            // As for a proxy: the host's resources now, the pool slot's reset after the
-            // response while a core is spare (its stdout, the response, is in the capture).
-            drop(std::mem::take(&mut store.data_mut().table));
-            match teardown {
-                Teardown::AfterThisTask | Teardown::AfterThisTaskThenNext => {
-                    teardown_after_this_task(store, permit, None)
-                }
-                Teardown::Now | Teardown::Recycler => teardown_now(store, permit),
-            }
+            // Its stdout, the response, is in the capture already.
+            self.finish(teardown, store, permit);
             outcome
         });
         let Ok(outcome) = tokio::time::timeout(self.grace(), guest).await else {
@@ -679,6 +661,19 @@ impl Function {
             headers: Vec::new(),
             body,
         })
+    }
+
+    /// A call's instance is done. The host's resources go now (for a proxy, the response's
+    /// sender among them, whose drop tells the response's side that a guest that trapped set
+    /// none); the store's teardown (the pool slot's reset) goes the `how` way.
+    fn finish(self: &Arc<Self>, how: Teardown, mut store: Store<CallState>, permit: tokio::sync::OwnedSemaphorePermit) {
+        drop(std::mem::take(&mut store.data_mut().table));
+        match how {
+            Teardown::Recycler => self.inner.recycler.retire(store, permit),
+            Teardown::AfterThisTask => teardown_after_this_task(store, permit, None),
+            Teardown::AfterThisTaskThenNext => teardown_after_this_task(store, permit, Some(Arc::clone(self))),
+            Teardown::Now => teardown_now(store, permit),
+        }
     }
 }
 

@@ -162,8 +162,6 @@ pub(crate) struct Inner {
     /// Drops used stores and makes instances ahead of calls, off the calls' path.
     pub(crate) recycler: Recycler,
     pub(crate) ahead: Ahead,
-    /// [`EngineConfig::load_aware`].
-    pub(crate) load_aware: bool,
     /// Whether the machine has a core to spare for the recycler.
     pub(crate) load: Arc<Load>,
     /// When the engine was made: the origin of the times its functions' choosers get.
@@ -259,7 +257,7 @@ impl WasmEngine {
 
         let cache =
             ArtifactCache::open(&cfg.cache_dir).map_err(|e| WasmError::Io(cfg.cache_dir.display().to_string(), e))?;
-        let load = Arc::new(Load::new());
+        let load = Arc::new(Load::new(cfg.load_aware));
         spawn_ticker(&engine, cfg.epoch_tick, Arc::clone(&load));
         let recycler =
             Recycler::start(cfg.ready_idle).map_err(|e| WasmError::Engine(format!("recycler thread: {e}")))?;
@@ -276,7 +274,6 @@ impl WasmEngine {
                 prepared: Mutex::new(HashMap::new()),
                 recycler,
                 ahead: cfg.ahead,
-                load_aware: cfg.load_aware,
                 load,
                 born: Instant::now(),
             }),

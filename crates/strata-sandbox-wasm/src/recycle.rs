@@ -265,6 +265,8 @@ impl Stash {
 /// system-wide figure, because whatever else runs on the machine takes the same cores.
 #[derive(Debug)]
 pub(crate) struct Load {
+    /// [`crate::EngineConfig::load_aware`]: off, `busy` stays false.
+    aware: bool,
     busy: AtomicBool,
     last: Mutex<Option<CpuTimes>>,
     /// The cores this process may use.
@@ -282,8 +284,10 @@ pub(crate) struct CpuTimes {
 const SPARE_CORES: f64 = 0.3;
 
 impl Load {
-    pub(crate) fn new() -> Self {
+    /// Unless `aware`, the machine always counts as having a core to spare (no sampling).
+    pub(crate) fn new(aware: bool) -> Self {
         Load {
+            aware,
             busy: AtomicBool::new(false),
             last: Mutex::new(None),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -298,6 +302,9 @@ impl Load {
     /// Take a new sample (the epoch thread, every few ticks). Without `/proc/stat` the
     /// machine counts as having a core to spare.
     pub(crate) fn sample(&self) {
+        if !self.aware {
+            return;
+        }
         let Some(now) = std::fs::read_to_string("/proc/stat").ok().and_then(|s| parse_stat(&s)) else {
             return;
         };
