@@ -261,19 +261,12 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         listener.local_addr()?,
         data.display()
     );
-    // Responses go out as soon as they are written, not held for the previous segment's
-    // acknowledgement (Nagle): the usual setting for an HTTP server.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY: {e}");
-        }
-    });
-    axum::serve(listener, strata_gateway::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let mut server = crate::http::Server::start(strata_gateway::router(state), crate::http::threads_wanted()?)?;
+    server.run(listener, shutdown_signal()).await;
     eprintln!("strata: draining calls in flight and stopping instances");
     orch.shutdown(Duration::from_secs(30)).await;
     store.flush();
+    server.finish();
     eprintln!("strata: stopped");
     Ok(())
 }

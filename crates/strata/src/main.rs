@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod daemon;
+mod http;
 mod pack;
 mod wasm;
 

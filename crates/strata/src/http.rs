@@ -1,0 +1,240 @@
+//! The gateway's HTTP server: one single-threaded tokio runtime per core, each serving the
+//! connections handed to it, instead of axum's `serve` on the daemon's work-stealing runtime.
+//!
+//! Why: on the work-stealing runtime a request's tasks wake the other worker (to steal the
+//! task just scheduled, or the one a response left behind), and the two workers spend their
+//! time parking, waking and searching each other: with one client both cores were busy for
+//! each call. Served on one thread, a connection's requests, their wasm calls and what those
+//! leave behind stay on one core with its caches. Measured in docs/benchmarks.md ("One
+//! runtime per core").
+//!
+//! One acceptor (on the daemon's runtime) owns the listening socket, so a port in use is still
+//! an error at start and a port of 0 works; it hands each accepted connection to the thread
+//! serving the fewest. (`SO_REUSEPORT` listeners per thread would spread connections by hash
+//! instead, and would let a second daemon on the same port share its traffic silently.)
+//!
+//! Everything else of the daemon (ticks, the async queue, cron) stays on its runtime; tasks a
+//! request spawns run on the thread that served it. A thread's runtime lives until
+//! [`Server::finish`], after the orchestrator has stopped, so instances whose pipes and timers
+//! were made on it can still be drained.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The threads serving HTTP, and the acceptor feeding them.
+pub struct Server {
+    threads: Vec<Thread>,
+    /// Tells the threads to stop serving (graceful: calls in flight finish).
+    stop: watch::Sender<bool>,
+}
+
+struct Thread {
+    /// Connections it serves now.
+    open: Arc<AtomicUsize>,
+    conns: mpsc::UnboundedSender<std::net::TcpStream>,
+    /// Told when its connections have all closed after `stop`.
+    drained: Option<oneshot::Receiver<()>>,
+    /// Ends its runtime.
+    exit: Option<oneshot::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How many threads serve HTTP: `STRATA_HTTP_THREADS`, or one per core.
+pub fn threads_wanted() -> anyhow::Result<usize> {
+    match std::env::var("STRATA_HTTP_THREADS") {
+        Ok(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .ok_or_else(|| anyhow::anyhow!("STRATA_HTTP_THREADS = {v:?}: expected a number from 1 to 1024")),
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+impl Server {
+    /// Start `n` threads serving `router`.
+    pub fn start(router: Router, n: usize) -> anyhow::Result<Server> {
+        let (stop, stopped) = watch::channel(false);
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let (conns, rx) = mpsc::unbounded_channel();
+            let (drained_tx, drained) = oneshot::channel();
+            let (exit, exit_rx) = oneshot::channel();
+            let open = Arc::new(AtomicUsize::new(0));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building an HTTP thread's runtime")?;
+            let (router, open2, stopped) = (router.clone(), Arc::clone(&open), stopped.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("strata-http-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        serve(rx, router, open2, stopped).await;
+                        let _ = drained_tx.send(());
+                        // Keep driving this runtime's I/O and timers until the daemon is done
+                        // with what was made on it.
+                        let _ = exit_rx.await;
+                    });
+                })
+                .context("starting an HTTP thread")?;
+            threads.push(Thread {
+                open,
+                conns,
+                drained: Some(drained),
+                exit: Some(exit),
+                handle: Some(handle),
+            });
+        }
+        Ok(Server { threads, stop })
+    }
+
+    /// Accept connections on `listener` until `signal` resolves, then stop the threads
+    /// gracefully: no new connections; requests in flight are answered; idle keep-alive
+    /// connections are closed. Returns when every connection has closed.
+    pub async fn run(&mut self, listener: tokio::net::TcpListener, signal: impl Future<Output = ()>) {
+        tokio::pin!(signal);
+        let mut next = 0usize;
+        loop {
+            let accepted = tokio::select! {
+                () = &mut signal => break,
+                a = listener.accept() => a,
+            };
+            let stream = match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // Responses go out as soon as they are written, not held for the previous
+            // segment's acknowledgement (Nagle): the usual setting for an HTTP server.
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY: {e}");
+            }
+            let Ok(stream) = stream.into_std() else { continue };
+            let i = pick(&self.threads, next);
+            next = i + 1;
+            let t = &self.threads[i];
+            t.open.fetch_add(1, Ordering::Relaxed);
+            if t.conns.send(stream).is_err() {
+                t.open.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        drop(listener);
+        let _ = self.stop.send(true);
+        for t in &mut self.threads {
+            if let Some(d) = t.drained.take() {
+                let _ = d.await;
+            }
+        }
+    }
+
+    /// End the threads' runtimes (after the orchestrator has stopped).
+    pub fn finish(mut self) {
+        for t in &mut self.threads {
+            if let Some(e) = t.exit.take() {
+                let _ = e.send(());
+            }
+        }
+        for t in &mut self.threads {
+            if let Some(h) = t.handle.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// The thread with the fewest open connections; among equals, the first from `from` on, so
+/// ties go round.
+fn pick(threads: &[Thread], from: usize) -> usize {
+    let n = threads.len();
+    (0..n)
+        .map(|k| (from + k) % n)
+        .min_by_key(|&i| threads[i].open.load(Ordering::Relaxed))
+        .unwrap_or(0)
+}
+
+/// One thread's loop: serve each connection handed over until told to stop, then close them
+/// gracefully.
+async fn serve(
+    mut conns: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    router: Router,
+    open: Arc<AtomicUsize>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    // HTTP/1.1, and HTTP/2 with prior knowledge, as axum's `serve` does.
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let stream = tokio::select! {
+            s = conns.recv() => match s {
+                Some(s) => s,
+                None => break,
+            },
+            _ = stopped.wait_for(|s| *s) => break,
+        };
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                open.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "registering a connection failed");
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        let open = Arc::clone(&open);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread(open: usize) -> Thread {
+        Thread {
+            open: Arc::new(AtomicUsize::new(open)),
+            conns: mpsc::unbounded_channel().0,
+            drained: None,
+            exit: None,
+            handle: None,
+        }
+    }
+
+    #[test]
+    fn a_connection_goes_to_the_thread_serving_the_fewest() {
+        let threads = [thread(3), thread(1), thread(2)];
+        assert_eq!(pick(&threads, 0), 1);
+        assert_eq!(pick(&threads, 2), 1);
+    }
+
+    #[test]
+    fn ties_go_round() {
+        let threads = [thread(0), thread(0), thread(0)];
+        assert_eq!(pick(&threads, 0), 0);
+        assert_eq!(pick(&threads, 1), 1);
+        assert_eq!(pick(&threads, 3), 0);
+        assert_eq!(pick(&[], 5), 0);
+    }
+}
