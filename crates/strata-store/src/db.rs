@@ -10,18 +10,19 @@ use serde::{Deserialize, Serialize};
 use strata_types::{FunctionSpec, InvocationRecord, LogLine, LogStream};
 
 use crate::blobs::{Blobs, PackageError};
+use crate::chunks::{self, LOG_CHUNKS, RECORD_CHUNKS};
 use crate::now_ms;
 
 /// name → FunctionMeta (JSON).
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 /// (name, version) → FunctionSpec (JSON).
 const VERSIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("versions");
-/// (name, seq) → InvocationRecord (JSON).
-const RECORDS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("records");
+/// (name, seq) → InvocationRecord (JSON): the layout before chunks, migrated at open.
+const OLD_RECORDS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("records");
 /// call id → (name, seq).
 const CALLS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("calls");
-/// (name, seq) → LogLine (JSON).
-const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
+/// (name, seq) → LogLine (JSON): the layout before chunks, migrated at open.
+const OLD_LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,9 @@ pub enum StoreError {
     /// No such function.
     #[error("function {0} not found")]
     FunctionNotFound(String),
+    /// A stored chunk of records or log lines is cut short.
+    #[error("stored {0} is damaged")]
+    Damaged(String),
     /// No such version.
     #[error("function {name} has no version {version}")]
     VersionNotFound {
@@ -208,9 +212,10 @@ impl Store {
             let tx = db.begin_write()?;
             tx.open_table(FUNCTIONS)?;
             tx.open_table(VERSIONS)?;
-            tx.open_table(RECORDS)?;
+            tx.open_table(RECORD_CHUNKS)?;
             tx.open_table(CALLS)?;
-            tx.open_table(LOGS)?;
+            tx.open_table(LOG_CHUNKS)?;
+            migrate(&tx)?;
             crate::queue::create_tables(&tx)?;
             tx.commit()?;
         }
@@ -393,10 +398,10 @@ impl Store {
             for v in &meta.versions {
                 versions.remove((name, v.version.as_str()))?;
             }
-            let mut records = tx.open_table(RECORDS)?;
+            let mut records = tx.open_table(RECORD_CHUNKS)?;
             let mut calls = tx.open_table(CALLS)?;
             remove_records(&mut records, &mut calls, name, u64::MAX)?;
-            remove_lines(&mut tx.open_table(LOGS)?, name, u64::MAX)?;
+            remove_lines(&mut tx.open_table(LOG_CHUNKS)?, name, u64::MAX)?;
             meta
         };
         tx.commit()?;
@@ -445,13 +450,7 @@ impl Store {
     /// The newest `limit` records of a function, newest first.
     pub fn records(&self, name: &str, limit: usize) -> Result<Vec<InvocationRecord>> {
         let tx = self.inner.db.begin_read()?;
-        let t = tx.open_table(RECORDS)?;
-        let mut out = Vec::new();
-        for entry in t.range((name, 0)..=(name, u64::MAX))?.rev().take(limit) {
-            let (_, v) = entry?;
-            out.push(decode(name, v.value())?);
-        }
-        Ok(out)
+        newest(&tx.open_table(RECORD_CHUNKS)?, name, limit)
     }
 
     /// One record by call id.
@@ -460,9 +459,14 @@ impl Store {
         let calls = tx.open_table(CALLS)?;
         let Some(at) = calls.get(call_id)? else { return Ok(None) };
         let (name, seq) = at.value();
-        let records = tx.open_table(RECORDS)?;
-        match records.get((name, seq))? {
-            Some(v) => Ok(Some(decode(call_id, v.value())?)),
+        let records = tx.open_table(RECORD_CHUNKS)?;
+        let Some(chunk) = records.range((name, 0)..=(name, seq))?.next_back().transpose()? else {
+            return Ok(None);
+        };
+        let first = chunk.0.value().1;
+        let all = chunks::entries(name, first, chunk.1.value())?;
+        match all.get((seq - first) as usize) {
+            Some(v) => Ok(Some(decode(call_id, v)?)),
             None => Ok(None),
         }
     }
@@ -470,11 +474,24 @@ impl Store {
     /// Log lines of a function with `seq >= since`, oldest first, at most `limit`.
     pub fn logs(&self, name: &str, since: u64, limit: usize) -> Result<Vec<LogLine>> {
         let tx = self.inner.db.begin_read()?;
-        let t = tx.open_table(LOGS)?;
+        let t = tx.open_table(LOG_CHUNKS)?;
+        // The chunk holding `since` starts at or before it.
+        let from = match t.range((name, 0)..=(name, since))?.next_back().transpose()? {
+            Some((k, _)) => k.value().1,
+            None => since,
+        };
         let mut out = Vec::new();
-        for entry in t.range((name, since)..=(name, u64::MAX))?.take(limit) {
-            let (_, v) = entry?;
-            out.push(decode(name, v.value())?);
+        for entry in t.range((name, from)..=(name, u64::MAX))? {
+            let (k, v) = entry?;
+            let first = k.value().1;
+            for (i, e) in chunks::entries(name, first, v.value())?.into_iter().enumerate() {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                if first + i as u64 >= since {
+                    out.push(decode(name, e)?);
+                }
+            }
         }
         Ok(out)
     }
@@ -482,22 +499,101 @@ impl Store {
     /// The newest `limit` log lines (for `logs` without `since`).
     pub fn tail(&self, name: &str, limit: usize) -> Result<Vec<LogLine>> {
         let tx = self.inner.db.begin_read()?;
-        let t = tx.open_table(LOGS)?;
-        let mut out = Vec::new();
-        for entry in t.range((name, 0)..=(name, u64::MAX))?.rev().take(limit) {
-            let (_, v) = entry?;
-            out.push(decode(name, v.value())?);
-        }
+        let mut out: Vec<LogLine> = newest(&tx.open_table(LOG_CHUNKS)?, name, limit)?;
         out.reverse();
         Ok(out)
     }
+}
+
+/// The newest `limit` entries of `name` in a chunk table, newest first.
+fn newest<T: for<'de> Deserialize<'de>>(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    name: &str,
+    limit: usize,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    for entry in table.range((name, 0)..=(name, u64::MAX))?.rev() {
+        let (k, v) = entry?;
+        for e in chunks::entries(name, k.value().1, v.value())?.into_iter().rev() {
+            out.push(decode(name, e)?);
+            if out.len() == limit {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Move records and log lines stored one per entry (before chunks) into chunks, in the
+/// transaction that opens the store; then drop the old tables.
+fn migrate(tx: &redb::WriteTransaction) -> Result<()> {
+    use redb::TableHandle as _;
+    let names: Vec<String> = tx.list_tables()?.map(|t| t.name().to_owned()).collect();
+    for (old, new) in [(OLD_RECORDS, RECORD_CHUNKS), (OLD_LOGS, LOG_CHUNKS)] {
+        if !names.iter().any(|n| n == old.name()) {
+            continue;
+        }
+        {
+            let from = tx.open_table(old)?;
+            let mut to = tx.open_table(new)?;
+            let mut open: HashMap<String, chunks::Open> = HashMap::new();
+            for entry in from.iter()? {
+                let (k, v) = entry?;
+                let (name, seq) = k.value();
+                append(&mut open, &mut to, name, seq, v.value())?;
+            }
+            for (name, c) in open.drain() {
+                to.insert((name.as_str(), c.first), c.bytes.as_slice())?;
+            }
+        }
+        tx.delete_table(old)?;
+    }
+    Ok(())
+}
+
+/// Add entry `seq` of `name` to its open chunk, or store that chunk and open another when the
+/// entry does not follow it or it is full.
+fn append(
+    open: &mut HashMap<String, chunks::Open>,
+    table: &mut redb::Table<(&'static str, u64), &'static [u8]>,
+    name: &str,
+    seq: u64,
+    entry: &[u8],
+) -> Result<()> {
+    if let Some(c) = open.get_mut(name) {
+        if c.first + c.n == seq && c.n < chunks::CHUNK_MAX {
+            chunks::push(&mut c.bytes, entry);
+            c.n += 1;
+            return Ok(());
+        }
+        table.insert((name, c.first), c.bytes.as_slice())?;
+        c.first = seq;
+        c.n = 1;
+        c.bytes.clear();
+        chunks::push(&mut c.bytes, entry);
+        return Ok(());
+    }
+    let mut bytes = Vec::with_capacity(4096);
+    chunks::push(&mut bytes, entry);
+    open.insert(
+        name.to_owned(),
+        chunks::Open {
+            first: seq,
+            n: 1,
+            bytes,
+        },
+    );
+    Ok(())
 }
 
 /// The batch writer (group commit): take everything queued right now (up to 4096 items),
 /// commit it in one durable transaction, then acknowledge. While one commit's fsync runs,
 /// the next batch piles up, so batches grow with load and latency stays one fsync.
 fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>, side: Arc<Mutex<Vec<Write>>>, retention: Retention) {
-    let mut next_seq: HashMap<(bool, String), u64> = HashMap::new();
+    let mut next_seq = Seqs::default();
     let mut last_durable = std::time::Instant::now();
     let mut last_commit = last_durable;
     // Lazily committed (not yet fsync'd) records or logs exist.
@@ -574,24 +670,18 @@ fn writer(db: Arc<Database>, rx: mpsc::Receiver<Write>, side: Arc<Mutex<Vec<Writ
     }
 }
 
+/// The next sequence number of `name` in `table` (kept in `next` after the first lookup).
 fn seq_for(
-    next: &mut HashMap<(bool, String), u64>,
+    next: &mut HashMap<String, u64>,
     table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
-    is_log: bool,
     name: &str,
 ) -> Result<u64> {
-    let key = (is_log, name.to_owned());
-    if let Some(n) = next.get_mut(&key) {
+    if let Some(n) = next.get_mut(name) {
         *n += 1;
         return Ok(*n);
     }
-    let last = table
-        .range((name, 0)..=(name, u64::MAX))?
-        .next_back()
-        .transpose()?
-        .map(|(k, _)| k.value().1);
-    let n = last.map_or(1, |l| l + 1);
-    next.insert(key, n);
+    let n = chunks::next_seq(table, name)?;
+    next.insert(name.to_owned(), n);
     Ok(n)
 }
 
@@ -620,19 +710,14 @@ fn remove_records(
     struct CallId {
         call_id: String,
     }
-    let mut gone = Vec::new();
-    for entry in records.range((name, 0)..=(name, upto))? {
-        let (k, v) = entry?;
-        let id = serde_json::from_slice::<CallId>(v.value()).ok().map(|r| r.call_id);
-        gone.push((k.value().1, id));
-    }
-    // One `remove` per key, not `retain_in`: redb's `retain_in` copies the pages it deletes
-    // from instead of changing them in place, and was half the writer's time once retention
-    // ran (`cargo bench -p strata-store --bench records`).
-    for (seq, id) in gone {
-        records.remove((name, seq))?;
-        let Some(id) = id else { continue };
-        let taken = calls.remove(id.as_str())?.map(|at| {
+    // Whole chunks go with one `remove` each; redb's `retain_in` would copy the pages it
+    // deletes from instead of changing them in place (it was half the writer's time once
+    // retention ran, `cargo bench -p strata-store --bench records`).
+    chunks::remove_upto(records, name, upto, |seq, v| {
+        let Ok(CallId { call_id }) = serde_json::from_slice::<CallId>(v) else {
+            return Ok(());
+        };
+        let taken = calls.remove(call_id.as_str())?.map(|at| {
             let (f, s) = at.value();
             (f.to_owned(), s)
         });
@@ -640,52 +725,50 @@ fn remove_records(
         if let Some((f, s)) = taken
             && (f.as_str(), s) != (name, seq)
         {
-            calls.insert(id.as_str(), (f.as_str(), s))?;
+            calls.insert(call_id.as_str(), (f.as_str(), s))?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
-/// Remove function `name`'s log lines up to sequence number `upto` (one `remove` per key, as
-/// [`remove_records`] does, for the same reason).
+/// Remove function `name`'s log lines up to sequence number `upto`.
 fn remove_lines(logs: &mut redb::Table<(&'static str, u64), &'static [u8]>, name: &str, upto: u64) -> Result<()> {
-    let mut seqs = Vec::new();
-    for entry in logs.range((name, 0)..=(name, upto))? {
-        seqs.push(entry?.0.value().1);
-    }
-    for seq in seqs {
-        logs.remove((name, seq))?;
-    }
-    Ok(())
+    chunks::remove_upto(logs, name, upto, |_, _| Ok(()))
 }
 
-fn write_batch(
-    db: &Database,
-    next: &mut HashMap<(bool, String), u64>,
-    retention: Retention,
-    durable: bool,
-    batch: &mut [Write],
-) -> Result<()> {
+/// The sequence numbers the writer hands out, per function: records' and log lines'.
+#[derive(Default)]
+struct Seqs {
+    records: HashMap<String, u64>,
+    logs: HashMap<String, u64>,
+}
+
+fn write_batch(db: &Database, next: &mut Seqs, retention: Retention, durable: bool, batch: &mut [Write]) -> Result<()> {
     let mut tx = db.begin_write()?;
     if !durable {
         tx.set_durability(redb::Durability::None)
             .map_err(|e| StoreError::Db(redb::Error::from(e)))?;
     }
     {
-        let mut records = tx.open_table(RECORDS)?;
+        let mut records = tx.open_table(RECORD_CHUNKS)?;
         let mut calls = tx.open_table(CALLS)?;
-        let mut logs = tx.open_table(LOGS)?;
+        let mut logs = tx.open_table(LOG_CHUNKS)?;
         // The queue's tables, opened once per batch: opening a table per change would cost
         // more than the change.
         let mut queue = crate::queue::QueueTables::open(&tx)?;
+        // This batch's chunks, per function, and how far retention removes afterwards.
+        let mut open_records: HashMap<String, chunks::Open> = HashMap::new();
+        let mut open_logs: HashMap<String, chunks::Open> = HashMap::new();
+        let mut expire_records: HashMap<String, u64> = HashMap::new();
+        let mut expire_logs: HashMap<String, u64> = HashMap::new();
         for w in batch.iter_mut() {
             match w {
                 Write::Record(r) => {
-                    let seq = seq_for(next, &records, false, &r.function)?;
-                    records.insert((r.function.as_str(), seq), encode(r).as_slice())?;
+                    let seq = seq_for(&mut next.records, &records, &r.function)?;
+                    append(&mut open_records, &mut records, &r.function, seq, &encode(r))?;
                     calls.insert(r.call_id.as_str(), (r.function.as_str(), seq))?;
                     if let Some(upto) = expired(seq, retention.records) {
-                        remove_records(&mut records, &mut calls, &r.function, upto)?;
+                        expire_records.insert(r.function.clone(), upto);
                     }
                 }
                 Write::Log {
@@ -695,7 +778,7 @@ fn write_batch(
                     line,
                     ts_ms,
                 } => {
-                    let seq = seq_for(next, &logs, true, function)?;
+                    let seq = seq_for(&mut next.logs, &logs, function)?;
                     let l = LogLine {
                         seq,
                         ts_ms: *ts_ms,
@@ -703,9 +786,9 @@ fn write_batch(
                         stream: *stream,
                         line: std::mem::take(line),
                     };
-                    logs.insert((function.as_str(), seq), encode(&l).as_slice())?;
+                    append(&mut open_logs, &mut logs, function, seq, &encode(&l))?;
                     if let Some(upto) = expired(seq, retention.logs) {
-                        remove_lines(&mut logs, function, upto)?;
+                        expire_logs.insert(function.clone(), upto);
                     }
                 }
                 Write::Flush(_) | Write::Kick => {}
@@ -715,6 +798,19 @@ fn write_batch(
                     op(&mut queue)?;
                 }
             }
+        }
+        for (name, c) in &open_records {
+            records.insert((name.as_str(), c.first), c.bytes.as_slice())?;
+        }
+        for (name, c) in &open_logs {
+            logs.insert((name.as_str(), c.first), c.bytes.as_slice())?;
+        }
+        // Sequence numbers only grow, so the batch's last limit covers the ones before it.
+        for (name, upto) in expire_records {
+            remove_records(&mut records, &mut calls, &name, upto)?;
+        }
+        for (name, upto) in expire_logs {
+            remove_lines(&mut logs, &name, upto)?;
         }
     }
     tx.commit()?;
@@ -818,6 +914,97 @@ mod tests {
             r.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>(),
             vec!["c4", "c3"]
         );
+    }
+
+    #[test]
+    fn every_entry_is_found_across_chunk_boundaries() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        // Batches of odd sizes and one larger than a chunk, two functions interleaved.
+        let n = 3 * chunks::CHUNK_MAX + 17;
+        for i in 1..=n {
+            s.record(record("f", &format!("f{i}")));
+            s.log("f", Some(&format!("f{i}")), LogStream::Stdout, format!("line {i}"));
+            if i % 3 == 0 {
+                s.record(record("g", &format!("g{i}")));
+            }
+            if i % 37 == 0 || i == 2 * chunks::CHUNK_MAX + 40 {
+                s.flush();
+            }
+        }
+        s.flush();
+        for i in [1, 37, 38, chunks::CHUNK_MAX, chunks::CHUNK_MAX + 1, n] {
+            let r = s
+                .call(&format!("f{i}"))
+                .unwrap()
+                .expect("every record is found by its id");
+            assert_eq!(r.call_id, format!("f{i}"));
+        }
+        assert_eq!(s.call("g99").unwrap().unwrap().function, "g");
+        let all = s.records("f", usize::MAX).unwrap();
+        assert_eq!(all.len() as u64, n);
+        assert!(all.windows(2).all(|w| w[0].call_id != w[1].call_id));
+        assert_eq!(s.records("f", 3).unwrap()[2].call_id, format!("f{}", n - 2));
+        for since in [1, 36, 37, 38, chunks::CHUNK_MAX + 1, n] {
+            let l = s.logs("f", since, 5).unwrap();
+            assert_eq!(l[0].seq, since);
+            assert_eq!(l[0].line, format!("line {since}"));
+            assert!(l.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        }
+        assert!(s.logs("f", n + 1, 5).unwrap().is_empty());
+        let tail = s.tail("f", 3).unwrap();
+        assert_eq!(tail.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![n - 2, n - 1, n]);
+    }
+
+    #[test]
+    fn records_and_logs_stored_one_per_entry_are_moved_into_chunks_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            // The layout before chunks, as an older Strata left it.
+            let db = Database::create(d.path().join("state.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut records = tx.open_table(OLD_RECORDS).unwrap();
+                let mut calls = tx.open_table(CALLS).unwrap();
+                let mut logs = tx.open_table(OLD_LOGS).unwrap();
+                for seq in 5..=300u64 {
+                    let id = format!("old{seq}");
+                    records
+                        .insert(("f", seq), encode(&record("f", &id)).as_slice())
+                        .unwrap();
+                    calls.insert(id.as_str(), ("f", seq)).unwrap();
+                    let line = LogLine {
+                        seq,
+                        ts_ms: 1,
+                        call_id: Some(id.clone()),
+                        stream: LogStream::Stdout,
+                        line: format!("old line {seq}"),
+                    };
+                    logs.insert(("f", seq), encode(&line).as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.call("old5").unwrap().unwrap().call_id, "old5");
+        assert_eq!(s.call("old300").unwrap().unwrap().call_id, "old300");
+        assert_eq!(s.records("f", usize::MAX).unwrap().len(), 296);
+        assert_eq!(s.logs("f", 290, 100).unwrap().len(), 11);
+        s.record(record("f", "new"));
+        s.log("f", None, LogStream::Stdout, "new line".into());
+        s.flush();
+        assert_eq!(s.records("f", 1).unwrap()[0].call_id, "new");
+        let last = s.tail("f", 1).unwrap();
+        assert_eq!(
+            (last[0].seq, last[0].line.as_str()),
+            (301, "new line"),
+            "numbering continues"
+        );
+        drop(s);
+        let db = Database::create(d.path().join("state.redb")).unwrap();
+        let tx = db.begin_read().unwrap();
+        assert!(tx.open_table(OLD_RECORDS).is_err(), "the old tables are gone");
+        assert!(tx.open_table(OLD_LOGS).is_err());
     }
 
     #[test]

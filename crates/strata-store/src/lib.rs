@@ -8,6 +8,7 @@
 //! sandboxes, instances or HTTP.
 
 mod blobs;
+mod chunks;
 mod db;
 mod queue;
 
