@@ -10,6 +10,14 @@ mod wasm;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: a wasm call allocates and frees many small objects
+/// (the store, WASI context, resource tables, hyper's and the gateway's buffers), and malloc
+/// and free were a tenth of the HTTP threads' time. Two daemons side by side, 32 clients:
+/// 27.2–27.7k against 23.2–25.1k requests/s, 56 against 63 µs of CPU a request; it holds
+/// ~65 MB more after a load run (docs/benchmarks.md, "mimalloc").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     match cli.command {
