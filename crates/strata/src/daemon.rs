@@ -156,6 +156,7 @@ fn compile_python(dir: &Path) {
 
 /// Run the daemon until SIGINT or SIGTERM.
 pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
+    let http_threads = crate::http::threads_wanted()?;
     std::fs::create_dir_all(&opts.data).with_context(|| format!("creating {}", opts.data.display()))?;
     let data = opts.data.canonicalize()?;
     let store = Store::open(&data).with_context(|| format!("opening state in {}", data.display()))?;
@@ -261,7 +262,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         listener.local_addr()?,
         data.display()
     );
-    let mut server = crate::http::Server::start(strata_gateway::router(state), crate::http::threads_wanted()?)?;
+    let mut server = crate::http::Server::start(strata_gateway::router(state), http_threads)?;
     server.run(listener, shutdown_signal()).await;
     eprintln!("strata: draining calls in flight and stopping instances");
     orch.shutdown(Duration::from_secs(30)).await;

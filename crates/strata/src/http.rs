@@ -51,13 +51,18 @@ struct Thread {
 
 /// How many threads serve HTTP: `STRATA_HTTP_THREADS`, or one per core.
 pub fn threads_wanted() -> anyhow::Result<usize> {
-    match std::env::var("STRATA_HTTP_THREADS") {
-        Ok(v) => v
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    threads_from(std::env::var("STRATA_HTTP_THREADS").ok().as_deref(), cores)
+}
+
+fn threads_from(setting: Option<&str>, cores: usize) -> anyhow::Result<usize> {
+    match setting {
+        Some(v) => v
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=1024).contains(n))
             .ok_or_else(|| anyhow::anyhow!("STRATA_HTTP_THREADS = {v:?}: expected a number from 1 to 1024")),
-        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        None => Ok(cores),
     }
 }
 
@@ -227,6 +232,19 @@ mod tests {
         let threads = [thread(3), thread(1), thread(2)];
         assert_eq!(pick(&threads, 0), 1);
         assert_eq!(pick(&threads, 2), 1);
+    }
+
+    #[test]
+    fn one_thread_per_core_unless_set() {
+        assert_eq!(threads_from(None, 2).unwrap(), 2);
+        assert_eq!(threads_from(Some("3"), 2).unwrap(), 3);
+        for bad in ["0", "-1", "two", "", "1025"] {
+            let e = threads_from(Some(bad), 2).unwrap_err().to_string();
+            assert!(
+                e.contains("STRATA_HTTP_THREADS") && e.contains(&format!("{bad:?}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]
