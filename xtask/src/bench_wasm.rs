@@ -5,8 +5,10 @@
 //!   (pooled: all in the call, made ahead, and the daemon's adaptive default; the on-demand
 //!   allocator as their baseline);
 //! - one client, sequential calls: a bare loopback HTTP server (the floor), Strata's gateway,
-//!   and `wasmtime serve` (wasmtime-cli 48) — interleaved in rounds so drift hits all three;
-//! - 32 keep-alive clients (wrk -t2 -c32): the same three, in rounds.
+//!   `wasmtime serve` (wasmtime-cli 48), and the tier alone (the `serve` example of
+//!   `strata-sandbox-wasm`: the same engine behind a minimal HTTP server, none of the
+//!   platform: the ceiling for the gateway here) — interleaved in rounds so drift hits all;
+//! - 32 keep-alive clients (wrk -t2 -c32): the same four, in rounds.
 //!
 //! Prints, writes `target/bench/wasm.json` and the "WebAssembly tier" section of
 //! `docs/benchmarks.md`.
@@ -74,6 +76,16 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
         cargo.args(["--", "--warm-up-time", "1", "--measurement-time", "2"]);
     }
     crate::run(&mut cargo)?;
+    crate::run(Command::new("cargo").current_dir(repo).args([
+        "build",
+        "--release",
+        "-j2",
+        "-p",
+        "strata-sandbox-wasm",
+        "--example",
+        "serve",
+    ]))?;
+    let tier_alone = repo.join("target/release/examples/serve");
     let criterion: Value = serde_json::from_str(
         &std::fs::read_to_string(repo.join("target/bench/wasm-instantiate.json"))
             .context("the instantiate bench wrote no results")?,
@@ -81,7 +93,7 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
 
     let tmp = tempfile::tempdir()?;
     let mut daemon = Daemon::start(&bin, tmp.path())?;
-    let measured = measure(&cfg, &bin, &daemon, &wasmtime, &component, tmp.path());
+    let measured = measure(&cfg, &bin, &daemon, [&wasmtime, &tier_alone], &component, tmp.path());
     daemon.stop()?;
     let m = measured?;
     let report = render(&cfg, &date, &machine, &criterion, &m, &wasmtime_version(&wasmtime));
@@ -135,35 +147,52 @@ fn wasmtime_version(bin: &Path) -> String {
         .unwrap_or_default()
 }
 
-struct WasmtimeServe {
+/// A server serving the component, run for the bench: `wasmtime serve`, or the tier alone.
+struct Server {
     child: Child,
     addr: SocketAddr,
 }
 
-impl WasmtimeServe {
-    fn start(bin: &Path, component: &Path) -> anyhow::Result<WasmtimeServe> {
+impl Server {
+    /// `wasmtime serve` with its defaults, plus stdout for the guest's println (Strata
+    /// captures it too).
+    fn wasmtime(bin: &Path, component: &Path) -> anyhow::Result<Server> {
+        Self::start("wasmtime serve", |addr| {
+            let mut c = Command::new(bin);
+            c.args(["serve", "-Scli=y", "--addr", &addr.to_string()]).arg(component);
+            c
+        })
+    }
+
+    /// The `serve` example: the tier alone behind a minimal HTTP server.
+    fn tier_alone(bin: &Path, component: &Path) -> anyhow::Result<Server> {
+        Self::start("the tier alone", |addr| {
+            let mut c = Command::new(bin);
+            c.arg(addr.to_string()).arg(component);
+            c
+        })
+    }
+
+    fn start(what: &str, command: impl FnOnce(SocketAddr) -> Command) -> anyhow::Result<Server> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        // Its defaults, plus stdout for the guest's println (Strata captures it too).
-        let child = Command::new(bin)
-            .args(["serve", "-Scli=y", "--addr", &addr.to_string()])
-            .arg(component)
+        let child = command(addr)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting wasmtime serve")?;
+            .with_context(|| format!("starting {what}"))?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(addr).is_err() {
             if Instant::now() > deadline {
-                bail!("wasmtime serve did not listen on {addr}");
+                bail!("{what} did not listen on {addr}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(WasmtimeServe { child, addr })
+        Ok(Server { child, addr })
     }
 }
 
-impl Drop for WasmtimeServe {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -171,7 +200,12 @@ impl Drop for WasmtimeServe {
 }
 
 /// The three servers, by name, with the path each serves the component at.
-const TARGETS: [&str; 3] = ["bare loopback server", "strata gateway", "wasmtime serve"];
+const TARGETS: [&str; 4] = [
+    "bare loopback server",
+    "strata gateway",
+    "wasmtime serve",
+    "the tier alone (no gateway)",
+];
 
 struct Measured {
     latency: Vec<Sample>,
@@ -206,7 +240,7 @@ fn measure(
     cfg: &Config,
     bin: &Path,
     daemon: &Daemon,
-    wasmtime: &Path,
+    [wasmtime, tier_alone]: [&Path; 2],
     component: &Path,
     tmp: &Path,
 ) -> anyhow::Result<Measured> {
@@ -225,15 +259,21 @@ fn measure(
     if !out.status.success() {
         bail!("deploy failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let serve = WasmtimeServe::start(wasmtime, component)?;
+    let serve = Server::wasmtime(wasmtime, component)?;
+    let alone = Server::tier_alone(tier_alone, component)?;
     let bare = bare_server()?;
-    let addrs = [(bare, "/"), (daemon.addr, "/function/hello-wasm"), (serve.addr, "/")];
+    let addrs = [
+        (bare, "/"),
+        (daemon.addr, "/function/hello-wasm"),
+        (serve.addr, "/"),
+        (alone.addr, "/"),
+    ];
 
     eprintln!(
         "bench-wasm: sequential latency, {} rounds of {}",
         cfg.rounds, cfg.per_round
     );
-    let mut latency: Vec<Sample> = (0..3).map(|_| Sample::new()).collect::<anyhow::Result<_>>()?;
+    let mut latency: Vec<Sample> = TARGETS.iter().map(|_| Sample::new()).collect::<anyhow::Result<_>>()?;
     for _ in 0..cfg.rounds {
         for (i, (addr, path)) in addrs.iter().enumerate() {
             let s = sequential(*addr, path, cfg.warmup, cfg.per_round, Duration::ZERO)?;
@@ -244,13 +284,13 @@ fn measure(
         "bench-wasm: throughput, wrk -t2 -c32, {} rounds of {} s",
         cfg.load_rounds, cfg.load_secs
     );
-    let mut load: Vec<Vec<Option<Wrk>>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    let mut load: Vec<Vec<Option<Wrk>>> = TARGETS.iter().map(|_| Vec::new()).collect();
     for _ in 0..cfg.load_rounds {
         for (i, (addr, path)) in addrs.iter().enumerate() {
             load[i].push(wrk(&format!("http://{addr}{path}"), tmp, cfg.load_secs)?);
         }
     }
-    drop(serve);
+    drop((serve, alone));
     Ok(Measured { latency, load })
 }
 
@@ -271,7 +311,10 @@ fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Me
         &format!(
             "{date}; {} × {}, kernel {}, load {} ({:.1} cores busy before the run){}. Component: \
              `guests/hello` (Rust, wasm32-wasip2), POST `world`. Compared with {wasmtime} (`wasmtime serve -Scli=y`, \
-             its defaults) and a bare loopback HTTP server, in the same run.",
+             its defaults), a bare loopback HTTP server, and the tier alone (the `serve` example of \
+             `strata-sandbox-wasm`: the same engine and component behind a minimal HTTP/1 server, one \
+             single-threaded runtime per core, nothing of the platform: no gateway, records, logs or \
+             metrics), in the same run.",
             machine.nproc,
             machine.cpu,
             machine.kernel,
@@ -417,7 +460,8 @@ fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Me
     push(
         &mut s,
         &format!(
-            "| ≥ {THROUGHPUT_MIN:.0} requests/s, 32 clients | {rate:.0} | {} |",
+            "| ≥ {THROUGHPUT_MIN:.0} requests/s, 32 clients | {rate:.0} (the tier alone: {:.0}) | {} |",
+            m.wrk_median(3, |w| w.rate),
             verdict(rate >= THROUGHPUT_MIN)
         ),
     );

@@ -1,9 +1,10 @@
 //! The tier alone behind a minimal HTTP/1 server: no gateway, no records, no logs, no
 //! metrics. What a wasm call plus HTTP costs on this machine: the ceiling the daemon's
-//! figures are compared with (docs/benchmarks.md). One single-threaded runtime per core, each
-//! with its own `SO_REUSEPORT` listener (`PERCORE=0`: one work-stealing runtime instead).
+//! figures are compared with (`cargo xtask bench-wasm` runs it beside the daemon). One
+//! single-threaded runtime per core, each with its own `SO_REUSEPORT` listener (`PERCORE=0`:
+//! one work-stealing runtime instead), and mimalloc, as the daemon has.
 //!
-//! `cargo xtask examples && cargo run --release -p strata-sandbox-wasm --example serve -- 127.0.0.1:7002`,
+//! `cargo xtask examples && cargo run --release -p strata-sandbox-wasm --example serve -- 127.0.0.1:7002 [component.wasm]`,
 //! then `POST /` with a name.
 
 use std::convert::Infallible;
@@ -18,13 +19,19 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use strata_sandbox_wasm::{AllowedHosts, EngineConfig, HttpCall, Limits, WasmEngine, WasmFunction};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let addr: std::net::SocketAddr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:7002".into())
         .parse()
         .expect("an address such as 127.0.0.1:7002");
-    let wasm = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guests/target/wasm32-wasip2/release/hello.wasm");
+    let wasm = std::env::args().nth(2).map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guests/target/wasm32-wasip2/release/hello.wasm"),
+        PathBuf::from,
+    );
     let engine = WasmEngine::new(EngineConfig::new(std::env::temp_dir().join("strata-serve-example"))).expect("engine");
     let limits = Limits {
         memory_bytes: 64 << 20,
