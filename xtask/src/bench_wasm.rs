@@ -76,9 +76,11 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
         cargo.args(["--", "--warm-up-time", "1", "--measurement-time", "2"]);
     }
     crate::run(&mut cargo)?;
+    // The bench profile, as `cargo bench` above: same profile and features, nothing rebuilt.
     crate::run(Command::new("cargo").current_dir(repo).args([
         "build",
-        "--release",
+        "--profile",
+        "bench",
         "-j2",
         "-p",
         "strata-sandbox-wasm",

@@ -145,6 +145,39 @@ async fn a_restart_keeps_functions_and_logs() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_answers_the_calls_in_flight_then_refuses_new_connections() {
+    let mut d = Daemon::start();
+    d.deploy(&fixture("slow"));
+    let c = d.client();
+    // Warm, so the call below is in the handler when the signal comes.
+    let warm = c.get(format!("{}?s=0", d.fn_url("slow"))).send().await.unwrap();
+    assert_eq!(warm.status(), 200);
+    let url = format!("{}?s=1.5", d.fn_url("slow"));
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { c.get(url).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = d.pid_raw();
+    // SAFETY: kill(2) of the daemon's pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let r = in_flight.await.unwrap().expect("the call in flight is answered");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "slept");
+    // Once it has stopped serving, a new connection finds nobody listening.
+    let fresh = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match fresh.get(format!("{}/healthz", d.url)).send().await {
+            Err(e) if e.is_connect() => break,
+            _ if std::time::Instant::now() > deadline => panic!("still accepting connections"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(d.stop(), "the daemon exits cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn idle_instances_scale_to_zero_and_min_instances_stay() {
     let d = Daemon::start();
     let quick = function_dir(&[
