@@ -88,8 +88,6 @@ pub(crate) async fn invoke(
         .into_response()
     };
     if !s.orch.has(&name) {
-        s.metrics
-            .observe(&name, ErrorCode::FunctionNotFound.status(), t0.elapsed(), false);
         return fail(
             ApiError::new(ErrorCode::FunctionNotFound, format!("function {name} not found")),
             &id,

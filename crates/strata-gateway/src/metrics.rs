@@ -1,6 +1,8 @@
 //! Prometheus metrics, with OpenFaaS's names where they overlap.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -38,7 +40,19 @@ pub struct Metrics {
     async_oldest: Family<Fn, Gauge<f64, std::sync::atomic::AtomicU64>>,
     async_retries: Family<Fn, Gauge>,
     async_dead: Family<Fn, Gauge>,
-    totals: Mutex<std::collections::HashMap<String, u64>>,
+    /// Each function's metrics, looked up once: a call then counts itself without building
+    /// label sets (three strings) or taking the families' locks.
+    functions: RwLock<HashMap<String, Arc<FnMetrics>>>,
+}
+
+/// One function's handles into the families (clones share the families' values), and its
+/// total for the API.
+struct FnMetrics {
+    total: AtomicU64,
+    seconds: Histogram,
+    coldstarts: Counter,
+    /// Per status code; a handful per function.
+    codes: RwLock<Vec<(u16, Counter)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,46 +137,74 @@ impl Metrics {
             async_oldest,
             async_retries,
             async_dead,
-            totals: Mutex::default(),
+            functions: RwLock::default(),
         }
     }
 
-    /// Count one invocation.
+    /// Count one invocation of a deployed function (a name that is not one must not make a
+    /// series: any caller could grow the metrics without bound).
     pub fn observe(&self, function: &str, status: u16, took: Duration, cold: bool) {
-        self.invocations
-            .get_or_create(&FnCode {
-                function_name: function.into(),
-                code: status.to_string(),
-            })
-            .inc();
-        self.seconds
-            .get_or_create(&Fn {
-                function_name: function.into(),
-            })
-            .observe(took.as_secs_f64());
-        *self
-            .totals
-            .lock()
-            .expect("totals lock")
-            .entry(function.to_owned())
-            .or_default() += 1;
+        let f = self.function(function);
+        f.total.fetch_add(1, Ordering::Relaxed);
+        f.seconds.observe(took.as_secs_f64());
         if cold {
-            self.coldstarts
-                .get_or_create(&Fn {
-                    function_name: function.into(),
-                })
-                .inc();
+            f.coldstarts.inc();
         }
+        let known = f
+            .codes
+            .read()
+            .expect("codes lock")
+            .iter()
+            .find(|(c, _)| *c == status)
+            .map(|(_, counter)| counter.clone());
+        let counter = known.unwrap_or_else(|| {
+            let mut codes = f.codes.write().expect("codes lock");
+            if let Some((_, c)) = codes.iter().find(|(c, _)| *c == status) {
+                return c.clone();
+            }
+            let counter = self
+                .invocations
+                .get_or_create(&FnCode {
+                    function_name: function.into(),
+                    code: status.to_string(),
+                })
+                .clone();
+            codes.push((status, counter.clone()));
+            counter
+        });
+        counter.inc();
+    }
+
+    /// A function's handles, made on its first call.
+    fn function(&self, name: &str) -> Arc<FnMetrics> {
+        if let Some(f) = self.functions.read().expect("functions lock").get(name) {
+            return Arc::clone(f);
+        }
+        let label = Fn {
+            function_name: name.into(),
+        };
+        let f = Arc::new(FnMetrics {
+            total: AtomicU64::new(0),
+            seconds: self.seconds.get_or_create(&label).clone(),
+            coldstarts: self.coldstarts.get_or_create(&label).clone(),
+            codes: RwLock::default(),
+        });
+        Arc::clone(
+            self.functions
+                .write()
+                .expect("functions lock")
+                .entry(name.to_owned())
+                .or_insert(f),
+        )
     }
 
     /// Total invocations of a function.
     pub fn invocations_of(&self, function: &str) -> u64 {
-        self.totals
-            .lock()
-            .expect("totals lock")
+        self.functions
+            .read()
+            .expect("functions lock")
             .get(function)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |f| f.total.load(Ordering::Relaxed))
     }
 
     fn render(
@@ -223,4 +265,31 @@ pub(crate) async fn handler(State(s): State<AppState>) -> impl IntoResponse {
         )],
         body,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_counted_per_function_and_status() {
+        let m = Metrics::new();
+        m.observe("f", 200, Duration::from_millis(1), true);
+        m.observe("f", 200, Duration::from_millis(2), false);
+        m.observe("f", 502, Duration::from_millis(3), false);
+        m.observe("g", 200, Duration::from_millis(1), false);
+        assert_eq!(m.invocations_of("f"), 3);
+        assert_eq!(m.invocations_of("g"), 1);
+        assert_eq!(m.invocations_of("nobody"), 0);
+        let text = m.render(&[], &HashMap::new());
+        for line in [
+            "gateway_function_invocation_total{function_name=\"f\",code=\"200\"} 2",
+            "gateway_function_invocation_total{function_name=\"f\",code=\"502\"} 1",
+            "gateway_function_invocation_total{function_name=\"g\",code=\"200\"} 1",
+            "faas_coldstarts_total{function_name=\"f\"} 1",
+            "gateway_functions_seconds_count{function_name=\"f\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
 }

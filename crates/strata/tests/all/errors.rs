@@ -57,6 +57,13 @@ async fn unknown_function_oversized_body_and_unknown_route() {
             .status(),
         200
     );
+    // Names that are not functions make no metric series (any caller could grow them).
+    let metrics = get_text(&d, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_function_invocation_total{function_name=\"echo\",code=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("\"nope\""), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
