@@ -211,7 +211,8 @@ pub(crate) async fn rollback(State(s): State<AppState>, Path(name): Path<String>
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("rollback body: {e}")))?
             .to
     };
-    let m = s.store.rollback(&name, to.as_deref())?;
+    let (store, n) = (s.store.clone(), name.clone());
+    let m = crate::off_thread(move || store.rollback(&n, to.as_deref())).await??;
     let spec = s.store.spec(&name, &m.active)?;
     s.orch
         .activate(spec, &m.active)
@@ -222,7 +223,8 @@ pub(crate) async fn rollback(State(s): State<AppState>, Path(name): Path<String>
 pub(crate) async fn remove(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
     s.store.function(&name)?;
     s.orch.remove(&name).await;
-    s.store.delete(&name)?;
+    let (store, n) = (s.store.clone(), name.clone());
+    crate::off_thread(move || store.delete(&n)).await??;
     Ok(Json(json!({"name": name, "deleted": true})).into_response())
 }
 

@@ -44,9 +44,8 @@ pub async fn deploy(
 ) -> Result<DeployResult, ApiError> {
     let blobs = store.blobs().clone();
     let limit = max_package as u64 * UNPACK_FACTOR;
-    let (version, manifest) = tokio::task::spawn_blocking(move || blobs.put(&archive, limit))
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+    let (version, manifest) = crate::off_thread(move || blobs.put(&archive, limit))
+        .await?
         .map_err(|e| ApiError::new(ErrorCode::InvalidManifest, e.to_string()))?;
     let spec = Manifest::parse("strata.toml", &manifest)
         .map_err(|e| ApiError::new(ErrorCode::InvalidManifest, e.to_string()))?
@@ -132,18 +131,16 @@ pub async fn deploy(
             ));
         };
         let (s2, c2) = (spec.clone(), code.clone());
-        let summary = tokio::task::spawn_blocking(move || tier.prepare(&s2, &c2))
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorCode::InvalidManifest,
-                    format!("strata.toml: handler = {:?}: {e}", spec.handler),
-                )
-            })?;
+        let summary = crate::off_thread(move || tier.prepare(&s2, &c2)).await?.map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidManifest,
+                format!("strata.toml: handler = {:?}: {e}", spec.handler),
+            )
+        })?;
         build = Some(summary);
     }
-    let created = store.activate_new(&version, &spec)?;
+    let (st, v, sp) = (store.clone(), version.clone(), spec.clone());
+    let created = crate::off_thread(move || st.activate_new(&v, &sp)).await??;
     orch.activate(spec.clone(), &version)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("activating {version}: {e}")))?;
     tracing::info!(function = %spec.name, %version, created, "deployed");

@@ -60,6 +60,15 @@ pub struct AppState {
     pub config: GatewayConfig,
 }
 
+/// Run blocking work (a store change, which waits for the writer's commit and its fsync; a
+/// compile) on the blocking pool: an HTTP thread serves all of its connections, and a handler
+/// that blocked it would stall them all.
+pub(crate) async fn off_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(strata_types::ErrorCode::Internal, e.to_string()))
+}
+
 /// The complete router.
 pub fn router(state: AppState) -> Router {
     Router::new()

@@ -25,6 +25,10 @@ pub(crate) const LOG_CHUNKS: TableDefinition<(&str, u64), &[u8]> = TableDefiniti
 /// lengths, and rewriting the chunk at the retention limit copies at most this many entries.
 pub(crate) const CHUNK_MAX: u64 = 256;
 
+/// A chunk is stored once it holds this many bytes, whatever its count (redb's values are
+/// limited, and a chunk is read whole).
+pub(crate) const CHUNK_BYTES: usize = 4 << 20;
+
 /// The entries of a chunk's bytes, in order. A damaged tail (a length past the end) ends the
 /// iteration, and [`Entries::damaged`] says so.
 pub(crate) struct Entries<'a> {
@@ -66,10 +70,12 @@ impl<'a> Iterator for Entries<'a> {
 }
 
 /// Append one entry to a chunk's bytes.
-pub(crate) fn push(bytes: &mut Vec<u8>, entry: &[u8]) {
-    let len = u32::try_from(entry.len()).expect("an entry is far below 4 GiB");
+pub(crate) fn push(bytes: &mut Vec<u8>, entry: &[u8]) -> Result<()> {
+    let len = u32::try_from(entry.len())
+        .map_err(|_| StoreError::Damaged(format!("entry of {} bytes (too large to store)", entry.len())))?;
     bytes.extend_from_slice(&len.to_le_bytes());
     bytes.extend_from_slice(entry);
+    Ok(())
 }
 
 /// Entries of a chunk, checked whole: a damaged chunk is an error naming its key.
@@ -89,13 +95,26 @@ pub(crate) struct Open {
     pub(crate) bytes: Vec<u8>,
 }
 
-/// The sequence number after the last entry stored for `name`, or 1 for none.
+/// The sequence number after the last entry stored for `name`, or 1 for none. The writer
+/// calls it: after a damaged last chunk, numbering goes on past any number it could hold (and
+/// it is logged), so one bad value does not stop every later batch.
 pub(crate) fn next_seq(table: &impl ReadableTable<(&'static str, u64), &'static [u8]>, name: &str) -> Result<u64> {
     let last = table.range((name, 0)..=(name, u64::MAX))?.next_back().transpose()?;
     Ok(match last {
         Some((k, v)) => {
             let first = k.value().1;
-            first + entries(name, first, v.value())?.len() as u64
+            let mut it = Entries::new(v.value());
+            let n = it.by_ref().count() as u64;
+            if it.damaged {
+                // It held at most CHUNK_MAX entries: numbering past that reuses none of them.
+                tracing::error!(
+                    function = name,
+                    first,
+                    "a stored chunk is damaged; numbering goes on after it"
+                );
+                return Ok(first + CHUNK_MAX);
+            }
+            first + n
         }
         None => 1,
     })
@@ -103,29 +122,34 @@ pub(crate) fn next_seq(table: &impl ReadableTable<(&'static str, u64), &'static 
 
 /// Remove `name`'s entries with sequence numbers up to `upto` from `table`: whole chunks, and
 /// the head of the chunk straddling `upto` (it is stored again from `upto + 1`). `gone` is
-/// told each removed entry with its sequence number.
+/// told each removed entry with its sequence number. One chunk is held at a time; a damaged
+/// chunk goes with the entries it still holds whole (and is logged).
 pub(crate) fn remove_upto(
     table: &mut redb::Table<(&'static str, u64), &'static [u8]>,
     name: &str,
     upto: u64,
     mut gone: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
-    let mut hit = Vec::new();
+    let mut firsts = Vec::new();
     for entry in table.range((name, 0)..=(name, upto))? {
-        let (k, v) = entry?;
-        hit.push((k.value().1, v.value().to_vec()));
+        firsts.push(entry?.0.value().1);
     }
-    for (first, bytes) in hit {
-        table.remove((name, first))?;
-        let all = entries(name, first, &bytes)?;
+    for first in firsts {
+        let Some(bytes) = table.remove((name, first))?.map(|v| v.value().to_vec()) else {
+            continue;
+        };
+        let mut it = Entries::new(&bytes);
         let mut kept = Vec::new();
-        for (i, e) in all.iter().enumerate() {
+        for (i, e) in it.by_ref().enumerate() {
             let seq = first + i as u64;
             if seq <= upto {
                 gone(seq, e)?;
             } else {
-                push(&mut kept, e);
+                push(&mut kept, e)?;
             }
+        }
+        if it.damaged {
+            tracing::error!(function = name, first, "a damaged chunk was removed");
         }
         if !kept.is_empty() {
             table.insert((name, upto + 1), kept.as_slice())?;
@@ -141,9 +165,9 @@ mod tests {
     #[test]
     fn entries_come_back_in_order_and_a_cut_chunk_is_damaged() {
         let mut b = Vec::new();
-        push(&mut b, b"{\"a\":1}");
-        push(&mut b, b"");
-        push(&mut b, b"xyz");
+        push(&mut b, b"{\"a\":1}").unwrap();
+        push(&mut b, b"").unwrap();
+        push(&mut b, b"xyz").unwrap();
         let all = entries("f", 1, &b).unwrap();
         assert_eq!(all, vec![&b"{\"a\":1}"[..], b"", b"xyz"]);
         for cut in [1, 5, b.len() - 1] {

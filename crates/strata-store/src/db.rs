@@ -466,7 +466,8 @@ impl Store {
         let first = chunk.0.value().1;
         let all = chunks::entries(name, first, chunk.1.value())?;
         match all.get((seq - first) as usize) {
-            Some(v) => Ok(Some(decode(call_id, v)?)),
+            // The index and the chunk agree, or the record is not there.
+            Some(v) => Ok(Some(decode::<InvocationRecord>(call_id, v)?).filter(|r| r.call_id == call_id)),
             None => Ok(None),
         }
     }
@@ -528,30 +529,83 @@ fn newest<T: for<'de> Deserialize<'de>>(
 }
 
 /// Move records and log lines stored one per entry (before chunks) into chunks, in the
-/// transaction that opens the store; then drop the old tables.
+/// transaction that opens the store; then drop the old tables. A function that has chunks
+/// already (a Strata from before chunks ran on this store after one with them) gets its old
+/// entries numbered after those, its call ids pointed at their new numbers.
 fn migrate(tx: &redb::WriteTransaction) -> Result<()> {
     use redb::TableHandle as _;
     let names: Vec<String> = tx.list_tables()?.map(|t| t.name().to_owned()).collect();
-    for (old, new) in [(OLD_RECORDS, RECORD_CHUNKS), (OLD_LOGS, LOG_CHUNKS)] {
+    for (old, new, is_log) in [(OLD_RECORDS, RECORD_CHUNKS, false), (OLD_LOGS, LOG_CHUNKS, true)] {
         if !names.iter().any(|n| n == old.name()) {
             continue;
         }
+        let started = std::time::Instant::now();
+        let mut moved = 0u64;
         {
             let from = tx.open_table(old)?;
             let mut to = tx.open_table(new)?;
+            let mut calls = tx.open_table(CALLS)?;
+            // One function at a time (the old keys are ordered by function): one open chunk.
             let mut open: HashMap<String, chunks::Open> = HashMap::new();
+            let mut renumber: Option<(String, u64)> = None;
             for entry in from.iter()? {
                 let (k, v) = entry?;
-                let (name, seq) = k.value();
-                append(&mut open, &mut to, name, seq, v.value())?;
+                let (name, old_seq) = k.value();
+                if renumber.as_ref().is_none_or(|(n, _)| n != name) {
+                    for (n, c) in open.drain() {
+                        to.insert((n.as_str(), c.first), c.bytes.as_slice())?;
+                    }
+                    let next = chunks::next_seq(&to, name)?;
+                    renumber = Some((name.to_owned(), next));
+                }
+                let Some((_, next)) = renumber.as_mut() else { continue };
+                let first_new = *next == 1;
+                let seq = if first_new { old_seq } else { *next };
+                let value = if first_new {
+                    v.value().to_vec()
+                } else {
+                    renumbered(is_log, &mut calls, name, seq, v.value())?
+                };
+                if first_new {
+                    // Nothing stored for it yet: keep the old numbers (its call ids point at them).
+                } else {
+                    *next += 1;
+                }
+                append(&mut open, &mut to, name, seq, &value)?;
+                moved += 1;
             }
-            for (name, c) in open.drain() {
-                to.insert((name.as_str(), c.first), c.bytes.as_slice())?;
+            for (n, c) in open.drain() {
+                to.insert((n.as_str(), c.first), c.bytes.as_slice())?;
             }
         }
         tx.delete_table(old)?;
+        tracing::info!(table = old.name(), moved, took = ?started.elapsed(), "moved into chunks");
     }
     Ok(())
+}
+
+/// An old entry given sequence number `seq`: a log line's own `seq` field rewritten, a
+/// record's call id pointed at it.
+fn renumbered(
+    is_log: bool,
+    calls: &mut redb::Table<&'static str, (&'static str, u64)>,
+    name: &str,
+    seq: u64,
+    value: &[u8],
+) -> Result<Vec<u8>> {
+    if is_log {
+        let mut l: LogLine = decode(name, value)?;
+        l.seq = seq;
+        return Ok(encode(&l));
+    }
+    #[derive(Deserialize)]
+    struct CallId {
+        call_id: String,
+    }
+    if let Ok(CallId { call_id }) = serde_json::from_slice::<CallId>(value) {
+        calls.insert(call_id.as_str(), (name, seq))?;
+    }
+    Ok(value.to_vec())
 }
 
 /// Add entry `seq` of `name` to its open chunk, or store that chunk and open another when the
@@ -564,8 +618,8 @@ fn append(
     entry: &[u8],
 ) -> Result<()> {
     if let Some(c) = open.get_mut(name) {
-        if c.first + c.n == seq && c.n < chunks::CHUNK_MAX {
-            chunks::push(&mut c.bytes, entry);
+        if c.first + c.n == seq && c.n < chunks::CHUNK_MAX && c.bytes.len() < chunks::CHUNK_BYTES {
+            chunks::push(&mut c.bytes, entry)?;
             c.n += 1;
             return Ok(());
         }
@@ -573,11 +627,11 @@ fn append(
         c.first = seq;
         c.n = 1;
         c.bytes.clear();
-        chunks::push(&mut c.bytes, entry);
+        chunks::push(&mut c.bytes, entry)?;
         return Ok(());
     }
     let mut bytes = Vec::with_capacity(4096);
-    chunks::push(&mut bytes, entry);
+    chunks::push(&mut bytes, entry)?;
     open.insert(
         name.to_owned(),
         chunks::Open {
@@ -1005,6 +1059,100 @@ mod tests {
         let tx = db.begin_read().unwrap();
         assert!(tx.open_table(OLD_RECORDS).is_err(), "the old tables are gone");
         assert!(tx.open_table(OLD_LOGS).is_err());
+    }
+
+    #[test]
+    fn old_entries_written_after_chunks_are_numbered_after_them() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            for i in 1..=3 {
+                s.record(record("f", &format!("new{i}")));
+                s.log("f", None, LogStream::Stdout, format!("new line {i}"));
+            }
+            s.flush();
+        }
+        {
+            // A Strata from before chunks ran on this store: it numbered from 1 again.
+            let db = Database::create(d.path().join("state.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut records = tx.open_table(OLD_RECORDS).unwrap();
+                let mut calls = tx.open_table(CALLS).unwrap();
+                let mut logs = tx.open_table(OLD_LOGS).unwrap();
+                for seq in 1..=2u64 {
+                    let id = format!("old{seq}");
+                    records
+                        .insert(("f", seq), encode(&record("f", &id)).as_slice())
+                        .unwrap();
+                    calls.insert(id.as_str(), ("f", seq)).unwrap();
+                    let line = LogLine {
+                        seq,
+                        ts_ms: 1,
+                        call_id: None,
+                        stream: LogStream::Stdout,
+                        line: format!("old line {seq}"),
+                    };
+                    logs.insert(("f", seq), encode(&line).as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        let ids: Vec<String> = s.records("f", 10).unwrap().into_iter().map(|r| r.call_id).collect();
+        assert_eq!(ids, ["old2", "old1", "new3", "new2", "new1"]);
+        for id in ["new1", "new3", "old1", "old2"] {
+            assert_eq!(s.call(id).unwrap().unwrap().call_id, id);
+        }
+        let lines: Vec<(u64, String)> = s
+            .logs("f", 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.seq, l.line))
+            .collect();
+        assert_eq!(lines[3], (4, "old line 1".to_owned()));
+        assert_eq!(lines[4], (5, "old line 2".to_owned()));
+        s.record(record("f", "after"));
+        s.flush();
+        assert_eq!(s.records("f", 1).unwrap()[0].call_id, "after");
+        assert_eq!(s.records("f", 10).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn a_damaged_chunk_does_not_stop_the_writer() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            s.record(record("f", "a"));
+            s.record(record("f", "b"));
+            s.flush();
+        }
+        {
+            let db = Database::create(d.path().join("state.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(RECORD_CHUNKS).unwrap();
+                let cut = t.get(("f", 1)).unwrap().unwrap().value()[..10].to_vec();
+                t.insert(("f", 1), cut.as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        s.record(record("f", "c"));
+        s.record(record("g", "d"));
+        s.flush();
+        assert_eq!(s.call("c").unwrap().unwrap().call_id, "c", "the writer went on");
+        assert_eq!(s.call("d").unwrap().unwrap().call_id, "d");
+        let e = s.records("f", 10).unwrap_err().to_string();
+        assert!(e.contains("chunk (f, 1)") && e.contains("damaged"), "{e}");
+        assert!(
+            s.call("a").is_err(),
+            "a record in the damaged chunk is an error, not another record"
+        );
+        // Deleting the function removes the damaged chunk with the rest.
+        s.activate_new("v", &spec("f")).unwrap();
+        s.delete("f").unwrap();
+        assert!(s.records("f", 10).unwrap().is_empty());
     }
 
     #[test]

@@ -263,7 +263,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         data.display()
     );
     let mut server = crate::http::Server::start(strata_gateway::router(state), http_threads)?;
-    server.run(listener, shutdown_signal()).await;
+    // Calls in flight get the same grace as the instances below.
+    server.run(listener, shutdown_signal(), Duration::from_secs(30)).await;
     eprintln!("strata: draining calls in flight and stopping instances");
     orch.shutdown(Duration::from_secs(30)).await;
     store.flush();

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -106,8 +106,9 @@ impl Server {
 
     /// Accept connections on `listener` until `signal` resolves, then stop the threads
     /// gracefully: no new connections; requests in flight are answered; idle keep-alive
-    /// connections are closed. Returns when every connection has closed.
-    pub async fn run(&mut self, listener: tokio::net::TcpListener, signal: impl Future<Output = ()>) {
+    /// connections are closed. Returns when every connection has closed, or after `drain`
+    /// (the rest are cut when the threads finish).
+    pub async fn run(&mut self, listener: tokio::net::TcpListener, signal: impl Future<Output = ()>, drain: Duration) {
         tokio::pin!(signal);
         let mut next = 0usize;
         loop {
@@ -117,10 +118,12 @@ impl Server {
             };
             let stream = match accepted {
                 Ok((s, _)) => s,
+                // The connection went before it was taken: nothing wrong with the listener.
+                Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tracing::error!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
@@ -129,26 +132,46 @@ impl Server {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!("TCP_NODELAY: {e}");
             }
-            let Ok(stream) = stream.into_std() else { continue };
-            let i = pick(&self.threads, next);
-            next = i + 1;
-            let t = &self.threads[i];
-            t.open.fetch_add(1, Ordering::Relaxed);
-            if t.conns.send(stream).is_err() {
-                t.open.fetch_sub(1, Ordering::Relaxed);
+            let mut stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "taking a connection off the acceptor failed");
+                    continue;
+                }
+            };
+            // A thread whose runtime has gone hands the connection back: the next one takes it.
+            for _ in 0..self.threads.len() {
+                let i = pick(&self.threads, next);
+                next = i + 1;
+                let t = &self.threads[i];
+                t.open.fetch_add(1, Ordering::Relaxed);
+                match t.conns.send(stream) {
+                    Ok(()) => break,
+                    Err(mpsc::error::SendError(back)) => {
+                        tracing::error!(thread = i, "an HTTP thread has stopped");
+                        // Left counted, so `pick` passes it over from now on.
+                        stream = back;
+                    }
+                }
             }
         }
         drop(listener);
         let _ = self.stop.send(true);
-        for t in &mut self.threads {
-            if let Some(d) = t.drained.take() {
-                let _ = d.await;
+        let all = async {
+            for t in &mut self.threads {
+                if let Some(d) = t.drained.take() {
+                    let _ = d.await;
+                }
             }
+        };
+        if tokio::time::timeout(drain, all).await.is_err() {
+            tracing::warn!(?drain, "connections still open after the drain period; closing them");
         }
     }
 
     /// End the threads' runtimes (after the orchestrator has stopped).
     pub fn finish(mut self) {
+        let _ = self.stop.send(true);
         for t in &mut self.threads {
             if let Some(e) = t.exit.take() {
                 let _ = e.send(());
@@ -160,6 +183,15 @@ impl Server {
             }
         }
     }
+}
+
+/// Errors of one connection that `accept` reports, as opposed to the listener's own.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted
+    )
 }
 
 /// The thread with the fewest open connections; among equals, the first from `from` on, so
@@ -181,8 +213,12 @@ async fn serve(
     mut stopped: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    // HTTP/1.1, and HTTP/2 with prior knowledge, as axum's `serve` does.
-    let builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1, and HTTP/2 with prior knowledge, as axum's `serve` does. With a timer, a
+    // client that does not finish its request's head within hyper's 30 s is disconnected
+    // instead of holding its connection (and a graceful stop) open.
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
     loop {
         let stream = tokio::select! {
             s = conns.recv() => match s {
@@ -202,15 +238,25 @@ async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
-        let open = Arc::clone(&open);
+        let counted = Counted(Arc::clone(&open));
         tokio::spawn(async move {
+            // Uncounted when the task ends, however it ends (a handler's panic included).
+            let _counted = counted;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
     graceful.shutdown().await;
+}
+
+/// One open connection of a thread, counted while it lives.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
