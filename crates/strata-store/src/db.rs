@@ -1010,35 +1010,39 @@ mod tests {
         assert_eq!(tail.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![n - 2, n - 1, n]);
     }
 
+    /// Records `old{seq}` of function `f`, their call ids and log lines `old line {seq}`, one
+    /// redb entry each: the layout before chunks.
+    fn write_old_layout(dir: &Path, seqs: std::ops::RangeInclusive<u64>) {
+        let db = Database::create(dir.join("state.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut records = tx.open_table(OLD_RECORDS).unwrap();
+            let mut calls = tx.open_table(CALLS).unwrap();
+            let mut logs = tx.open_table(OLD_LOGS).unwrap();
+            for seq in seqs {
+                let id = format!("old{seq}");
+                records
+                    .insert(("f", seq), encode(&record("f", &id)).as_slice())
+                    .unwrap();
+                calls.insert(id.as_str(), ("f", seq)).unwrap();
+                let line = LogLine {
+                    seq,
+                    ts_ms: 1,
+                    call_id: Some(id.clone()),
+                    stream: LogStream::Stdout,
+                    line: format!("old line {seq}"),
+                };
+                logs.insert(("f", seq), encode(&line).as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+
     #[test]
     fn records_and_logs_stored_one_per_entry_are_moved_into_chunks_at_open() {
         let d = tempfile::tempdir().unwrap();
-        {
-            // The layout before chunks, as an older Strata left it.
-            let db = Database::create(d.path().join("state.redb")).unwrap();
-            let tx = db.begin_write().unwrap();
-            {
-                let mut records = tx.open_table(OLD_RECORDS).unwrap();
-                let mut calls = tx.open_table(CALLS).unwrap();
-                let mut logs = tx.open_table(OLD_LOGS).unwrap();
-                for seq in 5..=300u64 {
-                    let id = format!("old{seq}");
-                    records
-                        .insert(("f", seq), encode(&record("f", &id)).as_slice())
-                        .unwrap();
-                    calls.insert(id.as_str(), ("f", seq)).unwrap();
-                    let line = LogLine {
-                        seq,
-                        ts_ms: 1,
-                        call_id: Some(id.clone()),
-                        stream: LogStream::Stdout,
-                        line: format!("old line {seq}"),
-                    };
-                    logs.insert(("f", seq), encode(&line).as_slice()).unwrap();
-                }
-            }
-            tx.commit().unwrap();
-        }
+        // The layout before chunks, as an older Strata left it.
+        write_old_layout(d.path(), 5..=300);
         let s = Store::open(d.path()).unwrap();
         assert_eq!(s.call("old5").unwrap().unwrap().call_id, "old5");
         assert_eq!(s.call("old300").unwrap().unwrap().call_id, "old300");
@@ -1072,32 +1076,8 @@ mod tests {
             }
             s.flush();
         }
-        {
-            // A Strata from before chunks ran on this store: it numbered from 1 again.
-            let db = Database::create(d.path().join("state.redb")).unwrap();
-            let tx = db.begin_write().unwrap();
-            {
-                let mut records = tx.open_table(OLD_RECORDS).unwrap();
-                let mut calls = tx.open_table(CALLS).unwrap();
-                let mut logs = tx.open_table(OLD_LOGS).unwrap();
-                for seq in 1..=2u64 {
-                    let id = format!("old{seq}");
-                    records
-                        .insert(("f", seq), encode(&record("f", &id)).as_slice())
-                        .unwrap();
-                    calls.insert(id.as_str(), ("f", seq)).unwrap();
-                    let line = LogLine {
-                        seq,
-                        ts_ms: 1,
-                        call_id: None,
-                        stream: LogStream::Stdout,
-                        line: format!("old line {seq}"),
-                    };
-                    logs.insert(("f", seq), encode(&line).as_slice()).unwrap();
-                }
-            }
-            tx.commit().unwrap();
-        }
+        // A Strata from before chunks ran on this store: it numbered from 1 again.
+        write_old_layout(d.path(), 1..=2);
         let s = Store::open(d.path()).unwrap();
         let ids: Vec<String> = s.records("f", 10).unwrap().into_iter().map(|r| r.call_id).collect();
         assert_eq!(ids, ["old2", "old1", "new3", "new2", "new1"]);
