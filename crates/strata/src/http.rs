@@ -85,12 +85,21 @@ impl Server {
                 .name(format!("strata-http-{i}"))
                 .spawn(move || {
                     rt.block_on(async move {
-                        serve(rx, router, open2, stopped).await;
-                        let _ = drained_tx.send(());
-                        // Keep driving this runtime's I/O and timers until the daemon is done
-                        // with what was made on it.
-                        let _ = exit_rx.await;
+                        let serving = async move {
+                            serve(rx, router, open2, stopped).await;
+                            let _ = drained_tx.send(());
+                            // Keep driving this runtime's I/O and timers until the daemon is
+                            // done with what was made on it.
+                            std::future::pending::<()>().await
+                        };
+                        // `exit` ends it, connections still open past the drain included.
+                        tokio::select! {
+                            () = serving => {}
+                            _ = exit_rx => {}
+                        }
                     });
+                    // Its tasks are dropped; blocking work still running is not waited for long.
+                    rt.shutdown_timeout(Duration::from_secs(1));
                 })
                 .context("starting an HTTP thread")?;
             threads.push(Thread {
