@@ -79,10 +79,6 @@ pub struct Context {
     pub wasm: Option<Arc<dyn DirectTier>>,
     /// The daemon-wide keep-alive policy; `None`: each function's manifest `keep_alive`.
     pub keep_alive: Option<Arc<keepalive::KeepAlive>>,
-    /// The runtime process instances are started on, so their sockets, pipes and exit
-    /// watchers are driven by it: the daemon's own, not the HTTP thread whose call happened
-    /// to need the instance (a busy one would delay every other thread's calls to it).
-    pub launches: tokio::runtime::Handle,
 }
 
 impl Context {

@@ -138,7 +138,7 @@ impl Pool {
         };
         for _ in 0..n {
             let pool = Arc::clone(self);
-            self.ctx.launches.spawn(async move { pool.start_one().await });
+            tokio::spawn(async move { pool.start_one().await });
         }
     }
 
@@ -159,7 +159,7 @@ impl Pool {
             st.prewarming += 1;
         }
         let pool = Arc::clone(self);
-        self.ctx.launches.spawn(async move { pool.start_one().await });
+        tokio::spawn(async move { pool.start_one().await });
     }
 
     /// Stop the longest-idle instance (a keep-alive policy's decision), keeping

@@ -222,7 +222,6 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         queue_depth: opts.queue_depth,
         wasm: Some(Arc::new(wasm)),
         keep_alive,
-        launches: tokio::runtime::Handle::current(),
     });
     for f in store.functions()? {
         match store.spec(&f.name, &f.active) {
