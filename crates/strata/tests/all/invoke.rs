@@ -183,3 +183,31 @@ async fn output_is_logged_per_call_and_queryable() {
     let cli = d.cli(&["logs", "printer"]);
     assert!(String::from_utf8_lossy(&cli.stdout).contains("printing abc"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_with_prior_knowledge_reaches_a_function() {
+    use http_body_util::{BodyExt, Full};
+    let d = Daemon::start();
+    d.deploy(&example("hello-wasm"));
+    let addr = d.url.trim_start_matches("http://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("the gateway speaks HTTP/2 with prior knowledge");
+    tokio::spawn(conn);
+    // Several streams on the one connection, at once.
+    let calls = (0..8).map(|i| {
+        let req = hyper::Request::post(format!("http://{addr}/function/hello-wasm"))
+            .body(Full::new(bytes::Bytes::from(format!("h2-{i}"))))
+            .unwrap();
+        send.send_request(req)
+    });
+    for (i, r) in futures::future::join_all(calls).await.into_iter().enumerate() {
+        let r = r.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.version(), hyper::Version::HTTP_2);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], format!("Hello, h2-{i}!\n").as_bytes());
+    }
+}
