@@ -208,7 +208,7 @@ async fn dependencies(
         ));
     };
     let (version, code) = (version.to_owned(), code.to_path_buf());
-    let (info, built) = tokio::task::spawn_blocking(move || {
+    let (info, built) = crate::off_thread(move || {
         let report = |line: &str| {
             if let Some(tx) = &progress {
                 let _ = tx.send(line.to_owned());
@@ -216,8 +216,7 @@ async fn dependencies(
         };
         layers.ensure(eco, &version, &code, &report)
     })
-    .await
-    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+    .await?
     .map_err(|e| match e {
         DepsError::Io(e) => ApiError::new(ErrorCode::Internal, format!("{file}: {e}")),
         other => ApiError::new(ErrorCode::InvalidManifest, format!("{file}: {other}")),

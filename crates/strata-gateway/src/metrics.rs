@@ -144,42 +144,43 @@ impl Metrics {
     /// Count one invocation of a deployed function (a name that is not one must not make a
     /// series: any caller could grow the metrics without bound).
     pub fn observe(&self, function: &str, status: u16, took: Duration, cold: bool) {
-        let f = self.function(function);
+        // Counted under the read lock: no reference count shared by both HTTP threads to
+        // bump and drop on every call. A function's first call makes its handles first.
+        if let Some(f) = self.functions.read().expect("functions lock").get(function) {
+            return self.count(f, function, status, took, cold);
+        }
+        let f = self.handles(function);
+        self.count(&f, function, status, took, cold);
+    }
+
+    fn count(&self, f: &FnMetrics, function: &str, status: u16, took: Duration, cold: bool) {
         f.total.fetch_add(1, Ordering::Relaxed);
         f.seconds.observe(took.as_secs_f64());
         if cold {
             f.coldstarts.inc();
         }
-        let known = f
-            .codes
-            .read()
-            .expect("codes lock")
-            .iter()
-            .find(|(c, _)| *c == status)
-            .map(|(_, counter)| counter.clone());
-        let counter = known.unwrap_or_else(|| {
-            let mut codes = f.codes.write().expect("codes lock");
-            if let Some((_, c)) = codes.iter().find(|(c, _)| *c == status) {
-                return c.clone();
-            }
-            let counter = self
-                .invocations
-                .get_or_create(&FnCode {
-                    function_name: function.into(),
-                    code: status.to_string(),
-                })
-                .clone();
-            codes.push((status, counter.clone()));
-            counter
-        });
+        if let Some((_, c)) = f.codes.read().expect("codes lock").iter().find(|(c, _)| *c == status) {
+            c.inc();
+            return;
+        }
+        let mut codes = f.codes.write().expect("codes lock");
+        if let Some((_, c)) = codes.iter().find(|(c, _)| *c == status) {
+            c.inc();
+            return;
+        }
+        let counter = self
+            .invocations
+            .get_or_create(&FnCode {
+                function_name: function.into(),
+                code: status.to_string(),
+            })
+            .clone();
         counter.inc();
+        codes.push((status, counter));
     }
 
     /// A function's handles, made on its first call.
-    fn function(&self, name: &str) -> Arc<FnMetrics> {
-        if let Some(f) = self.functions.read().expect("functions lock").get(name) {
-            return Arc::clone(f);
-        }
+    fn handles(&self, name: &str) -> Arc<FnMetrics> {
         let label = Fn {
             function_name: name.into(),
         };

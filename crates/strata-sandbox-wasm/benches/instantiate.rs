@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hdrhistogram::Histogram;
-use strata_sandbox_wasm::{Ahead, AllowedHosts, EngineConfig, HttpCall, Limits, WasmEngine, WasmFunction};
+use strata_sandbox_wasm::{Ahead, EngineConfig, HttpCall, Limits, WasmEngine, WasmFunction};
 
 fn component() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guests/target/wasm32-wasip2/release/hello.wasm");
@@ -52,15 +52,7 @@ fn load(dir: &std::path::Path, pooling: bool, ahead: Ahead, wasm: &std::path::Pa
     cfg.pooling = pooling;
     cfg.ahead = ahead;
     let engine = WasmEngine::new(cfg).expect("engine");
-    let limits = Limits {
-        memory_bytes: 64 << 20,
-        timeout: Duration::from_secs(10),
-        allowed_hosts: AllowedHosts::default(),
-        env: Vec::new(),
-        files: None,
-        max_output_bytes: 1 << 20,
-        max_response_bytes: 1 << 20,
-    };
+    let limits = Limits::default();
     engine.load(wasm, limits).expect("load")
 }
 

@@ -10,14 +10,13 @@
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use strata_sandbox_wasm::{AllowedHosts, EngineConfig, HttpCall, Limits, WasmEngine, WasmFunction};
+use strata_sandbox_wasm::{EngineConfig, HttpCall, Limits, WasmEngine, WasmFunction};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -33,15 +32,7 @@ fn main() {
         PathBuf::from,
     );
     let engine = WasmEngine::new(EngineConfig::new(std::env::temp_dir().join("strata-serve-example"))).expect("engine");
-    let limits = Limits {
-        memory_bytes: 64 << 20,
-        timeout: Duration::from_secs(10),
-        allowed_hosts: AllowedHosts::default(),
-        env: Vec::new(),
-        files: None,
-        max_output_bytes: 1 << 20,
-        max_response_bytes: 1 << 20,
-    };
+    let limits = Limits::default();
     let f = Arc::new(engine.load(&wasm, limits).expect("load"));
     if std::env::var("PERCORE").as_deref() == Ok("0") {
         let rt = tokio::runtime::Runtime::new().expect("runtime");

@@ -104,6 +104,22 @@ pub struct Limits {
     pub max_response_bytes: usize,
 }
 
+impl Default for Limits {
+    /// A function granted nothing: 64 MiB, 10 s, no outbound hosts, no environment, no
+    /// folder; 1 MiB of stdout and of stderr kept, responses up to 1 MiB.
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            timeout: Duration::from_secs(10),
+            allowed_hosts: AllowedHosts::default(),
+            env: Vec::new(),
+            files: None,
+            max_output_bytes: 1 << 20,
+            max_response_bytes: 1 << 20,
+        }
+    }
+}
+
 /// Where a loaded component's machine code came from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ArtifactSource {

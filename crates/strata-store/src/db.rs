@@ -547,30 +547,27 @@ fn migrate(tx: &redb::WriteTransaction) -> Result<()> {
             let mut calls = tx.open_table(CALLS)?;
             // One function at a time (the old keys are ordered by function): one open chunk.
             let mut open: HashMap<String, chunks::Open> = HashMap::new();
-            let mut renumber: Option<(String, u64)> = None;
+            // The function being moved, and the number its next old entry gets when it has
+            // chunks already (`None`: it has none, the old numbers stay, as its call ids say).
+            let mut current: Option<(String, Option<u64>)> = None;
             for entry in from.iter()? {
                 let (k, v) = entry?;
                 let (name, old_seq) = k.value();
-                if renumber.as_ref().is_none_or(|(n, _)| n != name) {
+                if current.as_ref().is_none_or(|(n, _)| n != name) {
                     for (n, c) in open.drain() {
                         to.insert((n.as_str(), c.first), c.bytes.as_slice())?;
                     }
                     let next = chunks::next_seq(&to, name)?;
-                    renumber = Some((name.to_owned(), next));
+                    current = Some((name.to_owned(), (next > 1).then_some(next)));
                 }
-                let Some((_, next)) = renumber.as_mut() else { continue };
-                let first_new = *next == 1;
-                let seq = if first_new { old_seq } else { *next };
-                let value = if first_new {
-                    v.value().to_vec()
-                } else {
-                    renumbered(is_log, &mut calls, name, seq, v.value())?
+                let (seq, value) = match current.as_mut().and_then(|(_, next)| next.as_mut()) {
+                    None => (old_seq, v.value().to_vec()),
+                    Some(next) => {
+                        let seq = *next;
+                        *next += 1;
+                        (seq, renumbered(is_log, &mut calls, name, seq, v.value())?)
+                    }
                 };
-                if first_new {
-                    // Nothing stored for it yet: keep the old numbers (its call ids point at them).
-                } else {
-                    *next += 1;
-                }
                 append(&mut open, &mut to, name, seq, &value)?;
                 moved += 1;
             }
@@ -582,6 +579,13 @@ fn migrate(tx: &redb::WriteTransaction) -> Result<()> {
         tracing::info!(table = old.name(), moved, took = ?started.elapsed(), "moved into chunks");
     }
     Ok(())
+}
+
+/// A stored record's call id, the one field removal and renumbering need (the rest of the
+/// record is skipped, not built).
+#[derive(Deserialize)]
+struct CallId {
+    call_id: String,
 }
 
 /// An old entry given sequence number `seq`: a log line's own `seq` field rewritten, a
@@ -597,10 +601,6 @@ fn renumbered(
         let mut l: LogLine = decode(name, value)?;
         l.seq = seq;
         return Ok(encode(&l));
-    }
-    #[derive(Deserialize)]
-    struct CallId {
-        call_id: String,
     }
     if let Ok(CallId { call_id }) = serde_json::from_slice::<CallId>(value) {
         calls.insert(call_id.as_str(), (name, seq))?;
@@ -759,11 +759,6 @@ fn remove_records(
     name: &str,
     upto: u64,
 ) -> Result<()> {
-    /// The one field removal needs (the rest of the record is skipped, not built).
-    #[derive(Deserialize)]
-    struct CallId {
-        call_id: String,
-    }
     // Whole chunks go with one `remove` each; redb's `retain_in` would copy the pages it
     // deletes from instead of changing them in place (it was half the writer's time once
     // retention ran, `cargo bench -p strata-store --bench records`).
