@@ -95,7 +95,15 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
 
     let tmp = tempfile::tempdir()?;
     let mut daemon = Daemon::start(&bin, tmp.path())?;
-    let measured = measure(&cfg, &bin, &daemon, [&wasmtime, &tier_alone], &component, tmp.path());
+    let measured = measure(
+        &cfg,
+        machine.nproc,
+        &bin,
+        &daemon,
+        [&wasmtime, &tier_alone],
+        &component,
+        tmp.path(),
+    );
     daemon.stop()?;
     let m = measured?;
     let report = render(&cfg, &date, &machine, &criterion, &m, &wasmtime_version(&wasmtime));
@@ -209,8 +217,74 @@ const TARGETS: [&str; 4] = [
     "the tier alone (no gateway)",
 ];
 
+/// Where the one-client rounds run: the client thread on core `client`, every thread of the
+/// server under test on core `server`.
+///
+/// Left to the scheduler, whether the client and the server shared a core was a coin tossed
+/// per run: on one core a round trip is a direct switch (the bare floor 5 µs), on two each
+/// wake-up crosses cores and, in a VM, wakes a halted vCPU (47–62 µs), and the overhead verdict
+/// moved with the coin (stop 19's runs). Now both placements are measured, each pinned, in the
+/// same rounds; the threads go back to every core before the load rounds.
+#[derive(Clone, Copy)]
+struct Placement {
+    name: &'static str,
+    client: usize,
+    server: usize,
+}
+
+fn placements(nproc: usize) -> Vec<Placement> {
+    let one = Placement {
+        name: "one core",
+        client: 0,
+        server: 0,
+    };
+    let two = Placement {
+        name: "two cores",
+        client: 0,
+        server: 1,
+    };
+    if nproc >= 2 { vec![one, two] } else { vec![one] }
+}
+
+/// Pin thread `tid` (0: the calling thread) to `cpus`.
+fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: `cpu_set_t` is plain data and all zeroes is the empty set; CPU_SET writes one bit
+    // of it (the macro checks the index against the set's size).
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        set
+    };
+    // SAFETY: a valid set of the size given; `tid` is a thread id or 0.
+    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Pin every thread of process `pid` to `cpus`; threads it starts later inherit the pinning of
+/// the thread that starts them. A thread that exits meanwhile is skipped.
+fn pin_process(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = entry?.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        match set_affinity(tid, cpus) {
+            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+                return Err(e).with_context(|| format!("pinning thread {tid} of {pid}"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 struct Measured {
-    latency: Vec<Sample>,
+    placements: Vec<Placement>,
+    /// [placement][target]
+    latency: Vec<Vec<Sample>>,
     load: Vec<Vec<Option<Wrk>>>,
 }
 
@@ -222,10 +296,16 @@ impl Measured {
                 .iter()
                 .map(|w| w.as_ref().map_or(Value::Null, Wrk::json))
                 .collect();
-            targets.insert(
-                (*name).into(),
-                json!({"latency": self.latency[i].stats().json(), "errors": self.latency[i].errors.count, "wrk_rounds": rounds}),
-            );
+            let latency: serde_json::Map<String, Value> = self
+                .placements
+                .iter()
+                .zip(&self.latency)
+                .map(|(p, l)| {
+                    let placed = json!({"client_cpu": p.client, "server_cpu": p.server, "stats": l[i].stats().json(), "errors": l[i].errors.count});
+                    (p.name.to_owned(), placed)
+                })
+                .collect();
+            targets.insert((*name).into(), json!({"latency": latency, "wrk_rounds": rounds}));
         }
         json!({"instantiate_and_call": criterion, "targets": targets})
     }
@@ -240,6 +320,7 @@ impl Measured {
 
 fn measure(
     cfg: &Config,
+    nproc: usize,
     bin: &Path,
     daemon: &Daemon,
     [wasmtime, tier_alone]: [&Path; 2],
@@ -264,36 +345,62 @@ fn measure(
     let serve = Server::wasmtime(wasmtime, component)?;
     let alone = Server::tier_alone(tier_alone, component)?;
     let bare = bare_server()?;
+    // The bare server's threads are the bench's own.
     let addrs = [
-        (bare, "/"),
-        (daemon.addr, "/function/hello-wasm"),
-        (serve.addr, "/"),
-        (alone.addr, "/"),
+        (bare, "/", std::process::id()),
+        (daemon.addr, "/function/hello-wasm", daemon.pid()? as u32),
+        (serve.addr, "/", serve.child.id()),
+        (alone.addr, "/", alone.child.id()),
     ];
 
+    let placed = placements(nproc);
     eprintln!(
-        "bench-wasm: sequential latency, {} rounds of {}",
-        cfg.rounds, cfg.per_round
+        "bench-wasm: sequential latency, {} rounds of {}, pinned: {}",
+        cfg.rounds,
+        cfg.per_round,
+        placed.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
     );
-    let mut latency: Vec<Sample> = TARGETS.iter().map(|_| Sample::new()).collect::<anyhow::Result<_>>()?;
-    for _ in 0..cfg.rounds {
-        for (i, (addr, path)) in addrs.iter().enumerate() {
-            let s = sequential(*addr, path, cfg.warmup, cfg.per_round, Duration::ZERO)?;
-            latency[i].add(&s)?;
+    let mut latency: Vec<Vec<Sample>> = placed
+        .iter()
+        .map(|_| TARGETS.iter().map(|_| Sample::new()).collect())
+        .collect::<anyhow::Result<_>>()?;
+    let every_cpu: Vec<usize> = (0..nproc).collect();
+    let rounds = (|| -> anyhow::Result<()> {
+        for _ in 0..cfg.rounds {
+            for (p, place) in placed.iter().enumerate() {
+                for (i, (addr, path, pid)) in addrs.iter().enumerate() {
+                    pin_process(*pid, &[place.server])?;
+                    set_affinity(0, &[place.client])?;
+                    let s = sequential(*addr, path, cfg.warmup, cfg.per_round, Duration::ZERO)?;
+                    latency[p][i].add(&s)?;
+                    pin_process(*pid, &every_cpu)?;
+                }
+            }
         }
+        Ok(())
+    })();
+    // Every thread back on every core (wrk, started from this thread, inherits its pinning),
+    // whether the rounds finished or not.
+    for (_, _, pid) in addrs {
+        pin_process(pid, &every_cpu)?;
     }
+    rounds?;
     eprintln!(
         "bench-wasm: throughput, wrk -t2 -c32, {} rounds of {} s",
         cfg.load_rounds, cfg.load_secs
     );
     let mut load: Vec<Vec<Option<Wrk>>> = TARGETS.iter().map(|_| Vec::new()).collect();
     for _ in 0..cfg.load_rounds {
-        for (i, (addr, path)) in addrs.iter().enumerate() {
+        for (i, (addr, path, _)) in addrs.iter().enumerate() {
             load[i].push(wrk(&format!("http://{addr}{path}"), tmp, cfg.load_secs)?);
         }
     }
     drop((serve, alone));
-    Ok(Measured { latency, load })
+    Ok(Measured {
+        placements: placed,
+        latency,
+        load,
+    })
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -382,27 +489,40 @@ fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Me
     push(
         &mut s,
         &format!(
-            "One client, sequential, {} rounds × {} calls, interleaved:",
+            "One client, sequential, {} rounds × {} calls, interleaved, with the client's thread and every thread of the server under test pinned (`sched_setaffinity`): on one core (a round trip is a direct switch between them) and on two (each wake-up crosses cores: in this VM it wakes a halted vCPU). Left to the scheduler, the placement was a coin tossed per run, and the bare floor with it (5 µs or ~50 µs):",
             cfg.rounds, cfg.per_round
         ),
     );
     push(&mut s, "");
-    push(&mut s, "| server | calls | p50 | p90 | p99 | max | errors |");
-    push(&mut s, "|---|---|---|---|---|---|---|");
-    let st: Vec<Stats> = m.latency.iter().map(Sample::stats).collect();
+    push(
+        &mut s,
+        "| server | placement | calls | p50 | p90 | p99 | max | errors |",
+    );
+    push(&mut s, "|---|---|---|---|---|---|---|---|");
+    let st: Vec<Vec<Stats>> = m
+        .latency
+        .iter()
+        .map(|l| l.iter().map(Sample::stats).collect())
+        .collect();
     for (i, name) in TARGETS.iter().enumerate() {
-        push(
-            &mut s,
-            &format!(
-                "| {name} | {} | {} | {} | {} | {} | {} |",
-                st[i].n,
-                dur(st[i].p50),
-                dur(st[i].p90),
-                dur(st[i].p99),
-                dur(st[i].max),
-                m.latency[i].errors.count
-            ),
-        );
+        for (p, place) in m.placements.iter().enumerate() {
+            let st = &st[p][i];
+            push(
+                &mut s,
+                &format!(
+                    "| {name} | {} (client CPU {}, server CPU {}) | {} | {} | {} | {} | {} | {} |",
+                    place.name,
+                    place.client,
+                    place.server,
+                    st.n,
+                    dur(st.p50),
+                    dur(st.p90),
+                    dur(st.p99),
+                    dur(st.max),
+                    m.latency[p][i].errors.count
+                ),
+            );
+        }
     }
     push(&mut s, "");
     push(
@@ -436,7 +556,6 @@ fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Me
     }
     let inst = criterion["adaptive"]["p50_us"].as_f64().unwrap_or(f64::NAN);
     let with_drop = criterion["adaptive"]["with_drop_p50_us"].as_f64().unwrap_or(f64::NAN);
-    let overhead = st[1].p50 - st[0].p50;
     let rate = m.wrk_median(1, |w| w.rate);
     let ratio = rate / m.wrk_median(2, |w| w.rate);
     let (p99, p99_wt) = (m.wrk_median(1, |w| w.p99_us), m.wrk_median(2, |w| w.p99_us));
@@ -450,15 +569,20 @@ fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Me
             verdict(inst <= INSTANTIATE_MAX_US)
         ),
     );
-    push(
-        &mut s,
-        &format!(
-            "| gateway overhead over the bare round trip, p50 ≤ {OVERHEAD_MAX_US} µs | {overhead:.0} µs ({} − {}) | {} |",
-            dur(st[1].p50),
-            dur(st[0].p50),
-            verdict(overhead <= OVERHEAD_MAX_US)
-        ),
-    );
+    for (p, place) in m.placements.iter().enumerate() {
+        let (gateway, bare) = (st[p][1].p50, st[p][0].p50);
+        let overhead = gateway - bare;
+        push(
+            &mut s,
+            &format!(
+                "| gateway overhead over the bare round trip, p50 ≤ {OVERHEAD_MAX_US} µs ({}) | {overhead:.0} µs ({} − {}) | {} |",
+                place.name,
+                dur(gateway),
+                dur(bare),
+                verdict(overhead <= OVERHEAD_MAX_US)
+            ),
+        );
+    }
     push(
         &mut s,
         &format!(
