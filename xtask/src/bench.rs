@@ -1154,22 +1154,29 @@ impl Wrk {
     }
 }
 
-pub(crate) fn wrk(url: &str, tmp: &Path, secs: u64) -> anyhow::Result<Option<Wrk>> {
+/// `wrk -t2 -c32 -d{secs}s --latency` POSTing "world" to `url`, or None without wrk.
+pub(crate) fn wrk_command(url: &str, tmp: &Path, secs: u64) -> anyhow::Result<Option<Command>> {
     let Some(bin) = ["/usr/bin/wrk", "/usr/local/bin/wrk"]
         .into_iter()
         .find(|p| Path::new(p).exists())
     else {
-        eprintln!("bench: wrk not found; no cross-check");
         return Ok(None);
     };
     let script = tmp.join("post.lua");
     std::fs::write(&script, "wrk.method = \"POST\"\nwrk.body = \"world\"\n")?;
-    let out = Command::new(bin)
-        .args(["-t2", "-c32", &format!("-d{secs}s"), "--latency", "-s"])
+    let mut c = Command::new(bin);
+    c.args(["-t2", "-c32", &format!("-d{secs}s"), "--latency", "-s"])
         .arg(&script)
-        .arg(url)
-        .output()
-        .context("running wrk")?;
+        .arg(url);
+    Ok(Some(c))
+}
+
+pub(crate) fn wrk(url: &str, tmp: &Path, secs: u64) -> anyhow::Result<Option<Wrk>> {
+    let Some(mut wrk) = wrk_command(url, tmp, secs)? else {
+        eprintln!("bench: wrk not found; no cross-check");
+        return Ok(None);
+    };
+    let out = wrk.output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(

@@ -8,7 +8,9 @@
 //!   `wasmtime serve` (wasmtime-cli 48), and the tier alone (the `serve` example of
 //!   `strata-sandbox-wasm`: the same engine behind a minimal HTTP server, none of the
 //!   platform: the ceiling for the gateway here) — interleaved in rounds so drift hits all;
-//! - 32 keep-alive clients (wrk -t2 -c32): the same four, in rounds.
+//! - 32 keep-alive clients (wrk -t2 -c32): the same four, in rounds;
+//! - a guest that spins forever under a 100 ms timeout (`guests/probe`), idle and under the
+//!   32 clients' load: how late past the timeout its 504 comes, and that the next call works.
 //!
 //! Prints, writes `target/bench/wasm.json` and the "WebAssembly tier" section of
 //! `docs/benchmarks.md`.
@@ -95,13 +97,14 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
 
     let tmp = tempfile::tempdir()?;
     let mut daemon = Daemon::start(&bin, tmp.path())?;
+    let probe = repo.join("guests/target/wasm32-wasip2/release/probe.wasm");
     let measured = measure(
         &cfg,
         machine.nproc,
         &bin,
         &daemon,
         [&wasmtime, &tier_alone],
-        &component,
+        [&component, &probe],
         tmp.path(),
     );
     daemon.stop()?;
@@ -286,6 +289,7 @@ struct Measured {
     /// [placement][target]
     latency: Vec<Vec<Sample>>,
     load: Vec<Vec<Option<Wrk>>>,
+    stops: Vec<Stops>,
 }
 
 impl Measured {
@@ -307,7 +311,8 @@ impl Measured {
                 .collect();
             targets.insert((*name).into(), json!({"latency": latency, "wrk_rounds": rounds}));
         }
-        json!({"instantiate_and_call": criterion, "targets": targets})
+        let stops: Vec<Value> = self.stops.iter().map(Stops::json).collect();
+        json!({"instantiate_and_call": criterion, "targets": targets, "timeouts": stops})
     }
 
     /// Median over rounds of a wrk figure.
@@ -318,21 +323,14 @@ impl Measured {
     }
 }
 
-fn measure(
-    cfg: &Config,
-    nproc: usize,
-    bin: &Path,
-    daemon: &Daemon,
-    [wasmtime, tier_alone]: [&Path; 2],
-    component: &Path,
-    tmp: &Path,
-) -> anyhow::Result<Measured> {
-    let dir = tmp.join("hello-wasm");
+/// Deploy `wasm` as function `name` (manifest lines `extra` besides the tier's).
+fn deploy(bin: &Path, daemon: &Daemon, tmp: &Path, name: &str, wasm: &Path, extra: &str) -> anyhow::Result<()> {
+    let dir = tmp.join(name);
     std::fs::create_dir_all(&dir)?;
-    std::fs::copy(component, dir.join("hello.wasm"))?;
+    std::fs::copy(wasm, dir.join("guest.wasm"))?;
     std::fs::write(
         dir.join("strata.toml"),
-        "name = \"hello-wasm\"\nruntime = \"wasm\"\nhandler = \"hello.wasm\"\n",
+        format!("name = \"{name}\"\nruntime = \"wasm\"\nhandler = \"guest.wasm\"\n{extra}"),
     )?;
     let out = Command::new(bin)
         .arg("deploy")
@@ -340,8 +338,108 @@ fn measure(
         .env("STRATA_GATEWAY", &daemon.url)
         .output()?;
     if !out.status.success() {
-        bail!("deploy failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!("deploying {name} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
+    Ok(())
+}
+
+/// The timeout of the calls to the spinning guest.
+const LOOP_TIMEOUT_MS: u64 = 100;
+/// How late past its timeout a spinning guest may be answered (the target).
+const TIMEOUT_SLACK_MAX_MS: f64 = 50.0;
+
+/// Calls to a guest that spins forever, under a 100 ms timeout: how long past the timeout
+/// each was answered, how many were answered 504, and whether the call after each (to the same
+/// function) was served.
+struct Stops {
+    condition: &'static str,
+    /// Milliseconds past the timeout, one per call.
+    late_ms: Vec<f64>,
+    answered_504: usize,
+    next_served: usize,
+}
+
+impl Stops {
+    fn measure(condition: &'static str, addr: SocketAddr, n: usize) -> anyhow::Result<Stops> {
+        let spin = crate::bench::request("GET", "/function/probe-loop/loop", b"");
+        let counter = crate::bench::request("GET", "/function/probe-loop/counter", b"");
+        let mut client = crate::bench::Client::new(addr);
+        let mut s = Stops {
+            condition,
+            late_ms: Vec::with_capacity(n),
+            answered_504: 0,
+            next_served: 0,
+        };
+        for _ in 0..n {
+            let t = Instant::now();
+            let r = client.call(&spin)?;
+            s.late_ms.push(t.elapsed().as_secs_f64() * 1e3 - LOOP_TIMEOUT_MS as f64);
+            s.answered_504 += usize::from(r.status == 504);
+            let next = client.call(&counter)?;
+            s.next_served += usize::from(next.status == 200 && next.body == b"1");
+        }
+        s.late_ms.sort_by(f64::total_cmp);
+        Ok(s)
+    }
+
+    fn pct(&self, q: f64) -> f64 {
+        let i = ((self.late_ms.len() as f64 * q).ceil() as usize).clamp(1, self.late_ms.len().max(1)) - 1;
+        self.late_ms.get(i).copied().unwrap_or(f64::NAN)
+    }
+
+    fn max(&self) -> f64 {
+        self.late_ms.last().copied().unwrap_or(f64::NAN)
+    }
+
+    fn met(&self) -> bool {
+        self.max() <= TIMEOUT_SLACK_MAX_MS
+            && self.answered_504 == self.late_ms.len()
+            && self.next_served == self.late_ms.len()
+    }
+
+    fn json(&self) -> Value {
+        json!({"condition": self.condition, "calls": self.late_ms.len(), "answered_504": self.answered_504,
+               "next_served": self.next_served, "late_p50_ms": self.pct(0.5), "late_p99_ms": self.pct(0.99),
+               "late_max_ms": self.max()})
+    }
+}
+
+/// `Stops` idle, then while wrk's 32 clients call hello-wasm on the same daemon.
+fn stops(cfg: &Config, bin: &Path, daemon: &Daemon, tmp: &Path, probe: &Path) -> anyhow::Result<Vec<Stops>> {
+    deploy(
+        bin,
+        daemon,
+        tmp,
+        "probe-loop",
+        probe,
+        &format!("timeout = \"{LOOP_TIMEOUT_MS}ms\"\nmemory = \"64MiB\"\n"),
+    )?;
+    let n = if cfg.quick { 10 } else { 40 };
+    eprintln!("bench-wasm: {n} calls to a spinning guest ({LOOP_TIMEOUT_MS} ms timeout), idle and under load");
+    let mut out = vec![Stops::measure("idle", daemon.addr, n)?];
+    let url = format!("{}/function/hello-wasm", daemon.url);
+    // Long enough for the calls below and a second either side.
+    let secs = 2 + (n as u64 * (LOOP_TIMEOUT_MS + 60)).div_ceil(1000);
+    if let Some(mut wrk) = crate::bench::wrk_command(&url, tmp, secs)? {
+        let mut load = wrk.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        std::thread::sleep(Duration::from_secs(1));
+        let measured = Stops::measure("under load (wrk -t2 -c32 calling hello-wasm)", daemon.addr, n);
+        let _ = load.wait();
+        out.push(measured?);
+    }
+    Ok(out)
+}
+
+fn measure(
+    cfg: &Config,
+    nproc: usize,
+    bin: &Path,
+    daemon: &Daemon,
+    [wasmtime, tier_alone]: [&Path; 2],
+    [component, probe]: [&Path; 2],
+    tmp: &Path,
+) -> anyhow::Result<Measured> {
+    deploy(bin, daemon, tmp, "hello-wasm", component, "")?;
     let serve = Server::wasmtime(wasmtime, component)?;
     let alone = Server::tier_alone(tier_alone, component)?;
     let bare = bare_server()?;
@@ -396,10 +494,12 @@ fn measure(
         }
     }
     drop((serve, alone));
+    let stops = stops(cfg, bin, daemon, tmp, probe)?;
     Ok(Measured {
         placements: placed,
         latency,
         load,
+        stops,
     })
 }
 
@@ -554,6 +654,35 @@ fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Me
             ),
         );
     }
+    push(&mut s, "");
+    push(
+        &mut s,
+        &format!(
+            "A guest that spins forever (`guests/probe`, `/loop`) under `timeout = \"{LOOP_TIMEOUT_MS}ms\"`, {} sequential calls each, every one followed by a call to the same function's `/counter` (a fresh instance answers `1`); how long past the timeout each 504 came, as the client saw it:",
+            m.stops.first().map_or(0, |x| x.late_ms.len())
+        ),
+    );
+    push(&mut s, "");
+    push(
+        &mut s,
+        "| condition | calls | answered 504 | next call served | late p50 | p99 | max |",
+    );
+    push(&mut s, "|---|---|---|---|---|---|---|");
+    for x in &m.stops {
+        push(
+            &mut s,
+            &format!(
+                "| {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
+                x.condition,
+                x.late_ms.len(),
+                x.answered_504,
+                x.next_served,
+                x.pct(0.5),
+                x.pct(0.99),
+                x.max()
+            ),
+        );
+    }
     let inst = criterion["adaptive"]["p50_us"].as_f64().unwrap_or(f64::NAN);
     let with_drop = criterion["adaptive"]["with_drop_p50_us"].as_f64().unwrap_or(f64::NAN);
     let rate = m.wrk_median(1, |w| w.rate);
@@ -580,6 +709,21 @@ fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Me
                 dur(gateway),
                 dur(bare),
                 verdict(overhead <= OVERHEAD_MAX_US)
+            ),
+        );
+    }
+    for x in &m.stops {
+        push(
+            &mut s,
+            &format!(
+                "| a spinning guest answered 504 within timeout + {TIMEOUT_SLACK_MAX_MS:.0} ms, the next call served ({}) | {}/{} answered 504, {}/{} next served, at most {:.1} ms late | {} |",
+                x.condition,
+                x.answered_504,
+                x.late_ms.len(),
+                x.next_served,
+                x.late_ms.len(),
+                x.max(),
+                verdict(x.met())
             ),
         );
     }

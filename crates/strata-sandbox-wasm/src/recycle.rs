@@ -261,23 +261,27 @@ impl Stash {
 
 /// Whether the machine has a core to spare for the recycler: when it has not, the work moved
 /// off a call's path only competes with the calls (and costs a hand-off), so calls make and
-/// drop their own instances. Read from `/proc/stat` by the engine's epoch thread: a
-/// system-wide figure, because whatever else runs on the machine takes the same cores.
+/// drop their own instances. Read from `/proc/stat` by the engine's epoch thread, over the
+/// cores this process may run on (its cpuset or `taskset` pinning, read again at every sample):
+/// whatever else runs on them takes the same cores, and an idle core it may not use is no
+/// spare. (The whole machine's figure counted a daemon pinned to one busy core of two as
+/// having half a core to spare.)
 #[derive(Debug)]
 pub(crate) struct Load {
     /// [`crate::EngineConfig::load_aware`]: off, `busy` stays false.
     aware: bool,
     busy: AtomicBool,
-    last: Mutex<Option<CpuTimes>>,
-    /// The cores this process may use.
-    cpus: usize,
+    /// The last sample and the cores it covers.
+    last: Mutex<Option<(Option<Vec<usize>>, CpuTimes)>>,
 }
 
-/// Idle and total time of all cores, in the kernel's clock ticks.
+/// Idle and total time of some cores, in the kernel's clock ticks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct CpuTimes {
     idle: u64,
     total: u64,
+    /// How many cores the figures cover.
+    cores: usize,
 }
 
 /// Idle cores below which the machine counts as busy.
@@ -290,7 +294,6 @@ impl Load {
             aware,
             busy: AtomicBool::new(false),
             last: Mutex::new(None),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
@@ -300,71 +303,179 @@ impl Load {
     }
 
     /// Take a new sample (the epoch thread, every few ticks). Without `/proc/stat` the
-    /// machine counts as having a core to spare.
+    /// machine counts as having a core to spare; without the thread's status, every core
+    /// counts as allowed.
     pub(crate) fn sample(&self) {
         if !self.aware {
             return;
         }
-        let Some(now) = std::fs::read_to_string("/proc/stat").ok().and_then(|s| parse_stat(&s)) else {
+        let allowed = std::fs::read_to_string("/proc/thread-self/status")
+            .ok()
+            .and_then(|s| parse_allowed(&s));
+        let Some(now) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| parse_stat(&s, allowed.as_deref()))
+        else {
             return;
         };
         let Ok(mut last) = self.last.lock() else { return };
-        if let Some(prev) = last.replace(now)
-            && let Some(idle) = idle_cores(prev, now, self.cpus)
+        if let Some((was_allowed, prev)) = last.replace((allowed.clone(), now))
+            && was_allowed == allowed
+            && let Some(idle) = idle_cores(prev, now)
         {
             self.busy.store(idle < SPARE_CORES, Ordering::Relaxed);
         }
     }
 }
 
-/// The first line of `/proc/stat`: `cpu user nice system idle iowait irq softirq steal …`;
-/// idle time is idle + iowait.
-pub(crate) fn parse_stat(stat: &str) -> Option<CpuTimes> {
-    let line = stat.lines().next()?;
-    let mut fields = line.split_ascii_whitespace();
-    if fields.next()? != "cpu" {
-        return None;
+/// The cores a thread may run on, from its `Cpus_allowed_list` (`/proc/thread-self/status`):
+/// "0-3,6" is 0, 1, 2, 3 and 6.
+pub(crate) fn parse_allowed(status: &str) -> Option<Vec<usize>> {
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+    let mut cores = Vec::new();
+    for part in list.trim().split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        if b < a || b - a > 1 << 16 {
+            return None;
+        }
+        cores.extend(a..=b);
     }
-    let ticks: Vec<u64> = fields.take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
-    if ticks.len() < 5 {
-        return None;
-    }
-    Some(CpuTimes {
-        idle: ticks[3] + ticks[4],
-        total: ticks.iter().sum(),
-    })
+    (!cores.is_empty()).then_some(cores)
 }
 
-/// Cores idle on average between two samples, `None` if no time passed.
-pub(crate) fn idle_cores(prev: CpuTimes, now: CpuTimes, cpus: usize) -> Option<f64> {
+/// Idle and total ticks of the cores in `allowed` (every core when `None`), from the
+/// per-core lines of `/proc/stat` (`cpuN user nice system idle iowait irq softirq steal …`);
+/// idle time is idle + iowait. `None` when no line matched.
+pub(crate) fn parse_stat(stat: &str, allowed: Option<&[usize]>) -> Option<CpuTimes> {
+    let mut sum = CpuTimes {
+        idle: 0,
+        total: 0,
+        cores: 0,
+    };
+    for line in stat.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let Some(core) = fields.next().and_then(|f| f.strip_prefix("cpu")) else {
+            continue;
+        };
+        // The first line, "cpu", is every core's sum.
+        let Ok(core) = core.parse::<usize>() else { continue };
+        if allowed.is_some_and(|a| !a.contains(&core)) {
+            continue;
+        }
+        let ticks: Vec<u64> = fields.take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+        if ticks.len() < 5 {
+            return None;
+        }
+        sum.idle += ticks[3] + ticks[4];
+        sum.total += ticks.iter().sum::<u64>();
+        sum.cores += 1;
+    }
+    (sum.cores > 0).then_some(sum)
+}
+
+/// Cores idle on average between two samples of the same cores, `None` if no time passed.
+pub(crate) fn idle_cores(prev: CpuTimes, now: CpuTimes) -> Option<f64> {
+    if prev.cores != now.cores {
+        return None;
+    }
     let total = now.total.checked_sub(prev.total).filter(|t| *t > 0)?;
     let idle = now.idle.saturating_sub(prev.idle).min(total);
-    Some(idle as f64 / total as f64 * cpus as f64)
+    Some(idle as f64 / total as f64 * now.cores as f64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const STAT: &str = "cpu  30 0 0 100 10 0 0 0 0 0\n\
+                        cpu0 10 0 0 60 5 0 0 0 0 0\n\
+                        cpu1 20 0 0 40 5 0 0 0 0 0\n\
+                        intr 1 2 3\n";
+
     #[test]
-    fn proc_stat_gives_idle_and_total_ticks() {
-        let stat = "cpu  9026121 191 1335613 4859699 107866 0 54152 61807 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
-        let t = parse_stat(stat).expect("parsed");
-        assert_eq!(t.idle, 4859699 + 107866);
-        assert_eq!(t.total, 9026121 + 191 + 1335613 + 4859699 + 107866 + 54152 + 61807);
-        assert_eq!(parse_stat("intr 1 2 3\n"), None);
-        assert_eq!(parse_stat("cpu 1 2 x 4 5\n"), None);
-        assert_eq!(parse_stat("cpu 1 2 3\n"), None);
+    fn proc_stat_gives_idle_and_total_ticks_of_the_allowed_cores() {
+        let all = parse_stat(STAT, None).expect("parsed");
+        assert_eq!(
+            all,
+            CpuTimes {
+                idle: 110,
+                total: 140,
+                cores: 2
+            }
+        );
+        let one = parse_stat(STAT, Some(&[1])).expect("parsed");
+        assert_eq!(
+            one,
+            CpuTimes {
+                idle: 45,
+                total: 65,
+                cores: 1
+            }
+        );
+        // Allowed cores the machine does not list count for nothing.
+        assert_eq!(parse_stat(STAT, Some(&[0, 7])).expect("parsed").cores, 1);
+        assert_eq!(parse_stat(STAT, Some(&[7])), None);
+        assert_eq!(parse_stat("intr 1 2 3\n", None), None);
+        assert_eq!(parse_stat("cpu0 1 2 x 4 5\n", None), None);
+        assert_eq!(parse_stat("cpu0 1 2 3\n", None), None);
     }
 
     #[test]
-    fn idle_cores_are_the_idle_share_of_all_cores() {
-        let a = CpuTimes { idle: 100, total: 1000 };
+    fn the_allowed_cores_come_from_the_status_list() {
+        let status = "Name:\tstrata\nCpus_allowed:\t4f\nCpus_allowed_list:\t0-3,6\nMems_allowed_list:\t0\n";
+        assert_eq!(parse_allowed(status), Some(vec![0, 1, 2, 3, 6]));
+        assert_eq!(parse_allowed("Cpus_allowed_list:\t1\n"), Some(vec![1]));
+        assert_eq!(parse_allowed("Cpus_allowed_list:\t3-1\n"), None);
+        assert_eq!(parse_allowed("Cpus_allowed_list:\tx\n"), None);
+        assert_eq!(parse_allowed("Name:\tstrata\n"), None);
+    }
+
+    #[test]
+    fn idle_cores_are_the_idle_share_of_the_sampled_cores() {
+        let a = CpuTimes {
+            idle: 100,
+            total: 1000,
+            cores: 2,
+        };
         // 20 ticks passed on 2 cores, 5 of them idle: a quarter of the time, half a core.
-        let b = CpuTimes { idle: 105, total: 1020 };
-        assert_eq!(idle_cores(a, b, 2), Some(0.5));
-        assert_eq!(idle_cores(a, a, 2), None);
+        let b = CpuTimes {
+            idle: 105,
+            total: 1020,
+            cores: 2,
+        };
+        assert_eq!(idle_cores(a, b), Some(0.5));
+        assert_eq!(idle_cores(a, a), None);
         // Counters that went backwards (a different machine's figures) give no reading.
-        assert_eq!(idle_cores(b, a, 2), None);
+        assert_eq!(idle_cores(b, a), None);
+        // Nor do samples of different sets of cores.
+        assert_eq!(
+            idle_cores(
+                a,
+                CpuTimes {
+                    idle: 105,
+                    total: 1020,
+                    cores: 1
+                }
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_process_pinned_to_its_busy_core_has_none_to_spare() {
+        // Two cores; this process may use core 1 only, busy throughout, while core 0 idles.
+        let before = "cpu0 0 0 0 1000 0 0 0 0\ncpu1 1000 0 0 0 0 0 0 0\n";
+        let after = "cpu0 0 0 0 1100 0 0 0 0\ncpu1 1100 0 0 0 0 0 0 0\n";
+        let (pinned, whole) = (Some(&[1usize][..]), None);
+        let idle = |allowed| {
+            idle_cores(
+                parse_stat(before, allowed).unwrap(),
+                parse_stat(after, allowed).unwrap(),
+            )
+        };
+        assert_eq!(idle(pinned), Some(0.0));
+        // The whole machine has a core idle, which this process may not use.
+        assert_eq!(idle(whole), Some(1.0));
     }
 }
