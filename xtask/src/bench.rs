@@ -1156,6 +1156,11 @@ impl Wrk {
 
 /// `wrk -t2 -c32 -d{secs}s --latency` POSTing "world" to `url`, or None without wrk.
 pub(crate) fn wrk_command(url: &str, tmp: &Path, secs: u64) -> anyhow::Result<Option<Command>> {
+    wrk_command_threads(url, tmp, secs, 2)
+}
+
+/// As [`wrk_command`], with `threads` client threads sharing the 32 connections.
+pub(crate) fn wrk_command_threads(url: &str, tmp: &Path, secs: u64, threads: u32) -> anyhow::Result<Option<Command>> {
     let Some(bin) = ["/usr/bin/wrk", "/usr/local/bin/wrk"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -1165,14 +1170,25 @@ pub(crate) fn wrk_command(url: &str, tmp: &Path, secs: u64) -> anyhow::Result<Op
     let script = tmp.join("post.lua");
     std::fs::write(&script, "wrk.method = \"POST\"\nwrk.body = \"world\"\n")?;
     let mut c = Command::new(bin);
-    c.args(["-t2", "-c32", &format!("-d{secs}s"), "--latency", "-s"])
-        .arg(&script)
-        .arg(url);
+    c.args([
+        &format!("-t{threads}"),
+        "-c32",
+        &format!("-d{secs}s"),
+        "--latency",
+        "-s",
+    ])
+    .arg(&script)
+    .arg(url);
     Ok(Some(c))
 }
 
 pub(crate) fn wrk(url: &str, tmp: &Path, secs: u64) -> anyhow::Result<Option<Wrk>> {
-    let Some(mut wrk) = wrk_command(url, tmp, secs)? else {
+    wrk_threads(url, tmp, secs, 2)
+}
+
+/// wrk with `threads` client threads (32 connections), its figures parsed.
+pub(crate) fn wrk_threads(url: &str, tmp: &Path, secs: u64, threads: u32) -> anyhow::Result<Option<Wrk>> {
+    let Some(mut wrk) = wrk_command_threads(url, tmp, secs, threads)? else {
         eprintln!("bench: wrk not found; no cross-check");
         return Ok(None);
     };
