@@ -284,8 +284,11 @@ pub(crate) struct CpuTimes {
     cores: usize,
 }
 
-/// Idle cores below which the machine counts as busy.
-const SPARE_CORES: f64 = 0.3;
+/// Idle cores below which the machine counts as busy. Saturated, the cores a daemon may use
+/// idle 0.003 (pinned to one) to 0.04 (two) of a core; one client calling back to back leaves
+/// its one pinned core 0.20–0.26 idle, gaps the recycler's work fits in (docs/benchmarks.md,
+/// "The spare-core reading over the cores the daemon may use"). 0.3 counted those as busy.
+const SPARE_CORES: f64 = 0.15;
 
 impl Load {
     /// Unless `aware`, the machine always counts as having a core to spare (no sampling).
