@@ -67,6 +67,12 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
     }
     let wasmtime = wasmtime_cli(repo)?;
     let component = repo.join("examples/hello-wasm/hello.wasm");
+    let probe = repo.join("guests/target/wasm32-wasip2/release/probe.wasm");
+    for guest in [&component, &probe] {
+        if !guest.is_file() {
+            bail!("{} is missing: `cargo xtask examples` builds it", guest.display());
+        }
+    }
     let bin = repo.join("target/release/strata");
     let (date, machine) = (utc_now(), Machine::probe()?);
 
@@ -98,10 +104,8 @@ pub fn run(repo: &Path, args: &[String]) -> anyhow::Result<()> {
 
     let tmp = tempfile::tempdir()?;
     let mut daemon = Daemon::start(&bin, tmp.path())?;
-    let probe = repo.join("guests/target/wasm32-wasip2/release/probe.wasm");
     let measured = measure(
         &cfg,
-        machine.nproc,
         &bin,
         &daemon,
         [&wasmtime, &tier_alone],
@@ -236,24 +240,53 @@ struct Placement {
     server: usize,
 }
 
-fn placements(nproc: usize) -> Vec<Placement> {
+/// The placements on the cores the bench may use (`allowed`, sorted): one core, and two
+/// when it has two.
+fn placements(allowed: &[usize]) -> Vec<Placement> {
+    let (first, second) = (allowed.first().copied().unwrap_or(0), allowed.get(1).copied());
     let one = Placement {
         name: "one core",
-        client: 0,
-        server: 0,
+        client: first,
+        server: first,
     };
-    let two = Placement {
-        name: "two cores",
-        client: 0,
-        server: 1,
-    };
-    if nproc >= 2 { vec![one, two] } else { vec![one] }
+    match second {
+        Some(second) => vec![
+            one,
+            Placement {
+                name: "two cores",
+                client: first,
+                server: second,
+            },
+        ],
+        None => vec![one],
+    }
+}
+
+/// The cores the calling thread may run on, ascending.
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: `cpu_set_t` is plain data (all zeroes is the empty set), filled in by the kernel.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a set of the size given; 0 is the calling thread.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+    }
+    // SAFETY: CPU_ISSET reads one bit of the set; every index is below its size.
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    if cpus.is_empty() {
+        bail!("sched_getaffinity: no core allowed");
+    }
+    Ok(cpus)
 }
 
 /// Pin thread `tid` (0: the calling thread) to `cpus`.
 fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> std::io::Result<()> {
-    // SAFETY: `cpu_set_t` is plain data and all zeroes is the empty set; CPU_SET writes one bit
-    // of it (the macro checks the index against the set's size).
+    if let Some(c) = cpus.iter().find(|&&c| c >= libc::CPU_SETSIZE as usize) {
+        return Err(std::io::Error::other(format!("core {c} is beyond the affinity mask")));
+    }
+    // SAFETY: `cpu_set_t` is plain data and all zeroes is the empty set; every index given to
+    // CPU_SET is below CPU_SETSIZE (checked above), so each writes one bit inside it.
     let set = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         for &c in cpus {
@@ -269,17 +302,30 @@ fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> std::io::Result<()> {
 }
 
 /// Pin every thread of process `pid` to `cpus`; threads it starts later inherit the pinning of
-/// the thread that starts them. A thread that exits meanwhile is skipped.
+/// the thread that starts them. A thread that exits meanwhile is skipped; one started during a
+/// pass by a thread not yet pinned is caught by the next (passes repeat until no new thread
+/// shows up, at most five).
 fn pin_process(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let Some(tid) = entry?.file_name().to_str().and_then(|t| t.parse().ok()) else {
-            continue;
-        };
-        match set_affinity(tid, cpus) {
-            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
-                return Err(e).with_context(|| format!("pinning thread {tid} of {pid}"));
+    let mut done = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let mut new = false;
+        for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let Some(tid) = entry?.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else {
+                continue;
+            };
+            if !done.insert(tid) {
+                continue;
             }
-            _ => {}
+            new = true;
+            match set_affinity(tid, cpus) {
+                Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+                    return Err(e).with_context(|| format!("pinning thread {tid} of {pid}"));
+                }
+                _ => {}
+            }
+        }
+        if !new {
+            break;
         }
     }
     Ok(())
@@ -365,8 +411,9 @@ const TIMEOUT_SLACK_MAX_MS: f64 = 50.0;
 /// function) was served.
 struct Stops {
     condition: &'static str,
-    /// Milliseconds past the timeout, one per call.
+    /// Milliseconds past the timeout, one per call answered.
     late_ms: Vec<f64>,
+    calls: usize,
     answered_504: usize,
     next_served: usize,
 }
@@ -379,16 +426,21 @@ impl Stops {
         let mut s = Stops {
             condition,
             late_ms: Vec::with_capacity(n),
+            calls: n,
             answered_504: 0,
             next_served: 0,
         };
+        // A call that fails outright (the connection dropped) counts as not answered 504 or
+        // not served: what this measures, not a reason to stop.
         for _ in 0..n {
             let t = Instant::now();
-            let r = client.call(&spin)?;
-            s.late_ms.push(t.elapsed().as_secs_f64() * 1e3 - LOOP_TIMEOUT_MS as f64);
-            s.answered_504 += usize::from(r.status == 504);
-            let next = client.call(&counter)?;
-            s.next_served += usize::from(next.status == 200 && next.body == b"1");
+            if let Ok(r) = client.call(&spin) {
+                s.late_ms.push(t.elapsed().as_secs_f64() * 1e3 - LOOP_TIMEOUT_MS as f64);
+                s.answered_504 += usize::from(r.status == 504);
+            }
+            if let Ok(next) = client.call(&counter) {
+                s.next_served += usize::from(next.status == 200 && next.body == b"1");
+            }
         }
         s.late_ms.sort_by(f64::total_cmp);
         Ok(s)
@@ -404,13 +456,11 @@ impl Stops {
     }
 
     fn met(&self) -> bool {
-        self.max() <= TIMEOUT_SLACK_MAX_MS
-            && self.answered_504 == self.late_ms.len()
-            && self.next_served == self.late_ms.len()
+        self.max() <= TIMEOUT_SLACK_MAX_MS && self.answered_504 == self.calls && self.next_served == self.calls
     }
 
     fn json(&self) -> Value {
-        json!({"condition": self.condition, "calls": self.late_ms.len(), "answered_504": self.answered_504,
+        json!({"condition": self.condition, "calls": self.calls, "answered_504": self.answered_504,
                "next_served": self.next_served, "late_p50_ms": self.pct(0.5), "late_p99_ms": self.pct(0.99),
                "late_max_ms": self.max()})
     }
@@ -430,13 +480,19 @@ fn stops(cfg: &Config, bin: &Path, daemon: &Daemon, tmp: &Path, probe: &Path) ->
     eprintln!("bench-wasm: {n} calls to a spinning guest ({LOOP_TIMEOUT_MS} ms timeout), idle and under load");
     let mut out = vec![Stops::measure("idle", daemon.addr, n)?];
     let url = format!("{}/function/hello-wasm", daemon.url);
-    // Long enough for the calls below and a second either side.
-    let secs = 2 + (n as u64 * (LOOP_TIMEOUT_MS + 60)).div_ceil(1000);
+    // Far longer than the calls below take; stopped once they are done, so the load lasts as
+    // long as they do however late they come.
+    let secs = 60 + n as u64 * (LOOP_TIMEOUT_MS + 1000) / 1000;
     if let Some(mut wrk) = crate::bench::wrk_command(&url, tmp, secs)? {
         let mut load = wrk.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
         std::thread::sleep(Duration::from_secs(1));
         let measured = Stops::measure("under load (wrk -t2 -c32 calling hello-wasm)", daemon.addr, n);
+        let running = load.try_wait()?.is_none();
+        let _ = load.kill();
         let _ = load.wait();
+        if !running {
+            bail!("wrk stopped before the calls under load were done");
+        }
         out.push(measured?);
     }
     Ok(out)
@@ -444,7 +500,6 @@ fn stops(cfg: &Config, bin: &Path, daemon: &Daemon, tmp: &Path, probe: &Path) ->
 
 fn measure(
     cfg: &Config,
-    nproc: usize,
     bin: &Path,
     daemon: &Daemon,
     [wasmtime, tier_alone]: [&Path; 2],
@@ -463,7 +518,10 @@ fn measure(
         (alone.addr, "/", alone.child.id()),
     ];
 
-    let placed = placements(nproc);
+    // The cores the bench was given (and the servers, started by it, with it): where the
+    // placements are chosen, and what every thread gets back after them.
+    let every_cpu = allowed_cpus()?;
+    let placed = placements(&every_cpu);
     eprintln!(
         "bench-wasm: sequential latency, {} rounds of {}, pinned: {}",
         cfg.rounds,
@@ -474,7 +532,6 @@ fn measure(
         .iter()
         .map(|_| TARGETS.iter().map(|_| Sample::new()).collect())
         .collect::<anyhow::Result<_>>()?;
-    let every_cpu: Vec<usize> = (0..nproc).collect();
     let rounds = (|| -> anyhow::Result<()> {
         for _ in 0..cfg.rounds {
             for (p, place) in placed.iter().enumerate() {
@@ -492,7 +549,9 @@ fn measure(
     // Every thread back on every core (wrk, started from this thread, inherits its pinning),
     // whether the rounds finished or not.
     for (_, _, pid) in addrs {
-        pin_process(pid, &every_cpu)?;
+        if let Err(e) = pin_process(pid, &every_cpu) {
+            eprintln!("bench-wasm: warning: process {pid} not given back every core: {e:#}");
+        }
     }
     rounds?;
     eprintln!(
@@ -679,7 +738,7 @@ fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Me
         &mut s,
         &format!(
             "A guest that spins forever (`guests/probe`, `/loop`) under `timeout = \"{LOOP_TIMEOUT_MS}ms\"`, {} sequential calls each, every one followed by a call to the same function's `/counter` (a fresh instance answers `1`); how long past the timeout each 504 came, as the client saw it:",
-            m.stops.first().map_or(0, |x| x.late_ms.len())
+            m.stops.first().map_or(0, |x| x.calls)
         ),
     );
     push(&mut s, "");
@@ -694,7 +753,7 @@ fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Me
             &format!(
                 "| {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
                 x.condition,
-                x.late_ms.len(),
+                x.calls,
                 x.answered_504,
                 x.next_served,
                 x.pct(0.5),
@@ -736,9 +795,9 @@ fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Me
                 "| a spinning guest answered 504 within timeout + {TIMEOUT_SLACK_MAX_MS:.0} ms, the next call served ({}) | {}/{} answered 504, {}/{} next served, at most {:.1} ms late | {} |",
                 x.condition,
                 x.answered_504,
-                x.late_ms.len(),
+                x.calls,
                 x.next_served,
-                x.late_ms.len(),
+                x.calls,
                 x.max(),
                 verdict(x.met())
             ),

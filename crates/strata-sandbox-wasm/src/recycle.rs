@@ -265,7 +265,8 @@ impl Stash {
 /// cores this process may run on (its cpuset or `taskset` pinning, read again at every sample):
 /// whatever else runs on them takes the same cores, and an idle core it may not use is no
 /// spare. (The whole machine's figure counted a daemon pinned to one busy core of two as
-/// having half a core to spare.)
+/// having half a core to spare.) A CPU quota (cgroup `cpu.max`, `docker --cpus`) is not
+/// read: under one, idle cores the quota leaves no time for still count as spare.
 #[derive(Debug)]
 pub(crate) struct Load {
     /// [`crate::EngineConfig::load_aware`]: off, `busy` stays false.
@@ -306,13 +307,14 @@ impl Load {
     }
 
     /// Take a new sample (the epoch thread, every few ticks). Without `/proc/stat` the
-    /// machine counts as having a core to spare; without the thread's status, every core
-    /// counts as allowed.
+    /// machine counts as having a core to spare; without the process's status, every core
+    /// counts as allowed. The cores are those of the process's main thread, which a cpuset
+    /// or `taskset` sets for all its threads.
     pub(crate) fn sample(&self) {
         if !self.aware {
             return;
         }
-        let allowed = std::fs::read_to_string("/proc/thread-self/status")
+        let allowed = std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| parse_allowed(&s));
         let Some(now) = std::fs::read_to_string("/proc/stat")
@@ -331,8 +333,8 @@ impl Load {
     }
 }
 
-/// The cores a thread may run on, from its `Cpus_allowed_list` (`/proc/thread-self/status`):
-/// "0-3,6" is 0, 1, 2, 3 and 6.
+/// The cores a thread may run on, from its `Cpus_allowed_list` (`/proc/self/status`):
+/// "0-3,6" is 0, 1, 2, 3 and 6. Sorted, without repeats.
 pub(crate) fn parse_allowed(status: &str) -> Option<Vec<usize>> {
     let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
     let mut cores = Vec::new();
@@ -344,10 +346,12 @@ pub(crate) fn parse_allowed(status: &str) -> Option<Vec<usize>> {
         }
         cores.extend(a..=b);
     }
+    cores.sort_unstable();
+    cores.dedup();
     (!cores.is_empty()).then_some(cores)
 }
 
-/// Idle and total ticks of the cores in `allowed` (every core when `None`), from the
+/// Idle and total ticks of the cores in `allowed` (sorted; every core when `None`), from the
 /// per-core lines of `/proc/stat` (`cpuN user nice system idle iowait irq softirq steal …`);
 /// idle time is idle + iowait. `None` when no line matched.
 pub(crate) fn parse_stat(stat: &str, allowed: Option<&[usize]>) -> Option<CpuTimes> {
@@ -363,15 +367,16 @@ pub(crate) fn parse_stat(stat: &str, allowed: Option<&[usize]>) -> Option<CpuTim
         };
         // The first line, "cpu", is every core's sum.
         let Ok(core) = core.parse::<usize>() else { continue };
-        if allowed.is_some_and(|a| !a.contains(&core)) {
+        if allowed.is_some_and(|a| a.binary_search(&core).is_err()) {
             continue;
         }
         let ticks: Vec<u64> = fields.take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
         if ticks.len() < 5 {
             return None;
         }
-        sum.idle += ticks[3] + ticks[4];
-        sum.total += ticks.iter().sum::<u64>();
+        // Saturating: absurd counters give a useless reading, not an overflow.
+        sum.idle = sum.idle.saturating_add(ticks[3].saturating_add(ticks[4]));
+        sum.total = ticks.iter().fold(sum.total, |t, x| t.saturating_add(*x));
         sum.cores += 1;
     }
     (sum.cores > 0).then_some(sum)
@@ -429,6 +434,7 @@ mod tests {
         let status = "Name:\tstrata\nCpus_allowed:\t4f\nCpus_allowed_list:\t0-3,6\nMems_allowed_list:\t0\n";
         assert_eq!(parse_allowed(status), Some(vec![0, 1, 2, 3, 6]));
         assert_eq!(parse_allowed("Cpus_allowed_list:\t1\n"), Some(vec![1]));
+        assert_eq!(parse_allowed("Cpus_allowed_list: 6,0-2,1\n"), Some(vec![0, 1, 2, 6]));
         assert_eq!(parse_allowed("Cpus_allowed_list:\t3-1\n"), None);
         assert_eq!(parse_allowed("Cpus_allowed_list:\tx\n"), None);
         assert_eq!(parse_allowed("Name:\tstrata\n"), None);
