@@ -14,5 +14,5 @@ pub mod units;
 
 pub use error_code::ErrorCode;
 pub use hosts::{AllowedHosts, BadHost};
-pub use manifest::{ExecMode, FunctionSpec, Manifest, ManifestError, Network, Runtime, Trigger, valid_topic};
+pub use manifest::{Build, ExecMode, FunctionSpec, Manifest, ManifestError, Network, Runtime, Trigger, valid_topic};
 pub use record::{ArtifactOrigin, ColdPath, ColdStart, InvocationRecord, LogLine, LogStream, SandboxSteps};

@@ -179,6 +179,21 @@ pub enum ManifestError {
 pub struct Manifest {
     /// The locked form.
     pub spec: FunctionSpec,
+    /// `[build]`, if any: for the CLI, not part of the locked form.
+    pub build: Option<Build>,
+}
+
+/// `[build]`: a command that produces the function's code (a WebAssembly component from
+/// its sources, say), run by `strata deploy` and `strata build` in the function folder before
+/// packaging it, on the developer's machine with their rights. The daemon never runs it: a
+/// package's files are all it deploys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Build {
+    /// The program and its arguments; a command written as one string runs as
+    /// `sh -c COMMAND`.
+    pub command: Vec<String>,
+    /// Where it runs, relative to the function folder (the folder itself when `None`).
+    pub workdir: Option<String>,
 }
 
 // Defaults, each with the reason for its number.
@@ -218,6 +233,7 @@ const KEYS: &[&str] = &[
     "trigger",
     "allowed_outbound_hosts",
     "files",
+    "build",
 ];
 
 /// Whether `name` is a valid topic name.
@@ -444,6 +460,7 @@ impl Manifest {
         let max_attempts = c.int("max_attempts", 1, 100)?.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         let retry_backoff_ms = c.duration("retry_backoff")?.unwrap_or(DEFAULT_BACKOFF_MS);
         let triggers = parse_triggers(&c)?;
+        let build = parse_build(&c)?;
         let (allowed_outbound_hosts, files) = parse_wasm_keys(&c, runtime)?;
         if runtime == Runtime::Wasm {
             if network == Network::Host {
@@ -482,6 +499,7 @@ impl Manifest {
                 cpu_millis,
                 env,
             },
+            build,
         })
     }
 }
@@ -533,6 +551,53 @@ fn parse_wasm_keys(c: &Ctx<'_>, runtime: Runtime) -> Result<(Vec<String>, Option
         }
     };
     Ok((hosts, files))
+}
+
+/// `[build]`: `command` (a string for `sh -c`, or the program and its arguments) and an
+/// optional `workdir` inside the function folder.
+fn parse_build(c: &Ctx<'_>) -> Result<Option<Build>, ManifestError> {
+    let Some(v) = c.table.get("build") else {
+        return Ok(None);
+    };
+    let toml::Value::Table(t) = v else {
+        return Err(c.invalid("build", v, "expected a table: [build] with command = \"...\""));
+    };
+    if let Some(k) = t.keys().find(|k| !["command", "workdir"].contains(&k.as_str())) {
+        return Err(ManifestError::UnknownKey {
+            file: c.file.into(),
+            key: format!("build.{k}"),
+        });
+    }
+    const COMMAND: &str = "expected a command string, or its program and arguments as a list of strings";
+    let command = match t.get("command") {
+        None => {
+            return Err(ManifestError::Missing {
+                file: c.file.into(),
+                key: "build.command".into(),
+            });
+        }
+        Some(toml::Value::String(cmd)) if !cmd.trim().is_empty() => {
+            vec!["sh".to_owned(), "-c".to_owned(), cmd.clone()]
+        }
+        Some(v @ toml::Value::Array(items)) => {
+            let argv: Vec<String> = items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| c.invalid("build.command", v, COMMAND))?;
+            if argv.first().is_none_or(|p| p.trim().is_empty()) {
+                return Err(c.invalid("build.command", v, COMMAND));
+            }
+            argv
+        }
+        Some(v) => return Err(c.invalid("build.command", v, COMMAND)),
+    };
+    let workdir = match t.get("workdir") {
+        None => None,
+        Some(toml::Value::String(w)) if inside_folder(w) => Some(w.trim_end_matches('/').to_owned()),
+        Some(v) => return Err(c.invalid("build.workdir", v, "expected a folder inside the function folder")),
+    };
+    Ok(Some(Build { command, workdir }))
 }
 
 fn parse_triggers(c: &Ctx<'_>) -> Result<Vec<Trigger>, ManifestError> {
@@ -821,6 +886,34 @@ GREETING = "hi"
                 "name = \"a\"\nruntime = \"wasm\"\nhandler = \"/abs.wasm\"\n",
                 "fn/strata.toml: handler = \"/abs.wasm\": expected a path inside the function folder",
             ),
+            (
+                "build = \"make\"\n",
+                "fn/strata.toml: build = \"make\": expected a table: [build] with command = \"...\"",
+            ),
+            (
+                "[build]\nworkdir = \"src\"\n",
+                "fn/strata.toml: missing required key `build.command`",
+            ),
+            (
+                "[build]\ncommand = \"  \"\n",
+                "fn/strata.toml: build.command = \"  \": expected a command string, or its program and arguments as a list of strings",
+            ),
+            (
+                "[build]\ncommand = [\"cargo\", 1]\n",
+                "fn/strata.toml: build.command = [\"cargo\", 1]: expected a command string, or its program and arguments as a list of strings",
+            ),
+            (
+                "[build]\ncommand = []\n",
+                "fn/strata.toml: build.command = []: expected a command string, or its program and arguments as a list of strings",
+            ),
+            (
+                "[build]\ncommand = \"make\"\nworkdir = \"../up\"\n",
+                "fn/strata.toml: build.workdir = \"../up\": expected a folder inside the function folder",
+            ),
+            (
+                "[build]\ncommand = \"make\"\nwatch = [\"src\"]\n",
+                "fn/strata.toml: unknown key `build.watch`",
+            ),
         ];
         for (text, want) in cases {
             let text = if text.contains("name") || text.contains("runtime") {
@@ -832,6 +925,31 @@ GREETING = "hi"
             assert_eq!(&err, want, "manifest:\n{text}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn a_build_command_is_a_shell_line_or_a_program_with_arguments() {
+        let base = "name = \"a\"\nruntime = \"wasm\"\nhandler = \"app.wasm\"\n";
+        let m = Manifest::parse("f", base).unwrap();
+        assert_eq!(m.build, None);
+        let m = Manifest::parse("f", &format!("{base}[build]\ncommand = \"cargo build && cp a b\"\n")).unwrap();
+        let want = Build {
+            command: vec!["sh".into(), "-c".into(), "cargo build && cp a b".into()],
+            workdir: None,
+        };
+        assert_eq!(m.build, Some(want));
+        let m = Manifest::parse(
+            "f",
+            &format!("{base}[build]\ncommand = [\"cargo\", \"build\", \"--release\"]\nworkdir = \"src/\"\n"),
+        )
+        .unwrap();
+        let want = Build {
+            command: vec!["cargo".into(), "build".into(), "--release".into()],
+            workdir: Some("src".into()),
+        };
+        assert_eq!(m.build, Some(want));
+        // Not part of the locked form: the same function with or without it.
+        assert_eq!(m.spec, Manifest::parse("f", base).unwrap().spec);
     }
 
     #[test]

@@ -20,7 +20,13 @@ pub enum Command {
     /// Run the daemon in the foreground
     Up(UpArgs),
 
-    /// Package a function folder (it must contain a strata.toml) and deploy it
+    /// Run the [build] command of a function folder's strata.toml, as deploy does first
+    Build {
+        /// The function folder
+        dir: PathBuf,
+    },
+
+    /// Build (its strata.toml's [build], if any), package and deploy a function folder
     Deploy {
         /// The function folder
         dir: PathBuf,

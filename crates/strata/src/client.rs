@@ -57,6 +57,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         Command::Up(_) => bail!("`strata up` runs the daemon, not a client command"),
         Command::StdioAdapter { .. } => bail!("`strata stdio-adapter` is not a client command"),
         Command::Deploy { dir, g } => deploy(&Api::new(&g)?, &dir).await,
+        Command::Build { dir } => build(&dir).await,
         Command::Ls { g } => ls(&Api::new(&g)?).await,
         Command::Describe { name, g } => describe(&Api::new(&g)?, &name).await,
         Command::Invoke {
@@ -285,7 +286,26 @@ async fn deploy_outcome(resp: reqwest::Response) -> anyhow::Result<Value> {
     bail!("the daemon's deploy answer ended without a result")
 }
 
+/// `strata build DIR`: the folder's `[build]` command, as `strata deploy` runs it.
+async fn build(dir: &Path) -> anyhow::Result<i32> {
+    let d = dir.to_path_buf();
+    let built = tokio::task::spawn_blocking(move || crate::pack::build(&d))
+        .await
+        .context("the build task failed")??;
+    if !built {
+        eprintln!("{}: no [build] in its strata.toml; nothing to do", dir.display());
+    }
+    Ok(0)
+}
+
 async fn deploy(api: &Api, dir: &Path) -> anyhow::Result<i32> {
+    {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || crate::pack::build(&dir))
+            .await
+            .context("the build task failed")?
+            .context("nothing deployed")?;
+    }
     let spinner = ProgressBar::new_spinner().with_style(style("{spinner} packaging {msg}"));
     spinner.enable_steady_tick(Duration::from_millis(100));
     let packaged = {

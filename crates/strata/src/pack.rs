@@ -1,5 +1,6 @@
 //! Packaging a function folder into the deterministic gzip'd tar the daemon accepts.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -55,4 +56,41 @@ pub fn package(dir: &Path) -> anyhow::Result<Vec<u8>> {
         tar.append_data(&mut h, &rel, data.as_slice())?;
     }
     Ok(tar.into_inner()?.finish()?)
+}
+
+/// Run the `[build]` command of the folder's manifest, if it has one: in the folder (or its
+/// `workdir`), stdin closed, its output on stderr. `Ok(false)` without one. A manifest that
+/// does not parse runs nothing: the daemon's answer to the deploy names the field and value.
+pub fn build(dir: &Path) -> anyhow::Result<bool> {
+    let path = dir.join("strata.toml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(false);
+    };
+    let Ok(manifest) = strata_types::Manifest::parse(&path.display().to_string(), &text) else {
+        return Ok(false);
+    };
+    let Some(b) = manifest.build else {
+        return Ok(false);
+    };
+    let workdir = b.workdir.as_ref().map_or_else(|| dir.to_path_buf(), |w| dir.join(w));
+    let shown = match b.command.as_slice() {
+        [sh, c, line] if sh == "sh" && c == "-c" => line.clone(),
+        argv => argv.join(" "),
+    };
+    let (program, args) = b.command.split_first().context("[build] command is empty")?;
+    eprintln!("build: {shown} (in {})", workdir.display());
+    let started = std::time::Instant::now();
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
+    let status = std::process::Command::new(program)
+        .args(args)
+        .current_dir(&workdir)
+        .stdin(std::process::Stdio::null())
+        .stdout(stderr)
+        .status()
+        .with_context(|| format!("build: starting `{shown}` in {}", workdir.display()))?;
+    if !status.success() {
+        bail!("build: `{shown}` failed ({status})");
+    }
+    eprintln!("build: done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(true)
 }

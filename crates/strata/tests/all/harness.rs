@@ -212,6 +212,11 @@ pub async fn records(d: &Daemon, name: &str, n: usize) -> Vec<serde_json::Value>
     panic!("fewer than {n} records of {name}");
 }
 
+/// GET a daemon path and return the body as JSON.
+pub async fn get_json(d: &Daemon, path: &str) -> serde_json::Value {
+    body_json(d.client().get(format!("{}{path}", d.url)).send().await.unwrap()).await
+}
+
 /// GET a daemon path and return the body as text.
 pub async fn get_text(d: &Daemon, path: &str) -> String {
     d.client()

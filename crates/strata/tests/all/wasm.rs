@@ -366,6 +366,56 @@ async fn bad_wasm_packages_fail_the_deploy_and_keep_the_active_version() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_build_command_makes_the_handler_before_packaging_and_a_failed_one_deploys_nothing() {
+    let d = Daemon::start();
+    let manifest = |build: &str| {
+        format!("name = \"built\"\nruntime = \"wasm\"\nhandler = \"probe.wasm\"\nmemory = \"64MiB\"\n[build]\n{build}")
+    };
+    // The "sources": the probe component under another name in src/; the build command, run
+    // in the workdir the manifest names, makes the handler from them.
+    let dir = function_dir(&[(
+        "strata.toml",
+        &manifest("command = \"cp component.bin ../probe.wasm && echo made-it\"\nworkdir = \"src\"\n"),
+    )]);
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    std::fs::copy(probe_wasm(), dir.path().join("src/component.bin")).unwrap();
+    let out = d.deploy(dir.path());
+    assert!(out.contains("build: cp component.bin ../probe.wasm"), "{out}");
+    assert!(out.contains("made-it"), "the command's output is shown: {out}");
+    let c = d.client();
+    let counter = format!("{}/counter", d.fn_url("built"));
+    assert_eq!(c.get(&counter).send().await.unwrap().text().await.unwrap(), "1");
+
+    // A build that fails stops the deploy before anything is packaged or sent.
+    std::fs::write(
+        dir.path().join("strata.toml"),
+        manifest("command = [\"sh\", \"-c\", \"echo broken-build >&2; exit 3\"]\n"),
+    )
+    .unwrap();
+    let out = d.cli(&["deploy", dir.path().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("nothing deployed") && text.contains("exit status: 3") && text.contains("broken-build"),
+        "{text}"
+    );
+    assert!(!text.contains("packaged"), "{text}");
+    let versions = get_json(&d, "/api/v1/functions/built/versions").await;
+    assert_eq!(versions.as_array().map(Vec::len), Some(1), "{versions}");
+    assert_eq!(c.get(&counter).send().await.unwrap().text().await.unwrap(), "1");
+
+    // `strata build` runs the command alone, without a daemon.
+    std::fs::write(
+        dir.path().join("strata.toml"),
+        manifest("command = \"echo x > made.txt\"\n"),
+    )
+    .unwrap();
+    let out = d.cli(&["build", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(dir.path().join("made.txt")).unwrap(), "x\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn wasip1_command_modules_are_adapted() {
     let d = Daemon::start();
     let f = function_dir(&[(
