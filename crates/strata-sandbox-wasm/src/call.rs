@@ -135,7 +135,32 @@ type SendFuture = Box<
         > + Send,
 >;
 
+/// Bytes of one `fields` (headers or trailers) a guest may build, names and values together
+/// (wasmtime-wasi-http's default is 128 KiB). Request heads are limited further by the gateway.
+pub(crate) const FIELDS_MAX_BYTES: usize = 64 << 10;
+/// The largest write to an outgoing body the host buffers (wasmtime-wasi-http's default is
+/// 1 MiB; a body holds at most two): bodies stream through in pieces this size.
+const BODY_CHUNK_BYTES: usize = 64 << 10;
+
+/// Host-side resources (`fields`, bodies, streams, pollables, requests…) a call may hold at
+/// once: one per 256 KiB of its memory limit, from 256 to 16,384. wasmtime's default is a
+/// million: a guest holding a million 128 KiB `fields` could take the host's memory, which its
+/// memory limit (linear memory only) does not see. With this cap and the two sizes above, what
+/// a call can make the host hold is under half its memory limit from 64 MiB up (below, the
+/// floor of 256 resources lets it reach 27 MiB): `fields` at most a quarter (resources ×
+/// 64 KiB), bodies a sixth (three resources each, 128 KiB buffered at most).
+/// A request handler holds a dozen or two, plus about ten per outbound call in flight.
+pub(crate) fn max_resources(memory_bytes: u64) -> usize {
+    usize::try_from(memory_bytes / (256 << 10))
+        .unwrap_or(usize::MAX)
+        .clamp(256, 16_384)
+}
+
 impl WasiHttpHooks for Outbound {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
@@ -489,10 +514,14 @@ impl Function {
             wasi.preopened_dir(dir, "/", FsPerms::ReadOnly)
                 .map_err(|e| CallError::BadResponse(format!("granted folder: {e:#}")))?;
         }
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(FIELDS_MAX_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(max_resources(self.limits.memory_bytes));
         let state = CallState {
             wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             hooks: Outbound {
                 allowed: self.limits.allowed_hosts.clone(),
             },
@@ -852,4 +881,25 @@ fn build_request(call: &HttpCall) -> Result<http::Request<Full<Bytes>>, String> 
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
     Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_may_hold_one_host_resource_per_256_kib_of_its_memory_limit() {
+        assert_eq!(max_resources(0), 256);
+        assert_eq!(max_resources(64 << 20), 256);
+        assert_eq!(max_resources(128 << 20), 512);
+        assert_eq!(max_resources(1 << 30), 4096);
+        assert_eq!(max_resources(64 << 30), 16_384);
+        // What the caps let a call make the host hold stays under half its memory limit.
+        for memory in [64u64 << 20, 256 << 20, 4 << 30] {
+            let r = max_resources(memory) as u64;
+            let fields = r * FIELDS_MAX_BYTES as u64;
+            let bodies = r / 3 * 2 * BODY_CHUNK_BYTES as u64;
+            assert!(fields + bodies < memory / 2, "{memory}: {fields} + {bodies}");
+        }
+    }
 }

@@ -12,6 +12,9 @@
 //!   502 with the `wasi:http` error.
 //! - `/env?name=K`: the value of environment variable K.
 //! - `/ls?dir=D`: lists a directory (there is none unless one was granted).
+//! - `/hoard?n=N&kb=K`: makes N `fields` resources, each holding one K KiB value, and holds
+//!   them all; answers how many it holds and the first refusal, if any (a value past the
+//!   host's size limit, or no room left for resources, traps the call instead).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -103,6 +106,23 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 }
                 Err(e) => common::respond(out, 500, &[], e.to_string().as_bytes()),
             },
+            "/hoard" => {
+                let n: usize = req.param("n").and_then(|v| v.parse().ok()).unwrap_or(1);
+                let kb: usize = req.param("kb").and_then(|v| v.parse().ok()).unwrap_or(1);
+                let value = vec![b'x'; kb << 10];
+                let mut held = Vec::new();
+                let mut refused = String::new();
+                for _ in 0..n {
+                    let fields = Fields::new();
+                    if let Err(e) = fields.append("x-hoard", &value) {
+                        refused = format!("; refused: {e:?}");
+                        break;
+                    }
+                    held.push(fields);
+                }
+                let text = format!("held {}{refused}", held.len());
+                common::respond(out, 200, &[], text.as_bytes());
+            }
             _ => common::respond(out, 404, &[], b"no such probe"),
         }
     }

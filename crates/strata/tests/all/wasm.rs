@@ -184,6 +184,37 @@ async fn loops_traps_and_memory_bombs_fail_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn host_side_resources_a_guest_holds_are_bounded_by_its_memory_limit() {
+    let d = Daemon::start();
+    // 64 MiB: at most 256 resources at once, and 64 KiB in one `fields`.
+    d.deploy(probe_dir("probe", "").path());
+    let c = d.client();
+    let url = |p: &str| format!("{}{p}", d.fn_url("probe"));
+    let get = |p: &str| c.get(url(p)).send();
+
+    // Under the caps the guest gets what it asks for.
+    let r = get("/hoard?n=200&kb=32").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "held 200");
+    // A `fields` past 64 KiB (wasmtime-wasi-http traps rather than refusing it), and 100,000
+    // resources of 32 KiB (3 GiB of the host's memory): each call is stopped at its cap, with
+    // the reason in the function's log.
+    for (probe, reason) in [
+        ("/hoard?n=1&kb=100", "total size of fields exceeds limit"),
+        ("/hoard?n=100000&kb=32", "resource table has no free keys"),
+    ] {
+        let r = get(probe).await.unwrap();
+        let call = r.headers()["x-call-id"].to_str().unwrap().to_owned();
+        assert_eq!(code_of(r).await, (502, "crash".into()), "{probe}");
+        let lines = wait_for_log(&d, "probe", &call, reason).await;
+        assert!(lines.iter().any(|(s, _)| s == "system"), "{lines:?}");
+    }
+    // Nothing of that stayed: the next call is fresh and the daemon is fine.
+    assert_eq!(get("/counter").await.unwrap().text().await.unwrap(), "1");
+    assert_eq!(c.get(format!("{}/healthz", d.url)).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn outbound_http_goes_only_to_allowed_hosts() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
