@@ -135,8 +135,9 @@ type SendFuture = Box<
         > + Send,
 >;
 
-/// Bytes of one `fields` (headers or trailers) a guest may build, names and values together
-/// (wasmtime-wasi-http's default is 128 KiB). Request heads are limited further by the gateway.
+/// Bytes of one `fields` (headers or trailers) a guest may build: names and values together,
+/// plus a small overhead per entry (wasmtime-wasi-http's default is 128 KiB). Past it the call
+/// traps (wasmtime-wasi-http's choice, not an error the guest sees).
 pub(crate) const FIELDS_MAX_BYTES: usize = 64 << 10;
 /// The largest write to an outgoing body the host buffers (wasmtime-wasi-http's default is
 /// 1 MiB; a body holds at most two): bodies stream through in pieces this size.
@@ -145,11 +146,14 @@ const BODY_CHUNK_BYTES: usize = 64 << 10;
 /// Host-side resources (`fields`, bodies, streams, pollables, requests…) a call may hold at
 /// once: one per 256 KiB of its memory limit, from 256 to 16,384. wasmtime's default is a
 /// million: a guest holding a million 128 KiB `fields` could take the host's memory, which its
-/// memory limit (linear memory only) does not see. With this cap and the two sizes above, what
-/// a call can make the host hold is under half its memory limit from 64 MiB up (below, the
-/// floor of 256 resources lets it reach 27 MiB): `fields` at most a quarter (resources ×
-/// 64 KiB), bodies a sixth (three resources each, 128 KiB buffered at most).
-/// A request handler holds a dozen or two, plus about ten per outbound call in flight.
+/// memory limit (linear memory only) does not see. With this cap and the two sizes above,
+/// `fields` hold at most a quarter of the memory limit from 64 MiB up (resources × 64 KiB;
+/// below, the floor of 256 resources allows 16 MiB) and bodies' channels a sixth (three
+/// resources a body, two 64 KiB chunks each). Not counted: an outbound request body to an
+/// allowed host that stops reading also fills hyper's write buffer (~400 KiB a connection),
+/// and the response being collected is bounded by the response cap, not by `memory`.
+/// A request handler holds a dozen or two resources, plus about ten per outbound call in
+/// flight: 64 MiB allows some twenty concurrent outbound calls; more need more `memory`.
 pub(crate) fn max_resources(memory_bytes: u64) -> usize {
     usize::try_from(memory_bytes / (256 << 10))
         .unwrap_or(usize::MAX)

@@ -286,22 +286,38 @@ async fn deploy_outcome(resp: reqwest::Response) -> anyhow::Result<Value> {
     bail!("the daemon's deploy answer ended without a result")
 }
 
-/// `strata build DIR`: the folder's `[build]` command, as `strata deploy` runs it.
+/// `strata build DIR`: the folder's `[build]` command, as `strata deploy` runs it; exits
+/// with the command's own code when it fails.
 async fn build(dir: &Path) -> anyhow::Result<i32> {
     let d = dir.to_path_buf();
-    let built = tokio::task::spawn_blocking(move || crate::pack::build(&d))
-        .await
-        .context("the build task failed")??;
-    if !built {
-        eprintln!("{}: no [build] in its strata.toml; nothing to do", dir.display());
+    let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+        match crate::pack::build_of(&d)? {
+            Some(b) => crate::pack::run_build(&d, &b).map(|()| true),
+            None => Ok(false),
+        }
+    })
+    .await
+    .context("the build task failed")?;
+    match outcome {
+        Ok(true) => Ok(0),
+        Ok(false) => {
+            eprintln!("{}: no [build] in its strata.toml; nothing to do", dir.display());
+            Ok(0)
+        }
+        Err(e) => match e.downcast_ref::<crate::pack::BuildFailed>() {
+            Some(f) => {
+                eprintln!("error: {f}");
+                Ok(f.status.code().unwrap_or(1).clamp(1, 255))
+            }
+            None => Err(e),
+        },
     }
-    Ok(0)
 }
 
 async fn deploy(api: &Api, dir: &Path) -> anyhow::Result<i32> {
     {
         let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || crate::pack::build(&dir))
+        tokio::task::spawn_blocking(move || crate::pack::build_before_deploy(&dir))
             .await
             .context("the build task failed")?
             .context("nothing deployed")?;

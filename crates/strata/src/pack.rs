@@ -58,21 +58,37 @@ pub fn package(dir: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(tar.into_inner()?.finish()?)
 }
 
-/// Run the `[build]` command of the folder's manifest, if it has one: in the folder (or its
-/// `workdir`), stdin closed, its output on stderr. `Ok(false)` without one. A manifest that
-/// does not parse runs nothing: the daemon's answer to the deploy names the field and value.
-pub fn build(dir: &Path) -> anyhow::Result<bool> {
+/// The `[build]` of the folder's manifest, if it has one; an error when the manifest cannot
+/// be read or parsed (naming the field and value, as the daemon would).
+pub fn build_of(dir: &Path) -> anyhow::Result<Option<strata_types::Build>> {
     let path = dir.join("strata.toml");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(false);
-    };
-    let Ok(manifest) = strata_types::Manifest::parse(&path.display().to_string(), &text) else {
-        return Ok(false);
-    };
-    let Some(b) = manifest.build else {
-        return Ok(false);
-    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(strata_types::Manifest::parse(&path.display().to_string(), &text)?.build)
+}
+
+/// A `[build]` command that ran and failed.
+#[derive(Debug, thiserror::Error)]
+#[error("build: `{shown}` failed ({status})")]
+pub struct BuildFailed {
+    /// The command as written.
+    pub shown: String,
+    /// How it ended.
+    pub status: std::process::ExitStatus,
+}
+
+/// Run `b` for the function folder `dir`: in the folder (or its `workdir`), stdin closed, its
+/// output on stderr.
+pub fn run_build(dir: &Path, b: &strata_types::Build) -> anyhow::Result<()> {
     let workdir = b.workdir.as_ref().map_or_else(|| dir.to_path_buf(), |w| dir.join(w));
+    if let Some(w) = &b.workdir
+        && !workdir.is_dir()
+    {
+        bail!(
+            "{}: build.workdir = {w:?}: no such folder in {}",
+            dir.join("strata.toml").display(),
+            dir.display()
+        );
+    }
     let shown = match b.command.as_slice() {
         [sh, c, line] if sh == "sh" && c == "-c" => line.clone(),
         argv => argv.join(" "),
@@ -89,8 +105,18 @@ pub fn build(dir: &Path) -> anyhow::Result<bool> {
         .status()
         .with_context(|| format!("build: starting `{shown}` in {}", workdir.display()))?;
     if !status.success() {
-        bail!("build: `{shown}` failed ({status})");
+        return Err(BuildFailed { shown, status }.into());
     }
     eprintln!("build: done in {:.1} s", started.elapsed().as_secs_f64());
-    Ok(true)
+    Ok(())
+}
+
+/// What `strata deploy` does first: the manifest's `[build]`, if any. A manifest that cannot
+/// be read or parsed runs nothing here: the daemon's answer to the deploy names the field
+/// and value.
+pub fn build_before_deploy(dir: &Path) -> anyhow::Result<()> {
+    match build_of(dir) {
+        Ok(Some(b)) => run_build(dir, &b),
+        Ok(None) | Err(_) => Ok(()),
+    }
 }

@@ -15,11 +15,13 @@
 //! - `/hoard?n=N&kb=K`: makes N `fields` resources, each holding one K KiB value, and holds
 //!   them all; answers how many it holds and the first refusal, if any (a value past the
 //!   host's size limit, or no room left for resources, traps the call instead).
+//! - `/budget`: how many bytes the host lets one write to an outgoing body carry
+//!   (`check-write` on a fresh response body).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasip2::http::outgoing_handler;
-use wasip2::http::types::{Fields, IncomingRequest, OutgoingRequest, ResponseOutparam, Scheme};
+use wasip2::http::types::{Fields, IncomingRequest, OutgoingRequest, OutgoingResponse, ResponseOutparam, Scheme};
 
 wasip2::http::proxy::export!(Probe);
 
@@ -121,6 +123,20 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                     held.push(fields);
                 }
                 let text = format!("held {}{refused}", held.len());
+                common::respond(out, 200, &[], text.as_bytes());
+            }
+            "/budget" => {
+                let response = OutgoingResponse::new(Fields::new());
+                let text = match response.body().and_then(|b| b.write().map(|w| (b, w))) {
+                    Ok((body, stream)) => {
+                        let budget = stream.check_write();
+                        drop(stream);
+                        drop(body);
+                        format!("{budget:?}")
+                    }
+                    Err(()) => "no body".to_owned(),
+                };
+                drop(response);
                 common::respond(out, 200, &[], text.as_bytes());
             }
             _ => common::respond(out, 404, &[], b"no such probe"),

@@ -209,6 +209,8 @@ async fn host_side_resources_a_guest_holds_are_bounded_by_its_memory_limit() {
         let lines = wait_for_log(&d, "probe", &call, reason).await;
         assert!(lines.iter().any(|(s, _)| s == "system"), "{lines:?}");
     }
+    // One write to a body carries at most 64 KiB (wasmtime-wasi-http's default is 1 MiB).
+    assert_eq!(get("/budget").await.unwrap().text().await.unwrap(), "Ok(65536)");
     // Nothing of that stayed: the next call is fresh and the daemon is fine.
     assert_eq!(get("/counter").await.unwrap().text().await.unwrap(), "1");
     assert_eq!(c.get(format!("{}/healthz", d.url)).send().await.unwrap().status(), 200);
@@ -435,15 +437,24 @@ async fn a_build_command_makes_the_handler_before_packaging_and_a_failed_one_dep
     assert_eq!(versions.as_array().map(Vec::len), Some(1), "{versions}");
     assert_eq!(c.get(&counter).send().await.unwrap().text().await.unwrap(), "1");
 
-    // `strata build` runs the command alone, without a daemon.
-    std::fs::write(
-        dir.path().join("strata.toml"),
-        manifest("command = \"echo x > made.txt\"\n"),
-    )
-    .unwrap();
-    let out = d.cli(&["build", dir.path().to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // `strata build` runs the command alone, without a daemon, and ends as it does.
+    let build = |toml: String| {
+        std::fs::write(dir.path().join("strata.toml"), toml).unwrap();
+        let out = d.cli(&["build", dir.path().to_str().unwrap()]);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, text) = build(manifest("command = \"echo x > made.txt\"\n"));
+    assert_eq!(code, Some(0), "{text}");
     assert_eq!(std::fs::read_to_string(dir.path().join("made.txt")).unwrap(), "x\n");
+    let (code, text) = build(manifest("command = \"exit 3\"\n"));
+    assert_eq!(code, Some(3), "{text}");
+    // A workdir that is not there, or a manifest that does not parse, is named.
+    let (code, text) = build(manifest("command = \"true\"\nworkdir = \"gone\"\n"));
+    assert_ne!(code, Some(0));
+    assert!(text.contains("build.workdir = \"gone\": no such folder"), "{text}");
+    let (code, text) = build(manifest("comand = \"true\"\n"));
+    assert_ne!(code, Some(0));
+    assert!(text.contains("unknown key `build.comand`"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
