@@ -29,6 +29,7 @@ mod capture;
 mod choose;
 mod engine;
 pub mod preinit;
+mod quota;
 mod recycle;
 
 pub use call::{CallError, CallReport, HttpCall, Reply};

@@ -265,15 +265,27 @@ impl Stash {
 /// cores this process may run on (its cpuset or `taskset` pinning, read again at every sample):
 /// whatever else runs on them takes the same cores, and an idle core it may not use is no
 /// spare. (The whole machine's figure counted a daemon pinned to one busy core of two as
-/// having half a core to spare.) A CPU quota (cgroup `cpu.max`, `docker --cpus`) is not
-/// read: under one, idle cores the quota leaves no time for still count as spare.
+/// having half a core to spare.) Under a CPU quota (cgroup `cpu.max` or CFS quota: `docker
+/// --cpus`, Kubernetes' `limits.cpu`), a sample in which the quota throttled the process
+/// counts as busy too (`quota.rs`).
 #[derive(Debug)]
 pub(crate) struct Load {
     /// [`crate::EngineConfig::load_aware`]: off, `busy` stays false.
     aware: bool,
     busy: AtomicBool,
     /// The last sample and the cores it covers.
-    last: Mutex<Option<(Option<Vec<usize>>, CpuTimes)>>,
+    last: Mutex<Option<Sample>>,
+    /// The process's cgroup CPU quota, if any (`quota.rs`).
+    quota: Option<crate::quota::Quota>,
+}
+
+/// One reading of the load.
+#[derive(Debug)]
+struct Sample {
+    allowed: Option<Vec<usize>>,
+    times: CpuTimes,
+    /// How often the quota had throttled the process's cgroup.
+    throttled: Option<u64>,
 }
 
 /// Idle and total time of some cores, in the kernel's clock ticks.
@@ -298,6 +310,7 @@ impl Load {
             aware,
             busy: AtomicBool::new(false),
             last: Mutex::new(None),
+            quota: if aware { crate::quota::Quota::find() } else { None },
         }
     }
 
@@ -323,13 +336,25 @@ impl Load {
         else {
             return;
         };
+        let throttled = self.quota.as_ref().and_then(crate::quota::Quota::throttled);
         let Ok(mut last) = self.last.lock() else { return };
-        if let Some((was_allowed, prev)) = last.replace((allowed.clone(), now))
-            && was_allowed == allowed
-            && let Some(idle) = idle_cores(prev, now)
-        {
-            self.busy.store(idle < SPARE_CORES, Ordering::Relaxed);
+        let sample = Sample {
+            allowed,
+            times: now,
+            throttled,
+        };
+        let Some(prev) = last.replace(sample) else { return };
+        let Some(now) = last.as_ref() else { return };
+        if prev.allowed != now.allowed {
+            return;
         }
+        let Some(idle) = idle_cores(prev.times, now.times) else {
+            return;
+        };
+        // Under a quota that throttled the process since the last sample, nothing is spare
+        // however idle the cores are: more work would only be throttled.
+        let throttled = matches!((prev.throttled, now.throttled), (Some(a), Some(b)) if b > a);
+        self.busy.store(idle < SPARE_CORES || throttled, Ordering::Relaxed);
     }
 }
 
