@@ -411,8 +411,8 @@ const TIMEOUT_SLACK_MAX_MS: f64 = 50.0;
 /// function) was served.
 struct Stops {
     condition: &'static str,
-    /// Milliseconds past the timeout, one per call answered.
-    late_ms: Vec<f64>,
+    /// How long each call answered took, as the client saw it.
+    took: Sample,
     calls: usize,
     answered_504: usize,
     next_served: usize,
@@ -425,7 +425,7 @@ impl Stops {
         let mut client = crate::bench::Client::new(addr);
         let mut s = Stops {
             condition,
-            late_ms: Vec::with_capacity(n),
+            took: Sample::new()?,
             calls: n,
             answered_504: 0,
             next_served: 0,
@@ -435,34 +435,30 @@ impl Stops {
         for _ in 0..n {
             let t = Instant::now();
             if let Ok(r) = client.call(&spin) {
-                s.late_ms.push(t.elapsed().as_secs_f64() * 1e3 - LOOP_TIMEOUT_MS as f64);
+                s.took.lat.saturating_record(t.elapsed().as_nanos() as u64);
                 s.answered_504 += usize::from(r.status == 504);
             }
             if let Ok(next) = client.call(&counter) {
                 s.next_served += usize::from(next.status == 200 && next.body == b"1");
             }
         }
-        s.late_ms.sort_by(f64::total_cmp);
         Ok(s)
     }
 
-    fn pct(&self, q: f64) -> f64 {
-        let i = ((self.late_ms.len() as f64 * q).ceil() as usize).clamp(1, self.late_ms.len().max(1)) - 1;
-        self.late_ms.get(i).copied().unwrap_or(f64::NAN)
-    }
-
-    fn max(&self) -> f64 {
-        self.late_ms.last().copied().unwrap_or(f64::NAN)
+    /// Milliseconds past the timeout: the median, the 99th percentile and the most.
+    fn late_ms(&self) -> [f64; 3] {
+        let st = self.took.stats();
+        [st.p50, st.p99, st.max].map(|us| us / 1000.0 - LOOP_TIMEOUT_MS as f64)
     }
 
     fn met(&self) -> bool {
-        self.max() <= TIMEOUT_SLACK_MAX_MS && self.answered_504 == self.calls && self.next_served == self.calls
+        self.late_ms()[2] <= TIMEOUT_SLACK_MAX_MS && self.answered_504 == self.calls && self.next_served == self.calls
     }
 
     fn json(&self) -> Value {
+        let [p50, p99, max] = self.late_ms();
         json!({"condition": self.condition, "calls": self.calls, "answered_504": self.answered_504,
-               "next_served": self.next_served, "late_p50_ms": self.pct(0.5), "late_p99_ms": self.pct(0.99),
-               "late_max_ms": self.max()})
+               "next_served": self.next_served, "late_p50_ms": p50, "late_p99_ms": p99, "late_max_ms": max})
     }
 }
 
@@ -748,17 +744,12 @@ fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Me
     );
     push(&mut s, "|---|---|---|---|---|---|---|");
     for x in &m.stops {
+        let [p50, p99, max] = x.late_ms();
         push(
             &mut s,
             &format!(
-                "| {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
-                x.condition,
-                x.calls,
-                x.answered_504,
-                x.next_served,
-                x.pct(0.5),
-                x.pct(0.99),
-                x.max()
+                "| {} | {} | {} | {} | {p50:.1} ms | {p99:.1} ms | {max:.1} ms |",
+                x.condition, x.calls, x.answered_504, x.next_served,
             ),
         );
     }
@@ -798,7 +789,7 @@ fn render(cfg: &Config, date: &str, machine: &Machine, criterion: &Value, m: &Me
                 x.calls,
                 x.next_served,
                 x.calls,
-                x.max(),
+                x.late_ms()[2],
                 verdict(x.met())
             ),
         );

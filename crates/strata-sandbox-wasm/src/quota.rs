@@ -27,38 +27,20 @@ impl Quota {
     pub(crate) fn find() -> Option<Quota> {
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
         let root = Path::new("/sys/fs/cgroup");
+        let read = |dir: &Path, f: &str| std::fs::read_to_string(dir.join(f)).ok();
         let mut found: Vec<Quota> = Vec::new();
         // v2: the unified hierarchy, mounted at the root or (hybrid) at `unified`.
         if let Some(path) = cgroup_path(&cgroup, None) {
             for base in [root.to_path_buf(), root.join("unified")] {
-                for dir in ancestors(&base, &path) {
-                    let cores = std::fs::read_to_string(dir.join("cpu.max"))
-                        .ok()
-                        .and_then(|t| parse_cpu_max(&t));
-                    if let Some(cores) = cores {
-                        found.push(Quota {
-                            cores,
-                            stat: dir.join("cpu.stat"),
-                        });
-                    }
-                }
+                found.extend(quotas(&base, &path, |dir| parse_cpu_max(&read(dir, "cpu.max")?)));
             }
         }
-        // v1: the cpu controller's hierarchy.
+        // v1: the cpu controller's hierarchy, alone or mounted with cpuacct.
         if let Some(path) = cgroup_path(&cgroup, Some("cpu")) {
-            for base in ["cpu", "cpu,cpuacct", "cpuacct,cpu"].iter().map(|d| root.join(d)) {
-                for dir in ancestors(&base, &path) {
-                    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-                    let cores = read("cpu.cfs_quota_us")
-                        .zip(read("cpu.cfs_period_us"))
-                        .and_then(|(q, p)| parse_cfs(&q, &p));
-                    if let Some(cores) = cores {
-                        found.push(Quota {
-                            cores,
-                            stat: dir.join("cpu.stat"),
-                        });
-                    }
-                }
+            for base in ["cpu", "cpu,cpuacct", "cpuacct,cpu"].map(|d| root.join(d)) {
+                found.extend(quotas(&base, &path, |dir| {
+                    parse_cfs(&read(dir, "cpu.cfs_quota_us")?, &read(dir, "cpu.cfs_period_us")?)
+                }));
             }
         }
         found.into_iter().min_by(|a, b| a.cores.total_cmp(&b.cores))
@@ -68,6 +50,19 @@ impl Quota {
     pub(crate) fn throttled(&self) -> Option<u64> {
         parse_throttled(&std::fs::read_to_string(&self.stat).ok()?)
     }
+}
+
+/// The quotas `cores_of` finds on the cgroup at `path` under `base` and on its ancestors.
+fn quotas(base: &Path, path: &str, cores_of: impl Fn(&Path) -> Option<f64>) -> Vec<Quota> {
+    ancestors(base, path)
+        .into_iter()
+        .filter_map(|dir| {
+            Some(Quota {
+                cores: cores_of(&dir)?,
+                stat: dir.join("cpu.stat"),
+            })
+        })
+        .collect()
 }
 
 /// `dir` for the cgroup at `path` under `base`, then each of its parents up to `base`.

@@ -336,25 +336,22 @@ impl Load {
         else {
             return;
         };
-        let throttled = self.quota.as_ref().and_then(crate::quota::Quota::throttled);
-        let Ok(mut last) = self.last.lock() else { return };
-        let sample = Sample {
+        let now = Sample {
             allowed,
             times: now,
-            throttled,
+            throttled: self.quota.as_ref().and_then(crate::quota::Quota::throttled),
         };
-        let Some(prev) = last.replace(sample) else { return };
-        let Some(now) = last.as_ref() else { return };
-        if prev.allowed != now.allowed {
-            return;
+        let Ok(mut last) = self.last.lock() else { return };
+        if let Some(prev) = last.as_ref()
+            && prev.allowed == now.allowed
+            && let Some(idle) = idle_cores(prev.times, now.times)
+        {
+            // Under a quota that throttled the process since the last sample, nothing is
+            // spare however idle the cores are: more work would only be throttled.
+            let throttled = matches!((prev.throttled, now.throttled), (Some(a), Some(b)) if b > a);
+            self.busy.store(idle < SPARE_CORES || throttled, Ordering::Relaxed);
         }
-        let Some(idle) = idle_cores(prev.times, now.times) else {
-            return;
-        };
-        // Under a quota that throttled the process since the last sample, nothing is spare
-        // however idle the cores are: more work would only be throttled.
-        let throttled = matches!((prev.throttled, now.throttled), (Some(a), Some(b)) if b > a);
-        self.busy.store(idle < SPARE_CORES || throttled, Ordering::Relaxed);
+        *last = Some(now);
     }
 }
 

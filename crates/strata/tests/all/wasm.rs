@@ -124,6 +124,14 @@ async fn wait_for_log(d: &Daemon, function: &str, call: &str, needle: &str) -> V
     panic!("no log line of {call} contains {needle:?}");
 }
 
+/// `r` is the probe function's 502 `crash`, and a system line of its call's log says `reason`.
+async fn crashed_with(d: &Daemon, r: reqwest::Response, reason: &str) {
+    let call = r.headers()["x-call-id"].to_str().unwrap().to_owned();
+    assert_eq!(code_of(r).await, (502, "crash".into()), "{reason}");
+    let lines = wait_for_log(d, "probe", &call, reason).await;
+    assert!(lines.iter().any(|(s, _)| s == "system"), "{lines:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_engine_answers_429_with_retry_after_and_serves_again_once_a_slot_frees() {
     // One instance slot for every wasm function; one function spins in it for 3 s.
@@ -166,11 +174,7 @@ async fn loops_traps_and_memory_bombs_fail_cleanly() {
     );
     assert_eq!(c.get(url("/counter")).send().await.unwrap().text().await.unwrap(), "1");
 
-    let r = c.get(url("/trap")).send().await.unwrap();
-    let call = r.headers()["x-call-id"].to_str().unwrap().to_owned();
-    assert_eq!(code_of(r).await, (502, "crash".into()));
-    let lines = wait_for_log(&d, "probe", &call, "unreachable").await;
-    assert!(lines.iter().any(|(s, _)| s == "system"), "{lines:?}");
+    crashed_with(&d, c.get(url("/trap")).send().await.unwrap(), "unreachable").await;
 
     let r = c.get(url("/bomb")).send().await.unwrap();
     assert_eq!(code_of(r).await, (502, "oom".into()));
@@ -203,11 +207,7 @@ async fn host_side_resources_a_guest_holds_are_bounded_by_its_memory_limit() {
         ("/hoard?n=1&kb=100", "total size of fields exceeds limit"),
         ("/hoard?n=100000&kb=32", "resource table has no free keys"),
     ] {
-        let r = get(probe).await.unwrap();
-        let call = r.headers()["x-call-id"].to_str().unwrap().to_owned();
-        assert_eq!(code_of(r).await, (502, "crash".into()), "{probe}");
-        let lines = wait_for_log(&d, "probe", &call, reason).await;
-        assert!(lines.iter().any(|(s, _)| s == "system"), "{lines:?}");
+        crashed_with(&d, get(probe).await.unwrap(), reason).await;
     }
     // One write to a body carries at most 64 KiB (wasmtime-wasi-http's default is 1 MiB).
     assert_eq!(get("/budget").await.unwrap().text().await.unwrap(), "Ok(65536)");
