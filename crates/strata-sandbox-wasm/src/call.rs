@@ -363,6 +363,7 @@ impl Function {
             0 => None,
             ns => Some(Duration::from_nanos(ns)),
         };
+        self.inner.load.note_call(seq, instantiate);
         let mut r = report(result, &stdout, &stderr, instantiate, queued, command);
         r.ahead = ahead;
         r.cpu = Duration::from_nanos(meter.cpu_ns.load(Ordering::Relaxed));

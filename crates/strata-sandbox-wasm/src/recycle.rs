@@ -12,7 +12,7 @@
 //! once it holds one (`try_acquire`: the recycler never waits for a slot a call may need), and
 //! dropped when no call has taken it within the engine's `ready_idle`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -277,15 +277,22 @@ pub(crate) struct Load {
     last: Mutex<Option<Sample>>,
     /// The process's cgroup CPU quota, if any (`quota.rs`).
     quota: Option<crate::quota::Quota>,
+    /// Calls started, counted [`Load::NOTE_EVERY`] at a time ([`Load::note_call`]).
+    calls: AtomicU64,
+    /// A running estimate of one instance's instantiation, in nanoseconds (0: none yet).
+    instantiate_ns: AtomicU64,
 }
 
 /// One reading of the load.
 #[derive(Debug)]
 struct Sample {
+    at: Instant,
     allowed: Option<Vec<usize>>,
     times: CpuTimes,
     /// How often the quota had throttled the process's cgroup.
     throttled: Option<u64>,
+    /// [`Load::calls`] when it was taken.
+    calls: u64,
 }
 
 /// Idle and total time of some cores, in the kernel's clock ticks.
@@ -303,6 +310,24 @@ pub(crate) struct CpuTimes {
 /// "The spare-core reading over the cores the daemon may use"). 0.3 counted those as busy.
 const SPARE_CORES: f64 = 0.15;
 
+/// The work a call moves off its path when it is offloaded (its instance made ahead, its
+/// store dropped after it), as a multiple of the instantiation alone: dropping a store costs
+/// about half an instantiation (criterion: 7.1 µs to instantiate, 3.4 µs to drop), plus the
+/// hand-off between threads.
+const OFFLOAD_PER_INSTANTIATE: f64 = 2.0;
+
+/// Whether the cores this process may use are too busy to take work off calls' paths: fewer
+/// than [`SPARE_CORES`] idle, or fewer than the work offloading would add at the calls'
+/// current rate (`offload_cores`: calls a second × the work each moves), or the CPU quota
+/// throttled the process since the last sample. The second matters under load: 32 clients
+/// left the two cores of this machine 0.12 of a core idle on average, in gaps that passed the
+/// first test in some samples, while offloading 27,000 calls a second would ask ~0.3 of a
+/// core; the calls then paid for the hand-offs and a thread competing with them
+/// (docs/benchmarks.md, "Spare only if the idle time holds the work").
+pub(crate) fn too_busy(idle_cores: f64, offload_cores: f64, throttled: bool) -> bool {
+    throttled || idle_cores < SPARE_CORES.max(offload_cores)
+}
+
 impl Load {
     /// Unless `aware`, the machine always counts as having a core to spare (no sampling).
     pub(crate) fn new(aware: bool) -> Self {
@@ -311,6 +336,29 @@ impl Load {
             busy: AtomicBool::new(false),
             last: Mutex::new(None),
             quota: if aware { crate::quota::Quota::find() } else { None },
+            calls: AtomicU64::new(0),
+            instantiate_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls [`Load::note_call`] counts at once: one call in this many updates the shared
+    /// counters, so that calls on different cores do not contend for them on every call.
+    pub(crate) const NOTE_EVERY: u64 = 16;
+
+    /// Count a call, given its function's call number `seq` and how long its instance took
+    /// to make, if it was made for it (in the call or ahead of it).
+    pub(crate) fn note_call(&self, seq: u64, instantiate: Option<Duration>) {
+        if !self.aware || !seq.is_multiple_of(Self::NOTE_EVERY) {
+            return;
+        }
+        self.calls.fetch_add(Self::NOTE_EVERY, Ordering::Relaxed);
+        if let Some(d) = instantiate {
+            // A running mean over about 8 samples; a lost update between two threads only
+            // drops one sample.
+            let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+            let old = self.instantiate_ns.load(Ordering::Relaxed);
+            let new = if old == 0 { ns } else { old - old / 8 + ns / 8 };
+            self.instantiate_ns.store(new.max(1), Ordering::Relaxed);
         }
     }
 
@@ -337,9 +385,11 @@ impl Load {
             return;
         };
         let now = Sample {
+            at: Instant::now(),
             allowed,
             times: now,
             throttled: self.quota.as_ref().and_then(crate::quota::Quota::throttled),
+            calls: self.calls.load(Ordering::Relaxed),
         };
         let Ok(mut last) = self.last.lock() else { return };
         if let Some(prev) = last.as_ref()
@@ -349,7 +399,14 @@ impl Load {
             // Under a quota that throttled the process since the last sample, nothing is
             // spare however idle the cores are: more work would only be throttled.
             let throttled = matches!((prev.throttled, now.throttled), (Some(a), Some(b)) if b > a);
-            self.busy.store(idle < SPARE_CORES || throttled, Ordering::Relaxed);
+            let secs = now.at.saturating_duration_since(prev.at).as_secs_f64();
+            let offload = if secs > 0.0 {
+                let rate = now.calls.saturating_sub(prev.calls) as f64 / secs;
+                rate * self.instantiate_ns.load(Ordering::Relaxed) as f64 * 1e-9 * OFFLOAD_PER_INSTANTIATE
+            } else {
+                0.0
+            };
+            self.busy.store(too_busy(idle, offload, throttled), Ordering::Relaxed);
         }
         *last = Some(now);
     }
@@ -491,6 +548,43 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn idle_time_counts_as_spare_only_if_it_holds_the_work_offloading_would_add() {
+        // One client calling back to back on a pinned core: gaps of a quarter of a core,
+        // 7,000 calls a second moving ~20 µs each (0.14 of a core): spare.
+        assert!(!too_busy(0.25, 0.14, false));
+        // 32 clients: 0.12 of a core idle on average, a sample with 0.2 in its gaps, while
+        // 27,000 calls a second would move ~0.3 of a core: busy.
+        assert!(too_busy(0.2, 0.3, false));
+        // Too little idle time for anything, however few the calls.
+        assert!(too_busy(0.1, 0.0, false));
+        // A whole idle core at a moderate rate: spare; throttled by a quota: never.
+        assert!(!too_busy(1.0, 0.2, false));
+        assert!(too_busy(1.0, 0.2, true));
+    }
+
+    #[test]
+    fn calls_are_counted_in_steps_with_a_running_instantiation_estimate() {
+        let load = Load::new(true);
+        for seq in 0..64 {
+            load.note_call(seq, Some(Duration::from_micros(8)));
+        }
+        // Every 16th call counts 16: 64 calls.
+        assert_eq!(load.calls.load(Ordering::Relaxed), 64);
+        assert_eq!(load.instantiate_ns.load(Ordering::Relaxed), 8_000);
+        // A slower instantiation moves the estimate an eighth of the way.
+        load.note_call(64, Some(Duration::from_micros(16)));
+        assert_eq!(load.instantiate_ns.load(Ordering::Relaxed), 9_000);
+        // A call whose instance was not made for it counts, without a sample.
+        load.note_call(80, None);
+        assert_eq!(load.calls.load(Ordering::Relaxed), 96);
+        assert_eq!(load.instantiate_ns.load(Ordering::Relaxed), 9_000);
+        // Not load-aware: nothing is counted.
+        let off = Load::new(false);
+        off.note_call(0, Some(Duration::from_micros(8)));
+        assert_eq!(off.calls.load(Ordering::Relaxed), 0);
     }
 
     #[test]
