@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use strata_instance::Request;
@@ -71,12 +71,13 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, 
 pub(crate) async fn invoke(
     State(s): State<AppState>,
     Path(params): Path<Vec<(String, String)>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
     let t0 = Instant::now();
+    // The request taken whole and split: axum's `HeaderMap`, `Uri` and `Method` extractors
+    // each clone their part.
+    let (parts, body) = request.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let name = name_param(&params);
     let id = call_id(&headers);
     let path = sub_path(&uri, "/function/", &name);
