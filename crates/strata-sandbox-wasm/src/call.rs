@@ -193,6 +193,8 @@ impl WasiHttpHooks for Outbound {
 /// memory it allowed.
 struct MemoryLimiter {
     memory_bytes: usize,
+    /// The instance's memories together, as granted so far.
+    total: usize,
     meter: Arc<Meter>,
 }
 
@@ -200,14 +202,17 @@ const MAX_TABLE_ELEMENTS: usize = 200_000;
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        // Memories grow one at a time; `current` is this memory's size. The pool gives
-        // components one or two memories, so the per-memory cap is the function's limit.
-        let _ = current;
-        if desired > self.memory_bytes {
+        // The limit is the instance's, over all its memories (a component of several core
+        // modules has several, up to the pool's 8): each memory's creation (from 0) and
+        // growth adds to `total`; wasm memories never shrink. A growth that then fails for
+        // another reason stays counted: the error is on the safe side.
+        let total = self.total.saturating_add(desired.saturating_sub(current));
+        if total > self.memory_bytes {
             self.meter.refused.store(true, Ordering::Relaxed);
             return Ok(false);
         }
-        self.meter.peak.fetch_max(desired as u64, Ordering::Relaxed);
+        self.total = total;
+        self.meter.peak.fetch_max(total as u64, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -253,7 +258,18 @@ pub(crate) struct Function {
     pub(crate) inflight: AtomicU32,
     /// Its calls so far (each call's number, for the chooser).
     pub(crate) calls: AtomicU64,
+    /// Making its instances ahead took longer than [`AHEAD_LIMIT`] once: its calls make their
+    /// own from then on, under their own timeout.
+    pub(crate) ahead_off: AtomicBool,
 }
+
+/// The longest an instance made ahead of its call may take. Instantiation runs the guest's
+/// start functions; one that spins or waits would hold the thread that makes it (the
+/// recycler's, which also frees other calls' pool slots, or a worker's) for the function's
+/// whole timeout, up to 15 minutes. Past this the attempt is dropped and the function's calls
+/// make their own instances. A pooled instantiation takes microseconds, an interpreter's
+/// snapshot a few milliseconds.
+pub(crate) const AHEAD_LIMIT: Duration = Duration::from_millis(100);
 
 /// Counts a call out of its function's calls in flight when dropped.
 struct Inflight<'a>(&'a AtomicU32);
@@ -411,7 +427,9 @@ impl Function {
     /// Whether this function's instances may be made ahead: not a command's (its store holds
     /// the request's body), nor when the engine makes nothing ahead.
     pub(crate) fn makes_ahead(&self) -> bool {
-        self.inner.ahead != Ahead::Never && !matches!(self.pre, Pre::Command(_))
+        self.inner.ahead != Ahead::Never
+            && !matches!(self.pre, Pre::Command(_))
+            && !self.ahead_off.load(Ordering::Relaxed)
     }
 
     /// Make the instance for the next call on the recycler's thread ([`Self::make_ready`]),
@@ -466,7 +484,21 @@ impl Function {
         let meter = Arc::new(Meter::default());
         let started = Instant::now();
         let mut store = self.store(None, &stdout, &stderr, &[], started, &meter).ok()?;
-        match guarded(Arc::clone(&meter), pre.instantiate_async(&mut store)).await {
+        let made = tokio::time::timeout(
+            AHEAD_LIMIT,
+            guarded(Arc::clone(&meter), pre.instantiate_async(&mut store)),
+        )
+        .await;
+        let Ok(made) = made else {
+            self.ahead_off.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                "instantiating ahead took longer than {AHEAD_LIMIT:?} (a start function that \
+                 runs or waits): this function's calls make their own instances from now on"
+            );
+            teardown_now(store, permit);
+            return None;
+        };
+        match made {
             Ok(Ok(proxy)) => {
                 meter.instantiated(started);
                 Some(Ready {
@@ -532,6 +564,7 @@ impl Function {
             },
             limiter: MemoryLimiter {
                 memory_bytes: self.limits.memory_bytes as usize,
+                total: 0,
                 meter: Arc::clone(meter),
             },
         };
@@ -856,6 +889,12 @@ fn classify<T>(guest: std::thread::Result<wasmtime::Result<T>>, refused: bool, t
     if e.downcast_ref::<DeadlineReached>().is_some() {
         return Some(CallError::Timeout(timeout));
     }
+    // The pool ran out of one kind of slot (memories, tables, core instances) before the
+    // engine's instance slots: components with many of them at once. The engine is full, as
+    // when no slot is free; the function did nothing wrong.
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+        return Some(CallError::OverCapacity(timeout));
+    }
     let message = format!("{e:?}");
     if refused {
         return Some(CallError::OutOfMemory(message));
@@ -891,6 +930,26 @@ fn build_request(call: &HttpCall) -> Result<http::Request<Full<Bytes>>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_limit_holds_over_all_of_an_instances_memories() {
+        let meter = Arc::new(Meter::default());
+        let mut l = MemoryLimiter {
+            memory_bytes: 100,
+            total: 0,
+            meter: Arc::clone(&meter),
+        };
+        // The first memory's creation, then a second memory that would pass the limit
+        // together with it (each alone is under it).
+        assert!(l.memory_growing(0, 60, None).unwrap());
+        assert!(!l.memory_growing(0, 60, None).unwrap());
+        assert!(meter.refused.load(Ordering::Relaxed));
+        // A second that fits, and the first growing to the limit exactly: both together.
+        assert!(l.memory_growing(0, 30, None).unwrap());
+        assert!(l.memory_growing(60, 70, None).unwrap());
+        assert!(!l.memory_growing(70, 71, None).unwrap());
+        assert_eq!(meter.peak.load(Ordering::Relaxed), 100);
+    }
 
     #[test]
     fn a_call_may_hold_one_host_resource_per_256_kib_of_its_memory_limit() {

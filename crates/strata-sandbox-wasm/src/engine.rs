@@ -305,6 +305,9 @@ impl WasmEngine {
     /// holds a verified artifact. Says where the machine code came from. `memory_bytes`: the
     /// function's memory limit, which a pre-initialiser runs under too.
     pub fn prepare(&self, path: &Path, memory_bytes: u64) -> Result<LoadInfo, WasmError> {
+        // Refused here, before the deploy records the version as active: a version the load
+        // then refused would be active, and fail to restore at every start.
+        self.check_memory(memory_bytes)?;
         let wasm = std::fs::read(path).map_err(|e| WasmError::Io(path.display().to_string(), e))?;
         let (component, info) = self.compile_or_load(&wasm, memory_bytes)?;
         // Linking now turns a missing import into a deploy error instead of a call error.
@@ -319,15 +322,10 @@ impl WasmEngine {
 
     /// Make the component in `path` ready to serve calls with `limits`.
     pub fn load(&self, path: &Path, limits: Limits) -> Result<WasmFunction, WasmError> {
-        if limits.memory_bytes > self.inner.max_memory_bytes {
-            return Err(WasmError::Limits(format!(
-                "memory = {} bytes is over the wasm tier's maximum of {} bytes",
-                limits.memory_bytes, self.inner.max_memory_bytes
-            )));
-        }
+        self.check_memory(limits.memory_bytes)?;
         let started = Instant::now();
         let wasm = std::fs::read(path).map_err(|e| WasmError::Io(path.display().to_string(), e))?;
-        let key = ArtifactCache::key(&wasm, &self.inner.engine_key);
+        let key = self.artifact_key(&wasm, limits.memory_bytes);
         let prepared = self.inner.prepared.lock().expect("prepared lock").remove(&key);
         let (component, info) = match prepared {
             Some(p) => p,
@@ -351,9 +349,32 @@ impl WasmEngine {
                 chooser: Mutex::default(),
                 inflight: Default::default(),
                 calls: Default::default(),
+                ahead_off: Default::default(),
             }),
             info,
         })
+    }
+
+    fn check_memory(&self, memory_bytes: u64) -> Result<(), WasmError> {
+        if memory_bytes > self.inner.max_memory_bytes {
+            return Err(WasmError::Limits(format!(
+                "memory = {memory_bytes} bytes is over the wasm tier's maximum of {} bytes",
+                self.inner.max_memory_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The cache key of `wasm`'s machine code: its content and the engine's configuration,
+    /// and for a module pre-initialised at deploy also the memory limit its initialiser ran
+    /// under (a snapshot made with more memory than a function has would fail its every call).
+    fn artifact_key(&self, wasm: &[u8], memory_bytes: u64) -> String {
+        if crate::preinit::wants_preinit(wasm) {
+            let engine = format!("{}/preinit-memory-{memory_bytes}", self.inner.engine_key);
+            ArtifactCache::key(wasm, &engine)
+        } else {
+            ArtifactCache::key(wasm, &self.inner.engine_key)
+        }
     }
 
     fn link(&self, component: &Component) -> Result<Pre, WasmError> {
@@ -374,7 +395,7 @@ impl WasmEngine {
 
     fn compile_or_load(&self, wasm: &[u8], memory_bytes: u64) -> Result<(Component, LoadInfo), WasmError> {
         let started = Instant::now();
-        let key = ArtifactCache::key(wasm, &self.inner.engine_key);
+        let key = self.artifact_key(wasm, memory_bytes);
         let rejected = match self.inner.cache.get(&key) {
             Lookup::Hit(artifact) => {
                 // SAFETY: the bytes are an artifact this engine configuration wrote: the file's

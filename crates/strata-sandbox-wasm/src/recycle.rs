@@ -145,7 +145,10 @@ impl Recycler {
                     checked = Instant::now();
                     holding.retain(|h| {
                         let Some(f) = h.upgrade() else { return false };
-                        drop(f.stash.expire(ready_idle));
+                        // Guarded as the used stores' drops are: the thread owes pool slots.
+                        if unwind_safe(|| drop(f.stash.expire(ready_idle))).is_none() {
+                            tracing::warn!("dropping an expired wasm instance panicked; its slot is released");
+                        }
                         // Cleared before the look: a worker that makes one after it
                         // finds the flag down and watches the function again.
                         f.stash.watched.store(false, Ordering::SeqCst);
@@ -348,7 +351,9 @@ impl Load {
     /// Count a call, given its function's call number `seq` and how long its instance took
     /// to make, if it was made for it (in the call or ahead of it).
     pub(crate) fn note_call(&self, seq: u64, instantiate: Option<Duration>) {
-        if !self.aware || !seq.is_multiple_of(Self::NOTE_EVERY) {
+        // The 16th, 32nd, … call of a function: each function's first call does not count
+        // 16 (many functions called once would read as a high rate).
+        if !self.aware || !(seq + 1).is_multiple_of(Self::NOTE_EVERY) {
             return;
         }
         self.calls.fetch_add(Self::NOTE_EVERY, Ordering::Relaxed);
@@ -575,15 +580,19 @@ mod tests {
         assert_eq!(load.calls.load(Ordering::Relaxed), 64);
         assert_eq!(load.instantiate_ns.load(Ordering::Relaxed), 8_000);
         // A slower instantiation moves the estimate an eighth of the way.
-        load.note_call(64, Some(Duration::from_micros(16)));
+        load.note_call(79, Some(Duration::from_micros(16)));
         assert_eq!(load.instantiate_ns.load(Ordering::Relaxed), 9_000);
         // A call whose instance was not made for it counts, without a sample.
-        load.note_call(80, None);
+        load.note_call(95, None);
         assert_eq!(load.calls.load(Ordering::Relaxed), 96);
         assert_eq!(load.instantiate_ns.load(Ordering::Relaxed), 9_000);
+        // A function's first call counts nothing on its own.
+        let first = Load::new(true);
+        first.note_call(0, Some(Duration::from_micros(8)));
+        assert_eq!(first.calls.load(Ordering::Relaxed), 0);
         // Not load-aware: nothing is counted.
         let off = Load::new(false);
-        off.note_call(0, Some(Duration::from_micros(8)));
+        off.note_call(15, Some(Duration::from_micros(8)));
         assert_eq!(off.calls.load(Ordering::Relaxed), 0);
     }
 

@@ -421,6 +421,26 @@ async fn memory_is_capped() {
     }
 }
 
+#[test]
+fn a_memory_limit_over_the_tiers_maximum_is_refused_before_anything_is_compiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(dir.path().join("cache"));
+    cfg.max_memory_bytes = 64 << 20;
+    let engine = WasmEngine::new(cfg).unwrap();
+    // At deploy (`prepare`), before the version is recorded, as at load.
+    let e = engine.prepare(&guest("hello"), 128 << 20).unwrap_err();
+    assert!(e.to_string().contains("over the wasm tier's maximum"), "{e}");
+    let big = Limits {
+        memory_bytes: 128 << 20,
+        ..limits()
+    };
+    let e = engine.load(&guest("hello"), big).unwrap_err();
+    assert!(e.to_string().contains("over the wasm tier's maximum"), "{e}");
+    // Nothing was compiled into the cache for it.
+    let cached = std::fs::read_dir(dir.path().join("cache")).map_or(0, |d| d.count());
+    assert_eq!(cached, 0);
+}
+
 #[tokio::test]
 async fn a_trap_is_reported_with_its_message() {
     let f = shared().load(&guest("probe"), limits()).unwrap();

@@ -139,6 +139,8 @@ impl Loaded {
 
     async fn serve(&self, req: Request) -> DirectOutcome {
         self.inflight.fetch_add(1, Ordering::Relaxed);
+        // Counted out however the call ends: a client that disconnects drops this future.
+        let inflight = Inflight(&self.inflight);
         let Request {
             id,
             method,
@@ -158,7 +160,7 @@ impl Loaded {
             body,
         };
         let report = self.function.call(call).await;
-        self.inflight.fetch_sub(1, Ordering::Relaxed);
+        drop(inflight);
         self.log(&id, LogStream::Stdout, &report.stdout, "stdout");
         self.log(&id, LogStream::Stderr, &report.stderr, "stderr");
         let result = match report.result {
@@ -221,5 +223,14 @@ impl DirectFunction for Loaded {
             cold_starts: self.cold_starts.load(Ordering::Relaxed),
             ..PoolStats::default()
         }
+    }
+}
+
+/// Counts a call out of a function's calls in flight when dropped.
+struct Inflight<'a>(&'a AtomicU32);
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
