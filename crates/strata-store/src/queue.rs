@@ -14,7 +14,7 @@ use crate::db::{Ack, Result, Store, decode, encode};
 const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("async_pending");
 /// seq → request body.
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("async_bodies");
-/// call id → seq of a pending call.
+/// call id → seq of the newest pending call with that id (a caller may reuse an id).
 const PENDING_IDS: TableDefinition<&str, u64> = TableDefinition::new("async_pending_ids");
 /// call id → CallResult (JSON).
 const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("async_results");
@@ -190,7 +190,12 @@ impl Store {
         self.submit(
             Box::new(move |t| {
                 t.pending.remove(c.seq)?;
-                t.ids.remove(c.call_id.as_str())?;
+                // A caller may send the same call id again while this call is queued; the id
+                // then maps to the newer call, which is still pending and keeps it.
+                let own = t.ids.get(c.call_id.as_str())?.is_some_and(|v| v.value() == c.seq);
+                if own {
+                    t.ids.remove(c.call_id.as_str())?;
+                }
                 if result.state == CallState::Dead {
                     // The body stays for a replay.
                     t.dlq.insert((c.function.as_str(), c.seq), encode(&c).as_slice())?;
@@ -248,22 +253,29 @@ impl Store {
         Ok(p.max(d))
     }
 
-    /// An asynchronous call by id: its result, or the pending call.
+    /// An asynchronous call by id: the pending call while one with that id is queued,
+    /// otherwise its result.
     pub fn async_call(&self, call_id: &str) -> Result<Option<CallLookup>> {
         let tx = self.inner.db.begin_read()?;
+        // Pending first: when an id is reused, the result stored is an older call's, and the
+        // newest call is the one the caller asks about.
+        let seq = tx.open_table(PENDING_IDS)?.get(call_id)?.map(|v| v.value());
+        let call = match seq {
+            Some(seq) => tx
+                .open_table(PENDING)?
+                .get(seq)?
+                .map(|v| decode::<AsyncCall>(call_id, v.value()))
+                .transpose()?,
+            None => None,
+        };
+        if call.is_some() {
+            return Ok(Some((CallState::Queued, None, call)));
+        }
         if let Some(v) = tx.open_table(RESULTS)?.get(call_id)? {
             let r: CallResult = decode(call_id, v.value())?;
             return Ok(Some((r.state, Some(r), None)));
         }
-        let Some(seq) = tx.open_table(PENDING_IDS)?.get(call_id)?.map(|v| v.value()) else {
-            return Ok(None);
-        };
-        let call = tx
-            .open_table(PENDING)?
-            .get(seq)?
-            .map(|v| decode::<AsyncCall>(call_id, v.value()))
-            .transpose()?;
-        Ok(Some((CallState::Queued, None, call)))
+        Ok(seq.map(|_| (CallState::Queued, None, None)))
     }
 
     /// The dead-letter list of a function.
@@ -360,6 +372,24 @@ mod tests {
         }
     }
 
+    fn result(c: &AsyncCall, state: CallState) -> CallResult {
+        CallResult {
+            call_id: c.call_id.clone(),
+            function: c.function.clone(),
+            state,
+            status: 200,
+            headers: vec![],
+            body: format!("ok {}", c.seq).into_bytes(),
+            attempts: c.attempts,
+            errors: vec![],
+            enqueued_at_ms: 1,
+            completed_at_ms: 5,
+            duration_ms: 1.0,
+            callback_url: None,
+            callback_delivered: false,
+        }
+    }
+
     fn wait(store: &Store, f: impl FnOnce(Ack)) -> Result<(), String> {
         let (tx, rx) = mpsc::channel();
         f(Box::new(move |r| {
@@ -387,21 +417,6 @@ mod tests {
         assert_eq!(s.async_call("c1").unwrap().unwrap().0, CallState::Queued);
         let mut dead = call(2);
         dead.attempts = 3;
-        let result = |c: &AsyncCall, state| CallResult {
-            call_id: c.call_id.clone(),
-            function: c.function.clone(),
-            state,
-            status: 200,
-            headers: vec![],
-            body: b"ok".to_vec(),
-            attempts: c.attempts,
-            errors: vec![],
-            enqueued_at_ms: 1,
-            completed_at_ms: 5,
-            duration_ms: 1.0,
-            callback_url: None,
-            callback_delivered: false,
-        };
         s.finish(&call(1), result(&call(1), CallState::Succeeded));
         s.finish(&dead, result(&dead, CallState::Dead));
         s.flush();
@@ -422,5 +437,38 @@ mod tests {
         wait(&s, |ack| s.fire_cron(0, 1000, call(2), ack)).unwrap();
         assert_eq!(s.pending_calls().unwrap().len(), 1);
         assert_eq!(s.cron_last("f", 0).unwrap(), Some(1000));
+    }
+
+    #[test]
+    fn a_reused_call_id_reads_as_its_newest_call() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let with_id = |seq| AsyncCall {
+            call_id: "same".into(),
+            ..call(seq)
+        };
+        let status = |s: &Store| {
+            let (state, result, pending) = s.async_call("same").unwrap().expect("the id is known");
+            (state, result.map(|r| r.body), pending.map(|c| c.seq))
+        };
+        // Two calls with the id pending; the older finishes first.
+        wait(&s, |ack| s.enqueue(vec![(with_id(1), vec![])], ack)).unwrap();
+        wait(&s, |ack| s.enqueue(vec![(with_id(2), vec![])], ack)).unwrap();
+        s.finish(&with_id(1), result(&with_id(1), CallState::Succeeded));
+        s.flush();
+        assert_eq!(
+            status(&s),
+            (CallState::Queued, None, Some(2)),
+            "the newest call is still queued"
+        );
+        s.finish(&with_id(2), result(&with_id(2), CallState::Succeeded));
+        s.flush();
+        assert_eq!(status(&s), (CallState::Succeeded, Some(b"ok 2".to_vec()), None));
+        // The id used again after its calls finished: queued again, not the old result.
+        wait(&s, |ack| s.enqueue(vec![(with_id(3), vec![])], ack)).unwrap();
+        assert_eq!(status(&s), (CallState::Queued, None, Some(3)));
+        s.finish(&with_id(3), result(&with_id(3), CallState::Dead));
+        s.flush();
+        assert_eq!(status(&s), (CallState::Dead, Some(b"ok 3".to_vec()), None));
     }
 }
