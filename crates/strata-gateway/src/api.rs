@@ -1,5 +1,7 @@
 //! The management API (`/api/v1`) and OpenFaaS's `/system/functions`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -214,8 +216,11 @@ pub(crate) async fn rollback(State(s): State<AppState>, Path(name): Path<String>
     let (store, n) = (s.store.clone(), name.clone());
     let m = crate::off_thread(move || store.rollback(&n, to.as_deref())).await??;
     let spec = s.store.spec(&name, &m.active)?;
-    s.orch
-        .activate(spec, &m.active)
+    // Off the HTTP thread: a wasm version whose machine code is not in the cache (cleared,
+    // or from another engine) is compiled, maybe pre-initialised, on activation.
+    let (orch, v) = (Arc::clone(&s.orch), m.active.clone());
+    crate::off_thread(move || orch.activate(spec, &v))
+        .await?
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("activating {}: {e}", m.active)))?;
     Ok(Json(json!({"name": name, "version": m.active})).into_response())
 }

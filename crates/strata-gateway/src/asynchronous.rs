@@ -14,7 +14,7 @@ use strata_orchestrator::triggers::{self, CloudEvent};
 use strata_types::units::format_rfc3339_ms;
 use strata_types::{ErrorCode, valid_topic};
 
-use crate::invoke::{call_id, name_param, read_body, sub_path};
+use crate::invoke::{call_id, read_body, route};
 use crate::{ApiError, AppState};
 
 impl From<QueueError> for ApiError {
@@ -45,13 +45,12 @@ fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
 
 pub(crate) async fn invoke_async(
     State(s): State<AppState>,
-    Path(params): Path<Vec<(String, String)>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = name_param(&params);
+    let (name, path) = route(&uri, "/async-function/");
     let id = call_id(&headers);
     if !s.orch.has(&name) {
         return Err(ApiError::new(
@@ -60,7 +59,6 @@ pub(crate) async fn invoke_async(
         ));
     }
     let body = read_body(body, s.config.max_body).await?;
-    let path = sub_path(&uri, "/async-function/", &name);
     let callback_url = headers
         .get("x-callback-url")
         .and_then(|v| v.to_str().ok())

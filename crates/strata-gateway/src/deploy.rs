@@ -1,5 +1,7 @@
 //! Deploying a package: store it, validate its manifest, register and activate the version.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use strata_instance::deps::{Built, DepsError, Ecosystem};
 use strata_orchestrator::Orchestrator;
@@ -37,7 +39,7 @@ const UNPACK_FACTOR: u64 = 4;
 /// `progress`, when given, gets each line a dependency installer prints, as it prints it.
 pub async fn deploy(
     store: &Store,
-    orch: &Orchestrator,
+    orch: &Arc<Orchestrator>,
     archive: bytes::Bytes,
     max_package: usize,
     progress: Option<Progress>,
@@ -141,7 +143,11 @@ pub async fn deploy(
     }
     let (st, v, sp) = (store.clone(), version.clone(), spec.clone());
     let created = crate::off_thread(move || st.activate_new(&v, &sp)).await??;
-    orch.activate(spec.clone(), &version)
+    // Off the HTTP thread, as the rollback's: loading reads and hashes the code, and compiles
+    // it if the cache lost it meanwhile.
+    let (o, sp, v) = (Arc::clone(orch), spec.clone(), version.clone());
+    crate::off_thread(move || o.activate(sp, &v))
+        .await?
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("activating {version}: {e}")))?;
     tracing::info!(function = %spec.name, %version, created, "deployed");
     Ok(DeployResult {

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
@@ -36,21 +36,23 @@ pub(crate) fn call_id(headers: &HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
 }
 
-/// The `{name}` path parameter (the routes with a `{*rest}` capture take all parameters).
-pub(crate) fn name_param(params: &[(String, String)]) -> String {
-    params
-        .iter()
-        .find(|(k, _)| k == "name")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default()
-}
-
-/// The path after `/{route}/{name}`, "/" when there is none.
-pub(crate) fn sub_path(uri: &Uri, route: &str, name: &str) -> String {
-    match uri.path().get(route.len() + name.len()..) {
-        Some(p) if p.starts_with('/') => p.to_owned(),
-        _ => "/".to_owned(),
-    }
+/// The function's name and the path after it in `/{route}/{name}[/rest]` (`prefix` is
+/// `/{route}/`), read from the raw path: the name percent-decoded (one that does not decode to
+/// UTF-8 is kept as sent and matches no function: 404), the rest as sent, "/" when there is
+/// none. Not axum's `Path` extractor, which answers a request whose path does not decode with
+/// a plain-text 400 before any handler runs (the function never sees it).
+pub(crate) fn route(uri: &Uri, prefix: &str) -> (String, String) {
+    let after = uri.path().strip_prefix(prefix).unwrap_or("");
+    let (segment, rest) = after.split_at(after.find('/').unwrap_or(after.len()));
+    let name = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_or_else(|_| segment.to_owned(), |n| n.into_owned());
+    let path = if rest.is_empty() {
+        "/".to_owned()
+    } else {
+        rest.to_owned()
+    };
+    (name, path)
 }
 
 /// Read a body up to `limit` bytes; beyond it, 413.
@@ -68,19 +70,14 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, 
     }
 }
 
-pub(crate) async fn invoke(
-    State(s): State<AppState>,
-    Path(params): Path<Vec<(String, String)>>,
-    request: axum::extract::Request,
-) -> Response {
+pub(crate) async fn invoke(State(s): State<AppState>, request: axum::extract::Request) -> Response {
     let t0 = Instant::now();
     // The request taken whole and split: axum's `HeaderMap`, `Uri` and `Method` extractors
     // each clone their part.
     let (parts, body) = request.into_parts();
     let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
-    let name = name_param(&params);
+    let (name, path) = route(&uri, "/function/");
     let id = call_id(&headers);
-    let path = sub_path(&uri, "/function/", &name);
     let fail = |e: ApiError, id: &str| {
         ApiError {
             call_id: Some(id.to_owned()),
@@ -179,5 +176,23 @@ fn stamp(h: &mut HeaderMap, id: &str, secs: f64) {
     }
     if let Ok(v) = HeaderValue::from_str(&format!("{secs:.6}")) {
         h.insert("x-duration-seconds", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_is_decoded_and_the_rest_kept_as_sent() {
+        let r = |p: &str| route(&p.parse::<Uri>().unwrap(), "/function/");
+        assert_eq!(r("/function/hello"), ("hello".into(), "/".into()));
+        assert_eq!(r("/function/hello/"), ("hello".into(), "/".into()));
+        assert_eq!(r("/function/hello/items/1?x=1"), ("hello".into(), "/items/1".into()));
+        // The rest is measured in the raw path, not by the decoded name's length.
+        assert_eq!(r("/function/h%65llo/items/1"), ("hello".into(), "/items/1".into()));
+        assert_eq!(r("/function/hello/caf%E9"), ("hello".into(), "/caf%E9".into()));
+        // A name that does not decode to UTF-8 stays as sent: it matches no function.
+        assert_eq!(r("/function/%FF"), ("%FF".into(), "/".into()));
     }
 }

@@ -213,6 +213,10 @@ fn pick(threads: &[Thread], from: usize) -> usize {
         .unwrap_or(0)
 }
 
+/// How long a new connection may take to send its first byte (nginx's
+/// `client_header_timeout` is 60 s; hyper's for a request's head is 30 s).
+const FIRST_BYTE: Duration = Duration::from_secs(30);
+
 /// One thread's loop: serve each connection handed over until told to stop, then close them
 /// gracefully.
 async fn serve(
@@ -245,13 +249,21 @@ async fn serve(
             }
         };
         let service = TowerToHyperService::new(router.clone());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         let counted = Counted(Arc::clone(&open));
         tokio::spawn(async move {
             // Uncounted when the task ends, however it ends (a handler's panic included).
             let _counted = counted;
-            if let Err(e) = conn.await {
+            // hyper's header timer starts only once it reads HTTP/1, after the builder has
+            // sniffed for HTTP/2's preface, which waits without one: a client that connects
+            // and sends nothing would hold its descriptor and this task until it left.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(FIRST_BYTE, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

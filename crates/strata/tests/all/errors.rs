@@ -47,6 +47,21 @@ async fn unknown_function_oversized_body_and_unknown_route() {
         "function_not_found",
     )
     .await;
+    // A name that does not decode is no function (JSON 404, not axum's plain-text 400);
+    // a sub-path that does not decode is the function's to read, as sent.
+    expect_code(
+        c.get(format!("{}/function/%FF", d.url)).send().await.unwrap(),
+        404,
+        "function_not_found",
+    )
+    .await;
+    let r = c.get(format!("{}/caf%E9", d.fn_url("echo"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(body_json(r).await["path"], "/caf%E9");
+    // A percent-encoded name is the function's name; the sub-path after it stays whole.
+    let r = c.get(format!("{}/function/%65cho/items/1", d.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(body_json(r).await["path"], "/items/1");
     // Under the limit still works.
     assert_eq!(
         c.post(d.fn_url("echo"))
