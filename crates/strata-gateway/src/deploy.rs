@@ -48,7 +48,7 @@ pub async fn deploy(
     let limit = max_package as u64 * UNPACK_FACTOR;
     let (version, manifest) = crate::off_thread(move || blobs.put(&archive, limit))
         .await?
-        .map_err(|e| ApiError::new(ErrorCode::InvalidManifest, e.to_string()))?;
+        .map_err(package_error)?;
     let spec = Manifest::parse("strata.toml", &manifest)
         .map_err(|e| ApiError::new(ErrorCode::InvalidManifest, e.to_string()))?
         .spec;
@@ -158,6 +158,23 @@ pub async fn deploy(
         active: true,
         build,
     })
+}
+
+/// What a package that could not be stored answers: too big once unpacked is 413; a full
+/// disk is the daemon's trouble (500), not the package's; the rest is the package's (an
+/// unreadable archive, no manifest, entries that clash).
+fn package_error(e: strata_store::PackageError) -> ApiError {
+    use std::io::ErrorKind;
+    let code = match &e {
+        strata_store::PackageError::TooBig { .. } => ErrorCode::PayloadTooLarge,
+        strata_store::PackageError::Io(io)
+            if matches!(io.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) =>
+        {
+            ErrorCode::Internal
+        }
+        _ => ErrorCode::InvalidManifest,
+    };
+    ApiError::new(code, e.to_string())
 }
 
 /// Byte-compile a Python function's modules at deploy: the code folder is read-only in the

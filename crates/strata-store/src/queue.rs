@@ -227,7 +227,15 @@ impl Store {
         let mut out = Vec::new();
         for e in t.iter()? {
             let (k, v) = e?;
-            out.push(decode(&format!("async call {}", k.value()), v.value())?);
+            // One entry that does not decode (damaged on disk, or from an incompatible
+            // version) is reported and left where it is: it must not keep the daemon, and
+            // every other accepted call, from starting.
+            match decode(&format!("async call {}", k.value()), v.value()) {
+                Ok(c) => out.push(c),
+                Err(e) => {
+                    tracing::error!(seq = k.value(), error = %e, "a queued async call does not decode; left in the store, not run")
+                }
+            }
         }
         Ok(out)
     }
@@ -397,6 +405,25 @@ mod tests {
         }));
         let _ = store;
         rx.recv().unwrap()
+    }
+
+    #[test]
+    fn a_queued_call_that_does_not_decode_does_not_keep_the_others_from_starting() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            wait(&s, |ack| {
+                s.enqueue(vec![(call(1), b"one".to_vec()), (call(2), b"two".to_vec())], ack)
+            })
+            .unwrap();
+            // Call 1's entry damaged on disk.
+            let tx = s.inner.db.begin_write().unwrap();
+            tx.open_table(PENDING).unwrap().insert(1, &b"{not json"[..]).unwrap();
+            tx.commit().unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        let p = s.pending_calls().unwrap();
+        assert_eq!(p.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]

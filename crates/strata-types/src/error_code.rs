@@ -14,6 +14,8 @@ pub enum ErrorCode {
     CallNotFound,
     /// No such route (404).
     RouteNotFound,
+    /// The route exists, not with that method (405).
+    MethodNotAllowed,
     /// The request body exceeds the configured limit (413).
     PayloadTooLarge,
     /// The request is malformed (400).
@@ -46,6 +48,7 @@ impl ErrorCode {
             | ErrorCode::VersionNotFound
             | ErrorCode::CallNotFound
             | ErrorCode::RouteNotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::BadRequest | ErrorCode::InvalidManifest => 400,
             ErrorCode::Timeout => 504,
@@ -63,6 +66,7 @@ impl ErrorCode {
             ErrorCode::VersionNotFound => "version_not_found",
             ErrorCode::CallNotFound => "call_not_found",
             ErrorCode::RouteNotFound => "route_not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::InvalidManifest => "invalid_manifest",
@@ -95,6 +99,7 @@ mod tests {
             ErrorCode::Oom,
             ErrorCode::OverCapacity,
             ErrorCode::PayloadTooLarge,
+            ErrorCode::MethodNotAllowed,
         ] {
             assert_eq!(
                 serde_json::to_value(c).unwrap(),

@@ -47,6 +47,22 @@ async fn unknown_function_oversized_body_and_unknown_route() {
         "function_not_found",
     )
     .await;
+    // A known route with another method, and a malformed query: JSON errors too.
+    expect_code(
+        c.delete(format!("{}/healthz", d.url)).send().await.unwrap(),
+        405,
+        "method_not_allowed",
+    )
+    .await;
+    expect_code(
+        c.get(format!("{}/api/v1/functions/echo/logs?limit=abc", d.url))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
     // A name that does not decode is no function (JSON 404, not axum's plain-text 400);
     // a sub-path that does not decode is the function's to read, as sent.
     expect_code(
@@ -59,7 +75,11 @@ async fn unknown_function_oversized_body_and_unknown_route() {
     assert_eq!(r.status(), 200);
     assert_eq!(body_json(r).await["path"], "/caf%E9");
     // A percent-encoded name is the function's name; the sub-path after it stays whole.
-    let r = c.get(format!("{}/function/%65cho/items/1", d.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/function/%65cho/items/1", d.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(body_json(r).await["path"], "/items/1");
     // Under the limit still works.
