@@ -104,7 +104,7 @@ pub(crate) async fn deploy_handler(State(s): State<AppState>, headers: axum::htt
         .into_response())
 }
 
-pub(crate) async fn describe(State(s): State<AppState>, ApiPath(name): ApiPath<String>) -> ApiResult {
+pub(crate) async fn describe(State(s): State<AppState>, Api(Path(name)): Api<Path<String>>) -> ApiResult {
     let m = s.store.function(&name)?;
     let spec = s.store.spec(&name, &m.active)?;
     let stats = s.orch.function_stats(&name).unwrap_or_default();
@@ -194,7 +194,7 @@ fn versions_json(m: &FunctionMeta) -> Vec<Value> {
         .collect()
 }
 
-pub(crate) async fn versions(State(s): State<AppState>, ApiPath(name): ApiPath<String>) -> ApiResult {
+pub(crate) async fn versions(State(s): State<AppState>, Api(Path(name)): Api<Path<String>>) -> ApiResult {
     let m = s.store.function(&name)?;
     Ok(Json(versions_json(&m)).into_response())
 }
@@ -204,7 +204,7 @@ pub(crate) struct RollbackBody {
     to: Option<String>,
 }
 
-pub(crate) async fn rollback(State(s): State<AppState>, ApiPath(name): ApiPath<String>, body: Body) -> ApiResult {
+pub(crate) async fn rollback(State(s): State<AppState>, Api(Path(name)): Api<Path<String>>, body: Body) -> ApiResult {
     let bytes = read_body(body, 64 << 10).await?;
     let to = if bytes.iter().all(u8::is_ascii_whitespace) {
         None
@@ -225,7 +225,7 @@ pub(crate) async fn rollback(State(s): State<AppState>, ApiPath(name): ApiPath<S
     Ok(Json(json!({"name": name, "version": m.active})).into_response())
 }
 
-pub(crate) async fn remove(State(s): State<AppState>, ApiPath(name): ApiPath<String>) -> ApiResult {
+pub(crate) async fn remove(State(s): State<AppState>, Api(Path(name)): Api<Path<String>>) -> ApiResult {
     s.store.function(&name)?;
     s.orch.remove(&name).await;
     let (store, n) = (s.store.clone(), name.clone());
@@ -241,8 +241,8 @@ pub(crate) struct LogsQuery {
 
 pub(crate) async fn logs(
     State(s): State<AppState>,
-    ApiPath(name): ApiPath<String>,
-    ApiQuery(q): ApiQuery<LogsQuery>,
+    Api(Path(name)): Api<Path<String>>,
+    Api(Query(q)): Api<Query<LogsQuery>>,
 ) -> ApiResult {
     s.store.function(&name)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
@@ -282,8 +282,8 @@ fn record_json(r: &strata_types::InvocationRecord) -> Value {
 
 pub(crate) async fn invocations(
     State(s): State<AppState>,
-    ApiPath(name): ApiPath<String>,
-    ApiQuery(q): ApiQuery<LimitQuery>,
+    Api(Path(name)): Api<Path<String>>,
+    Api(Query(q)): Api<Query<LimitQuery>>,
 ) -> ApiResult {
     s.store.function(&name)?;
     let limit = q.limit.unwrap_or(20).clamp(1, 10_000);
@@ -291,7 +291,7 @@ pub(crate) async fn invocations(
     Ok(Json(recs.iter().map(record_json).collect::<Vec<_>>()).into_response())
 }
 
-pub(crate) async fn invocation(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult {
+pub(crate) async fn invocation(State(s): State<AppState>, Api(Path(id)): Api<Path<String>>) -> ApiResult {
     match s.store.call(&id)? {
         Some(r) => Ok(Json(record_json(&r)).into_response()),
         None => Err(ApiError::new(
@@ -319,31 +319,22 @@ pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> 
     )
 }
 
-/// axum's `Query`, with a malformed query answered as the API's JSON 400 (`bad_request`)
-/// instead of axum's plain text.
-pub(crate) struct ApiQuery<T>(pub T);
+/// An axum extractor (`Path`, `Query`) whose rejection is answered as the API's JSON 400
+/// (`bad_request`), not axum's plain text: a path that does not decode, a malformed query.
+pub(crate) struct Api<E>(pub E);
 
-impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+impl<E, S> axum::extract::FromRequestParts<S> for Api<E>
+where
+    E: axum::extract::FromRequestParts<S>,
+    E::Rejection: std::fmt::Display,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
-        Query::<T>::from_request_parts(parts, state)
+        E::from_request_parts(parts, state)
             .await
-            .map(|Query(q)| ApiQuery(q))
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))
-    }
-}
-
-/// axum's `Path`, with a path that does not decode answered as the API's JSON 400.
-pub(crate) struct ApiPath<T>(pub T);
-
-impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiPath<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Path(p)| ApiPath(p))
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))
+            .map(Api)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))
     }
 }

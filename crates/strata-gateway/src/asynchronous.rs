@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -14,7 +14,7 @@ use strata_orchestrator::triggers::{self, CloudEvent};
 use strata_types::units::format_rfc3339_ms;
 use strata_types::{ErrorCode, valid_topic};
 
-use crate::api::ApiPath;
+use crate::api::Api;
 use crate::invoke::{call_id, read_body, route};
 use crate::{ApiError, AppState};
 
@@ -91,7 +91,7 @@ pub(crate) async fn invoke_async(
 
 pub(crate) async fn publish(
     State(s): State<AppState>,
-    ApiPath(topic): ApiPath<String>,
+    Api(Path(topic)): Api<Path<String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -161,7 +161,10 @@ fn body_json(headers: &[(String, String)], body: &[u8]) -> Value {
     }
 }
 
-pub(crate) async fn call_status(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+pub(crate) async fn call_status(
+    State(s): State<AppState>,
+    Api(Path(id)): Api<Path<String>>,
+) -> Result<Response, ApiError> {
     let Some((state, result, pending)) = s.store.async_call(&id)? else {
         return Err(ApiError::new(
             ErrorCode::CallNotFound,
@@ -204,7 +207,7 @@ fn call_json(c: &strata_store::AsyncCall) -> Value {
     })
 }
 
-pub(crate) async fn dlq(State(s): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
+pub(crate) async fn dlq(State(s): State<AppState>, Api(Path(name)): Api<Path<String>>) -> Result<Response, ApiError> {
     s.store.function(&name)?;
     let dead = s.store.dead_letters(&name)?;
     Ok(Json(dead.iter().map(call_json).collect::<Vec<_>>()).into_response())
@@ -212,14 +215,17 @@ pub(crate) async fn dlq(State(s): State<AppState>, ApiPath(name): ApiPath<String
 
 pub(crate) async fn dlq_replay(
     State(s): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    Api(Path(name)): Api<Path<String>>,
 ) -> Result<Response, ApiError> {
     s.store.function(&name)?;
     let n = s.queue.replay(&name).await?;
     Ok(Json(json!({"function": name, "replayed": n})).into_response())
 }
 
-pub(crate) async fn queued(State(s): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
+pub(crate) async fn queued(
+    State(s): State<AppState>,
+    Api(Path(name)): Api<Path<String>>,
+) -> Result<Response, ApiError> {
     s.store.function(&name)?;
     Ok(Json(s.queue.queued(&name).iter().map(call_json).collect::<Vec<_>>()).into_response())
 }
