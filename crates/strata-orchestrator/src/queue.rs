@@ -174,7 +174,7 @@ impl AsyncQueue {
     }
 
     /// Make calls durable and schedule them, all or none. Returns once they are on disk.
-    pub async fn accept(&self, calls: Vec<NewCall>) -> Result<Vec<String>, QueueError> {
+    pub async fn accept(self: &Arc<Self>, calls: Vec<NewCall>) -> Result<Vec<String>, QueueError> {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
@@ -203,25 +203,29 @@ impl AsyncQueue {
                 }
             }
             let mut durable = Vec::with_capacity(calls.len());
+            let mut seqs = Vec::with_capacity(calls.len());
             for c in calls {
                 let (call, body) = self.make_call(c, now);
                 durable.push((call.clone(), body.to_vec()));
                 *st.depth.entry(call.function.clone()).or_default() += 1;
-                st.due.push(Reverse((0, call.seq)));
+                seqs.push(call.seq);
                 let body = (body.len() <= INLINE_BODY).then_some(body);
                 st.calls.insert(call.seq, Queued { call, body });
             }
-            // Submitted under the lock: the store sees enqueues before any completion of them.
+            // The calls are scheduled by the commit's acknowledgement, on the writer's thread,
+            // not by this task (which a client that goes away drops): no worker starts one
+            // before it is durable (a body over INLINE_BODY is read back from the store; one
+            // read before the commit was empty), and the calls of a commit that failed, whose
+            // caller hears 500, are dropped instead of run.
+            let q = Arc::clone(self);
             self.store.enqueue(
                 durable,
                 Box::new(move |r| {
+                    q.settle(&seqs, r.is_ok());
                     let _ = tx.send(r);
                 }),
             );
         }
-        // Workers may start on the calls while the commit's fsync runs; the caller hears
-        // "accepted" only once it is durable.
-        self.wake.notify_one();
         match rx.await {
             Ok(Ok(())) => Ok(ids),
             Ok(Err(e)) => Err(QueueError::Store(e)),
@@ -297,7 +301,7 @@ impl AsyncQueue {
     }
 
     /// Re-enqueue a function's dead letters with fresh attempts. Returns how many.
-    pub async fn replay(&self, function: &str) -> Result<usize, QueueError> {
+    pub async fn replay(self: &Arc<Self>, function: &str) -> Result<usize, QueueError> {
         let dead = self
             .store
             .dead_letters(function)
@@ -414,10 +418,14 @@ impl AsyncQueue {
                     .calls
                     .get(&seq)
                     .map(|c| c.call.function.clone());
+                // Released however the run ends: a panic in it must not leave the function
+                // one running call short of its capacity for good (its later calls parked).
+                let _running = function.map(|f| Running {
+                    queue: Arc::clone(&q),
+                    function: f,
+                    seq,
+                });
                 q.run(seq).await;
-                if let Some(f) = function {
-                    q.done_running(&f);
-                }
                 drop(permit);
             });
         }
@@ -431,7 +439,15 @@ impl AsyncQueue {
         };
         let body = match body {
             Some(b) => b,
-            None => self.store.call_body(seq).map(Bytes::from).unwrap_or_default(),
+            None => match self.store.call_body(seq) {
+                Ok(b) => Bytes::from(b),
+                Err(e) => {
+                    // Never run with an empty body in place of the one accepted.
+                    tracing::error!(call = %call.call_id, error = %e, "reading an async call's body failed; trying again");
+                    self.reschedule(call, 1000);
+                    return;
+                }
+            },
         };
         let attempt = call.attempts + 1;
         let mut headers = call.headers.clone();
@@ -455,8 +471,9 @@ impl AsyncQueue {
                 let msg = String::from_utf8_lossy(&r.body[..r.body.len().min(512)]).into_owned();
                 (r.status, Some(format!("status {}: {msg}", r.status)), Some(r))
             }
-            Err(Error::OverCapacity) | Err(Error::Draining) => {
-                // Not the function's fault: try again soon without spending an attempt.
+            Err(Error::OverCapacity) | Err(Error::Draining) | Err(Error::ShuttingDown) => {
+                // Not the function's fault: try again soon without spending an attempt (while
+                // the daemon stops, the call stays pending for the next start).
                 self.reschedule(call, 200);
                 return;
             }
@@ -522,15 +539,48 @@ impl AsyncQueue {
     }
 
     /// Calls of `function` that may run at once: what its instances can take.
+    /// Calls whose enqueue just committed go on the due heap; those whose commit failed are
+    /// forgotten. Runs on the store writer's thread: it must not panic (a poisoned lock is
+    /// taken anyway) and takes no lock the writer could be waited on under.
+    fn settle(&self, seqs: &[u64], committed: bool) {
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            for &seq in seqs {
+                if committed {
+                    st.due.push(Reverse((0, seq)));
+                } else if let Some(q) = st.calls.remove(&seq)
+                    && let Some(d) = st.depth.get_mut(&q.call.function)
+                {
+                    *d = d.saturating_sub(1);
+                }
+            }
+        }
+        if committed {
+            self.wake.notify_one();
+        }
+    }
+
     fn capacity(&self, function: &str) -> usize {
         self.orch
             .spec(function)
             .map_or(1, |s| (s.max_instances as usize * s.concurrency as usize).max(1))
     }
 
+    /// One call of `function` stopped running: let a parked one go. After a panic in its run,
+    /// `unfinished` (the call is still queued, on no heap): it is put back, due in a second.
+    fn stopped_running(&self, function: &str, unfinished: Option<u64>) {
+        if let Some(seq) = unfinished {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.calls.contains_key(&seq) {
+                st.due.push(Reverse((now_ms() + 1000, seq)));
+            }
+        }
+        self.done_running(function);
+    }
+
     /// One call of `function` stopped running: let a parked one go.
     fn done_running(&self, function: &str) {
-        let mut st = self.state.lock().expect("queue lock");
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = st.running.get_mut(function) {
             *n = n.saturating_sub(1);
         }
@@ -598,6 +648,23 @@ impl AsyncQueue {
             every.tick().await;
             self.store.expire_results(now_ms().saturating_sub(RESULT_RETENTION_MS));
         }
+    }
+}
+
+/// A call a worker runs, counted in its function's running calls until dropped.
+struct Running {
+    queue: Arc<AsyncQueue>,
+    function: String,
+    seq: u64,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let panicked = std::thread::panicking();
+        if panicked {
+            tracing::error!(seq = self.seq, function = %self.function, "running an async call panicked; it runs again in a second");
+        }
+        self.queue.stopped_running(&self.function, panicked.then_some(self.seq));
     }
 }
 

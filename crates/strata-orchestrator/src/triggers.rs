@@ -91,7 +91,7 @@ impl Orchestrator {
 
 /// Publish a message to a topic: one durable call per subscriber, all or none.
 pub async fn publish(
-    q: &AsyncQueue,
+    q: &Arc<AsyncQueue>,
     orch: &Orchestrator,
     topic: &str,
     content_type: Option<String>,
@@ -122,7 +122,7 @@ pub async fn publish(
 }
 
 /// Route an event to every matching function.
-pub async fn route_event(q: &AsyncQueue, orch: &Orchestrator, ev: &CloudEvent) -> Result<Vec<String>, QueueError> {
+pub async fn route_event(q: &Arc<AsyncQueue>, orch: &Orchestrator, ev: &CloudEvent) -> Result<Vec<String>, QueueError> {
     let targets = orch.event_targets(ev);
     let calls = targets.iter().map(|f| event_call(f, ev, "event".into())).collect();
     q.accept(calls).await?;
