@@ -400,8 +400,15 @@ impl Orchestrator {
                     };
                 }
                 None => {
+                    // A pool drained by the daemon's stop sends its callers here: the
+                    // function is not gone, the daemon is going.
+                    let stopping = self.stopping.load(std::sync::atomic::Ordering::Relaxed);
                     return Outcome {
-                        result: Err(Error::NotFound(name.to_owned())),
+                        result: Err(if stopping {
+                            Error::ShuttingDown
+                        } else {
+                            Error::NotFound(name.to_owned())
+                        }),
                         version: None,
                         cold: None,
                     };

@@ -284,8 +284,16 @@ impl Pool {
                     ka.lost(&self.launch.spec.name, true);
                 }
             }
-            let view = self.view(&st);
-            if let Some(i) = scaling::pick(&view.slots, view.concurrency).filter(|&i| !st.slots[i].inst.is_dead()) {
+            let mut view = self.view(&st);
+            // A dead instance still finishing its calls takes no new one: it counts as full, so
+            // the pick goes to a live one with room (picking it and then refusing it made the
+            // caller wait while another instance had room).
+            for (v, s) in view.slots.iter_mut().zip(&st.slots) {
+                if s.inst.is_dead() {
+                    v.inflight = u32::MAX;
+                }
+            }
+            if let Some(i) = scaling::pick(&view.slots, view.concurrency) {
                 let slot = &mut st.slots[i];
                 if let Some(ka) = self.policy() {
                     if slot.inflight == 0 {
@@ -418,7 +426,16 @@ impl Pool {
                 return;
             }
             if Instant::now() >= deadline {
-                let slots: Vec<Slot> = self.state.lock().expect("pool lock").slots.drain(..).collect();
+                let (slots, waiters) = {
+                    let mut st = self.state.lock().expect("pool lock");
+                    let slots: Vec<Slot> = st.slots.drain(..).collect();
+                    (slots, std::mem::take(&mut st.waiters))
+                };
+                // No slot of this pool will serve them now: they go back to `invoke`, which
+                // tries the function's new pool (a redeploy) or answers the daemon's stop.
+                for w in waiters {
+                    let _ = w.tx.send(Err(Error::Draining));
+                }
                 for s in slots {
                     if let Some(ka) = self.policy() {
                         ka.lost(&self.launch.spec.name, s.inflight == 0);

@@ -402,6 +402,7 @@ impl Store {
             let mut calls = tx.open_table(CALLS)?;
             remove_records(&mut records, &mut calls, name, u64::MAX)?;
             remove_lines(&mut tx.open_table(LOG_CHUNKS)?, name, u64::MAX)?;
+            crate::queue::remove_cron_marks(&tx, name)?;
             meta
         };
         tx.commit()?;

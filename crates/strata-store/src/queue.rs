@@ -151,6 +151,20 @@ pub struct CallResult {
     pub callback_delivered: bool,
 }
 
+/// Remove `function`'s cron marks (a deleted function's: a new one of the same name with a
+/// schedule would otherwise fire a "missed" tick of the old one at once).
+pub(crate) fn remove_cron_marks(tx: &redb::WriteTransaction, function: &str) -> Result<()> {
+    let mut cron = tx.open_table(CRON)?;
+    let marks: Vec<u32> = cron
+        .range((function, 0)..=(function, u32::MAX))?
+        .map(|e| e.map(|(k, _)| k.value().1))
+        .collect::<std::result::Result<_, _>>()?;
+    for index in marks {
+        cron.remove((function, index))?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Durably add calls (with their bodies); `ack` hears once they are on disk.
     pub fn enqueue(&self, calls: Vec<(AsyncCall, Vec<u8>)>, ack: Ack) {
@@ -454,6 +468,30 @@ mod tests {
         s.expire_results(10);
         s.flush();
         assert!(s.async_call("c1").unwrap().is_none());
+    }
+
+    #[test]
+    fn deleting_a_function_removes_its_cron_marks_only() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        for name in ["f", "g"] {
+            let spec = strata_types::Manifest::parse(
+                "strata.toml",
+                &format!("name = \"{name}\"\nruntime = \"python\"\nhandler = \"main:handle\""),
+            )
+            .unwrap()
+            .spec;
+            s.activate_new(&format!("{name}1"), &spec).unwrap();
+        }
+        let mut other = call(2);
+        other.function = "g".into();
+        wait(&s, |ack| s.fire_cron(0, 1000, call(1), ack)).unwrap();
+        wait(&s, |ack| s.fire_cron(3, 2000, call(3), ack)).unwrap();
+        wait(&s, |ack| s.fire_cron(0, 1000, other, ack)).unwrap();
+        s.delete("f").unwrap();
+        assert_eq!(s.cron_last("f", 0).unwrap(), None);
+        assert_eq!(s.cron_last("f", 3).unwrap(), None);
+        assert_eq!(s.cron_last("g", 0).unwrap(), Some(1000));
     }
 
     #[test]
