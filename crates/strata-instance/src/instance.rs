@@ -286,8 +286,8 @@ fn template_spec(runtimes: &Runtimes, launch: &LaunchSpec, log: LogSink) -> std:
             let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
                 return;
             };
-            let mut lines = BufReader::new(rx).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            let mut lines = Lines::new(rx);
+            while let Some(line) = lines.next().await {
                 log(None, stream, line);
             }
         });
@@ -589,13 +589,20 @@ impl Instance {
             &req.body,
         );
         let mut death_rx = self.shared.death.subscribe();
+        let guard = CallGuard {
+            inst: self,
+            id: &req.id,
+            mid_frame: std::sync::atomic::AtomicBool::new(false),
+        };
         let call = async {
             {
                 use tokio::io::AsyncWriteExt;
                 let mut w = self.writer.lock().await;
+                guard.mid_frame.store(true, Ordering::Relaxed);
                 if let Err(e) = w.write_all(&frame).await {
                     return Err(InvokeError::Crash(format!("control channel: {e}")));
                 }
+                guard.mid_frame.store(false, Ordering::Relaxed);
             }
             let mut rx = rx;
             let reply = tokio::select! {
@@ -611,7 +618,17 @@ impl Instance {
                         // here yet arrives while we read.
                         let mut got = rx.try_recv().ok();
                         while got.is_none() {
-                            if !self.read_one(&mut reader).await {
+                            // Wait for the next frame's first bytes without taking any (a
+                            // call dropped here leaves the stream whole), then read the frame,
+                            // which a dropped call would leave half read.
+                            if reader.fill_buf().await.is_ok_and(|b| b.is_empty()) {
+                                drop(reader);
+                                return Err(death_error(self.died().await));
+                            }
+                            guard.mid_frame.store(true, Ordering::Relaxed);
+                            let read = self.read_one(&mut reader).await;
+                            guard.mid_frame.store(false, Ordering::Relaxed);
+                            if !read {
                                 // The channel is closed or garbled; the exit watcher says why.
                                 drop(reader);
                                 return Err(death_error(self.died().await));
@@ -642,10 +659,12 @@ impl Instance {
                     ),
                 );
                 self.kill();
+                // Killed already, whatever the frame's state: the guard need not say so again.
+                guard.mid_frame.store(false, Ordering::Relaxed);
                 Err(InvokeError::Timeout(self.timeout))
             }
         };
-        self.shared.pending.lock().expect("pending lock").remove(&req.id);
+        drop(guard);
         out
     }
 
@@ -759,8 +778,8 @@ async fn output_loop(shared: Arc<Shared>, fd: OwnedFd, stream: LogStream) {
     let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
-    let mut lines = BufReader::new(rx).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut lines = Lines::new(rx);
+    while let Some(line) = lines.next().await {
         if stream == LogStream::Stderr {
             let mut tail = shared.stderr_tail.lock().expect("tail lock");
             if tail.len() >= 20 {
@@ -773,6 +792,83 @@ async fn output_loop(shared: Arc<Shared>, fd: OwnedFd, stream: LogStream) {
             if p.len() == 1 { p.keys().next().cloned() } else { None }
         };
         (shared.log)(call.as_deref(), stream, line);
+    }
+}
+
+/// One call on an instance's control channel, until it ends however it ends: its pending
+/// entry is removed, and if it was dropped (its caller gone: a client that disconnected drops
+/// the handler's future) in the middle of writing its request frame or of reading a frame, the
+/// instance is killed. The channel's bytes would be out of step otherwise: the next call's
+/// frame read as the rest of the abandoned body (one caller's headers and body in another's
+/// request), or a body read as the next frame's length.
+struct CallGuard<'a> {
+    inst: &'a Instance,
+    id: &'a str,
+    mid_frame: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.inst
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.id);
+        if self.mid_frame.load(Ordering::Relaxed) {
+            (self.inst.shared.log)(
+                Some(self.id),
+                LogStream::System,
+                format!(
+                    "call abandoned in the middle of a frame on the control channel; instance {} killed",
+                    self.inst.shared.id
+                ),
+            );
+            self.inst.kill();
+        }
+    }
+}
+
+/// The longest output line kept whole; a longer one is logged in pieces of this size. The
+/// daemon holds a line until its newline, in its own memory, not the function's cgroup: a
+/// function writing without newlines grew the daemon until the OOM killer took it.
+const MAX_LINE: u64 = 16 << 10;
+
+/// A function's output pipe read as lines of at most [`MAX_LINE`] bytes, invalid UTF-8
+/// replaced (tokio's `lines()` ended at the first invalid byte: the function's later output
+/// was lost, and a write to the closed pipe can kill it with SIGPIPE).
+struct Lines<R> {
+    reader: BufReader<R>,
+    buf: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
+    fn new(r: R) -> Self {
+        Lines {
+            reader: BufReader::new(r),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line without its line ending; `None` at the end or on a read error.
+    async fn next(&mut self) -> Option<String> {
+        use tokio::io::AsyncReadExt as _;
+        self.buf.clear();
+        let n = (&mut self.reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut self.buf)
+            .await
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if self.buf.last() == Some(&b'\n') {
+            self.buf.pop();
+            if self.buf.last() == Some(&b'\r') {
+                self.buf.pop();
+            }
+        }
+        Some(String::from_utf8_lossy(&self.buf).into_owned())
     }
 }
 
@@ -807,4 +903,27 @@ async fn exit_watch(shared: Arc<Shared>, pidfd: OwnedFd) {
     // reply channel closed then finds why.
     shared.death.send_replace(Some(reason));
     shared.pending.lock().expect("pending lock").clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_lines_are_capped_and_invalid_utf8_replaced() {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"one\r\n");
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE as usize * 2 + 5));
+        input.extend_from_slice(b"\nbad \xff byte\nlast");
+        let mut lines = Lines::new(&input[..]);
+        assert_eq!(lines.next().await.as_deref(), Some("one"));
+        // A line without a newline for 32 KiB comes in pieces, none over the cap.
+        assert_eq!(lines.next().await.map(|l| l.len()), Some(MAX_LINE as usize));
+        assert_eq!(lines.next().await.map(|l| l.len()), Some(MAX_LINE as usize));
+        assert_eq!(lines.next().await.map(|l| l.len()), Some(5));
+        // An invalid byte is replaced, and the lines after it still come.
+        assert_eq!(lines.next().await.as_deref(), Some("bad \u{fffd} byte"));
+        assert_eq!(lines.next().await.as_deref(), Some("last"));
+        assert_eq!(lines.next().await, None);
+    }
 }

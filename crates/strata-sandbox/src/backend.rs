@@ -509,16 +509,9 @@ impl Inner {
 }
 
 fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<Sandbox> {
-    let Prepared {
-        t0,
-        plan,
-        cgroup,
-        procs,
-        netns,
-        cgroup_time,
-        netns_time,
-    } = prepare(inner, &spec)?;
-    let procs_raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
+    // The strings first: one that cannot be a C string (a NUL) fails the spawn before
+    // `prepare` has made a cgroup and taken a network namespace, which an early return here
+    // would leave behind.
     let program = cstring(spec.program.as_os_str().as_bytes(), "program")?;
     let args: Vec<CString> = spec
         .args
@@ -536,6 +529,16 @@ fn spawn_on_this_thread(inner: &Arc<Inner>, mut spec: SandboxSpec) -> Result<San
     envp.push(std::ptr::null());
     let hostname = cstring(&spec.hostname, "hostname")?;
     let cwd = cstring(spec.cwd.as_os_str().as_bytes(), "cwd")?;
+    let Prepared {
+        t0,
+        plan,
+        cgroup,
+        procs,
+        netns,
+        cgroup_time,
+        netns_time,
+    } = prepare(inner, &spec)?;
+    let procs_raw: Vec<RawFd> = procs.iter().map(AsRawFd::as_raw_fd).collect();
 
     let mut fd_pairs: Vec<(RawFd, RawFd)> = spec.fds.iter().map(|m| (m.fd.as_raw_fd(), m.target)).collect();
     for std_fd in 0..3 {

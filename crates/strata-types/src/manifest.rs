@@ -346,6 +346,12 @@ impl Manifest {
             }
         };
         let handler = c.required("handler")?;
+        // It reaches the instance as an argument or an environment variable: a NUL or another
+        // control character cannot be one (and failed every start of the function, after its
+        // sandbox's cgroup was made).
+        if handler.chars().any(char::is_control) {
+            return Err(c.invalid("handler", &table["handler"], "control characters are not allowed"));
+        }
         match runtime {
             Runtime::Python | Runtime::Node => {
                 let ok = handler
@@ -780,6 +786,10 @@ GREETING = "hi"
             (
                 "name = \"a\"\nruntime = \"python\"\nhandler = \"main\"\n",
                 "fn/strata.toml: handler = \"main\": expected module:function, e.g. \"main:handle\"",
+            ),
+            (
+                "name = \"a\"\nruntime = \"node\"\nhandler = \"index:h\\u0000\"\n",
+                "fn/strata.toml: handler = \"index:h\\u0000\": control characters are not allowed",
             ),
             (
                 "name = \"a\"\nruntime = \"exec\"\nhandler = \"../x\"\n",
