@@ -287,8 +287,8 @@ fn template_spec(runtimes: &Runtimes, launch: &LaunchSpec, log: LogSink) -> std:
                 return;
             };
             let mut lines = Lines::new(rx);
-            while let Some(line) = lines.next().await {
-                log(None, stream, line);
+            while let Some(out) = lines.next().await {
+                out.log(&|stream, line| log(None, stream, line), stream);
             }
         });
     }
@@ -779,8 +779,10 @@ async fn output_loop(shared: Arc<Shared>, fd: OwnedFd, stream: LogStream) {
         return;
     };
     let mut lines = Lines::new(rx);
-    while let Some(line) = lines.next().await {
-        if stream == LogStream::Stderr {
+    while let Some(out) = lines.next().await {
+        if stream == LogStream::Stderr
+            && let Out::Line(line) = &out
+        {
             let mut tail = shared.stderr_tail.lock().expect("tail lock");
             if tail.len() >= 20 {
                 tail.remove(0);
@@ -791,7 +793,7 @@ async fn output_loop(shared: Arc<Shared>, fd: OwnedFd, stream: LogStream) {
             let p = shared.pending.lock().expect("pending lock");
             if p.len() == 1 { p.keys().next().cloned() } else { None }
         };
-        (shared.log)(call.as_deref(), stream, line);
+        out.log(&|stream, line| (shared.log)(call.as_deref(), stream, line), stream);
     }
 }
 
@@ -834,12 +836,54 @@ impl Drop for CallGuard<'_> {
 /// function writing without newlines grew the daemon until the OOM killer took it.
 const MAX_LINE: u64 = 16 << 10;
 
+/// Output an instance may log, bytes a second, and in one burst. Every line logged is held by
+/// the daemon until the store has written it, and kept on disk: a function flooding its
+/// output (200 MB in half a second, measured) grew the daemon by as much. Past the budget
+/// lines are dropped and counted, and the count logged once output fits again.
+const LOG_RATE: f64 = (1 << 20) as f64;
+const LOG_BURST: f64 = (8 << 20) as f64;
+
+/// What an output pipe gives: a line, or how much was dropped over the budget before it.
+#[derive(Debug, PartialEq)]
+enum Out {
+    Line(String),
+    Dropped { lines: u64, bytes: u64 },
+}
+
+impl Out {
+    /// Log it: a line on its stream, a drop count as a system line.
+    fn log(self, log: &dyn Fn(LogStream, String), stream: LogStream) {
+        match self {
+            Out::Line(l) => log(stream, l),
+            Out::Dropped { lines, bytes } => log(
+                LogStream::System,
+                format!(
+                    "{lines} lines ({bytes} bytes) of {} dropped: over {} MiB a second",
+                    if stream == LogStream::Stderr {
+                        "stderr"
+                    } else {
+                        "stdout"
+                    },
+                    LOG_RATE / f64::from(1 << 20)
+                ),
+            ),
+        }
+    }
+}
+
 /// A function's output pipe read as lines of at most [`MAX_LINE`] bytes, invalid UTF-8
 /// replaced (tokio's `lines()` ended at the first invalid byte: the function's later output
-/// was lost, and a write to the closed pipe can kill it with SIGPIPE).
+/// was lost, and a write to the closed pipe can kill it with SIGPIPE), within the budget of
+/// [`LOG_RATE`] and [`LOG_BURST`].
 struct Lines<R> {
     reader: BufReader<R>,
     buf: Vec<u8>,
+    budget: f64,
+    refilled: Instant,
+    dropped: (u64, u64),
+    /// When the last count was given.
+    counted: Instant,
+    held: Option<String>,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
@@ -847,11 +891,55 @@ impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
         Lines {
             reader: BufReader::new(r),
             buf: Vec::new(),
+            budget: LOG_BURST,
+            refilled: Instant::now(),
+            dropped: (0, 0),
+            counted: Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(Instant::now),
+            held: None,
         }
     }
 
-    /// The next line without its line ending; `None` at the end or on a read error.
-    async fn next(&mut self) -> Option<String> {
+    /// The next line (without its line ending) or drop count; `None` at the end or on a read
+    /// error, after the count of what was dropped last.
+    async fn next(&mut self) -> Option<Out> {
+        if let Some(line) = self.held.take() {
+            return Some(Out::Line(line));
+        }
+        loop {
+            let Some(line) = self.read().await else {
+                return self.take_dropped();
+            };
+            let now = Instant::now();
+            let refill = now.saturating_duration_since(self.refilled).as_secs_f64() * LOG_RATE;
+            self.budget = (self.budget + refill).min(LOG_BURST);
+            self.refilled = now;
+            let cost = line.len() as f64 + 1.0;
+            if self.budget < cost {
+                self.dropped = (self.dropped.0 + 1, self.dropped.1 + line.len() as u64 + 1);
+                continue;
+            }
+            self.budget -= cost;
+            // The count at most once a second: a steady flood lets a line through at each
+            // refill, and a count before each would be a flood of its own.
+            if now.saturating_duration_since(self.counted) >= Duration::from_secs(1)
+                && let Some(count) = self.take_dropped()
+            {
+                self.counted = now;
+                self.held = Some(line);
+                return Some(count);
+            }
+            return Some(Out::Line(line));
+        }
+    }
+
+    fn take_dropped(&mut self) -> Option<Out> {
+        let (lines, bytes) = std::mem::take(&mut self.dropped);
+        (lines > 0).then_some(Out::Dropped { lines, bytes })
+    }
+
+    async fn read(&mut self) -> Option<String> {
         use tokio::io::AsyncReadExt as _;
         self.buf.clear();
         let n = (&mut self.reader)
@@ -916,14 +1004,47 @@ mod tests {
         input.extend(std::iter::repeat_n(b'x', MAX_LINE as usize * 2 + 5));
         input.extend_from_slice(b"\nbad \xff byte\nlast");
         let mut lines = Lines::new(&input[..]);
-        assert_eq!(lines.next().await.as_deref(), Some("one"));
+        let line = |o: Option<Out>| match o {
+            Some(Out::Line(l)) => l,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(line(lines.next().await), "one");
         // A line without a newline for 32 KiB comes in pieces, none over the cap.
-        assert_eq!(lines.next().await.map(|l| l.len()), Some(MAX_LINE as usize));
-        assert_eq!(lines.next().await.map(|l| l.len()), Some(MAX_LINE as usize));
-        assert_eq!(lines.next().await.map(|l| l.len()), Some(5));
+        assert_eq!(line(lines.next().await).len(), MAX_LINE as usize);
+        assert_eq!(line(lines.next().await).len(), MAX_LINE as usize);
+        assert_eq!(line(lines.next().await).len(), 5);
         // An invalid byte is replaced, and the lines after it still come.
-        assert_eq!(lines.next().await.as_deref(), Some("bad \u{fffd} byte"));
-        assert_eq!(lines.next().await.as_deref(), Some("last"));
+        assert_eq!(line(lines.next().await), "bad \u{fffd} byte");
+        assert_eq!(line(lines.next().await), "last");
         assert_eq!(lines.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn output_past_the_budget_is_dropped_and_counted() {
+        // 12 MiB of 1 KiB lines at once: the burst's 8 MiB pass, the rest is counted.
+        let one = [b"y".repeat(1023), b"\n".to_vec()].concat();
+        let input: Vec<u8> = one.iter().copied().cycle().take(one.len() * 12 * 1024).collect();
+        let mut lines = Lines::new(&input[..]);
+        let (mut kept, mut counts, mut lines_dropped, mut bytes_dropped) = (0u64, 0, 0, 0);
+        while let Some(out) = lines.next().await {
+            match out {
+                Out::Line(l) => {
+                    assert_eq!(l.len(), 1023);
+                    kept += 1;
+                }
+                Out::Dropped { lines, bytes } => {
+                    counts += 1;
+                    lines_dropped += lines;
+                    bytes_dropped += bytes;
+                }
+            }
+        }
+        // The burst, and what the rate refilled while the test read (a little, each refill
+        // letting a line through after a count of those dropped before it).
+        assert!((8 * 1024..8 * 1024 + 2048).contains(&kept), "{kept}");
+        // Counted at the end, and at most once a second before it.
+        assert!((1..=2).contains(&counts), "{counts}");
+        assert_eq!(kept + lines_dropped, 12 * 1024);
+        assert_eq!(bytes_dropped, lines_dropped * 1024);
     }
 }
