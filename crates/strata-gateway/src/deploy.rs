@@ -160,18 +160,13 @@ pub async fn deploy(
     })
 }
 
-/// What a package that could not be stored answers: too big once unpacked is 413; a full
-/// disk is the daemon's trouble (500), not the package's; the rest is the package's (an
-/// unreadable archive, no manifest, entries that clash).
+/// What a package that could not be stored answers: too big once unpacked is 413; an I/O
+/// error is the daemon's trouble (500: a full disk, permissions, descriptors); the rest is the
+/// package's (an unreadable archive, no manifest, entries outside it).
 fn package_error(e: strata_store::PackageError) -> ApiError {
-    use std::io::ErrorKind;
     let code = match &e {
         strata_store::PackageError::TooBig { .. } => ErrorCode::PayloadTooLarge,
-        strata_store::PackageError::Io(io)
-            if matches!(io.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) =>
-        {
-            ErrorCode::Internal
-        }
+        strata_store::PackageError::Io(_) => ErrorCode::Internal,
         _ => ErrorCode::InvalidManifest,
     };
     ApiError::new(code, e.to_string())

@@ -132,6 +132,8 @@ struct Shared {
     log: LogSink,
     /// The last lines of stderr, for init errors.
     stderr_tail: Mutex<Vec<String>>,
+    /// What it may still log (over its pipes and its log frames).
+    log_budget: Mutex<LogBudget>,
     cpu_base_usec: AtomicU64,
 }
 
@@ -286,10 +288,13 @@ fn template_spec(runtimes: &Runtimes, launch: &LaunchSpec, log: LogSink) -> std:
             let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
                 return;
             };
+            let budget = Mutex::new(LogBudget::new(Instant::now()));
+            let log = |stream, line| log(None, stream, line);
             let mut lines = Lines::new(rx);
-            while let Some(out) = lines.next().await {
-                out.log(&|stream, line| log(None, stream, line), stream);
+            while let Some(line) = lines.next().await {
+                log_within(&budget, &log, stream, line);
             }
+            log_dropped(&budget, &log);
         });
     }
     Ok(sb)
@@ -456,6 +461,7 @@ impl Instance {
             stopping: false.into(),
             log,
             stderr_tail: Mutex::new(Vec::new()),
+            log_budget: Mutex::new(LogBudget::new(Instant::now())),
             cpu_base_usec: AtomicU64::new(0),
         });
         let stream = UnixStream::from_std(ours)?;
@@ -467,7 +473,7 @@ impl Instance {
         let instance = Instance {
             shared: Arc::clone(&shared),
             writer: tokio::sync::Mutex::new(write),
-            reader: tokio::sync::Mutex::new(BufReader::with_capacity(64 << 10, read)),
+            reader: tokio::sync::Mutex::new(protocol::FrameReader::new(read)),
             timeout: Duration::from_millis(spec.timeout_ms),
             cold: ColdStart::default(),
         };
@@ -600,6 +606,8 @@ impl Instance {
                 let mut w = self.writer.lock().await;
                 guard.mid_frame.store(true, Ordering::Relaxed);
                 if let Err(e) = w.write_all(&frame).await {
+                    // Broken, not abandoned: the exit watcher tells why.
+                    guard.mid_frame.store(false, Ordering::Relaxed);
                     return Err(InvokeError::Crash(format!("control channel: {e}")));
                 }
                 guard.mid_frame.store(false, Ordering::Relaxed);
@@ -618,17 +626,9 @@ impl Instance {
                         // here yet arrives while we read.
                         let mut got = rx.try_recv().ok();
                         while got.is_none() {
-                            // Wait for the next frame's first bytes without taking any (a
-                            // call dropped here leaves the stream whole), then read the frame,
-                            // which a dropped call would leave half read.
-                            if reader.fill_buf().await.is_ok_and(|b| b.is_empty()) {
-                                drop(reader);
-                                return Err(death_error(self.died().await));
-                            }
-                            guard.mid_frame.store(true, Ordering::Relaxed);
-                            let read = self.read_one(&mut reader).await;
-                            guard.mid_frame.store(false, Ordering::Relaxed);
-                            if !read {
+                            // Cancel-safe: a call dropped here (its client gone) leaves what it
+                            // read of a frame for the next reader.
+                            if !self.read_one(&mut reader).await {
                                 // The channel is closed or garbled; the exit watcher says why.
                                 drop(reader);
                                 return Err(death_error(self.died().await));
@@ -697,14 +697,14 @@ fn death_error(reason: DeathReason) -> InvokeError {
     }
 }
 
-type ControlReader = BufReader<tokio::net::unix::OwnedReadHalf>;
+type ControlReader = protocol::FrameReader<tokio::net::unix::OwnedReadHalf>;
 
 impl Instance {
     /// Read frames until `ready` (or `init_error`), dispatching anything else.
     async fn read_until_ready(&self) -> Result<Option<f64>, String> {
         let mut reader = self.reader.lock().await;
         loop {
-            match protocol::read_frame(&mut *reader).await {
+            match reader.next().await {
                 Ok(Some((FromInstance::Ready { import_ms }, _))) => return Ok(import_ms),
                 Ok(Some((FromInstance::InitError { message }, _))) => {
                     (self.shared.log)(None, LogStream::System, format!("init error: {message}"));
@@ -722,7 +722,7 @@ impl Instance {
 
     /// Read and dispatch one frame; false when the channel is closed or garbled.
     async fn read_one(&self, reader: &mut ControlReader) -> bool {
-        match protocol::read_frame(reader).await {
+        match reader.next().await {
             Ok(Some(frame)) => {
                 dispatch(&self.shared, frame);
                 true
@@ -767,7 +767,8 @@ fn dispatch(shared: &Shared, frame: (FromInstance, bytes::Bytes)) {
             } else {
                 LogStream::Stdout
             };
-            (shared.log)(id.as_deref(), stream, line);
+            let log = |stream, line| (shared.log)(id.as_deref(), stream, line);
+            log_within(&shared.log_budget, &log, stream, line);
         }
     }
 }
@@ -779,10 +780,8 @@ async fn output_loop(shared: Arc<Shared>, fd: OwnedFd, stream: LogStream) {
         return;
     };
     let mut lines = Lines::new(rx);
-    while let Some(out) = lines.next().await {
-        if stream == LogStream::Stderr
-            && let Out::Line(line) = &out
-        {
+    while let Some(line) = lines.next().await {
+        if stream == LogStream::Stderr {
             let mut tail = shared.stderr_tail.lock().expect("tail lock");
             if tail.len() >= 20 {
                 tail.remove(0);
@@ -793,16 +792,17 @@ async fn output_loop(shared: Arc<Shared>, fd: OwnedFd, stream: LogStream) {
             let p = shared.pending.lock().expect("pending lock");
             if p.len() == 1 { p.keys().next().cloned() } else { None }
         };
-        out.log(&|stream, line| (shared.log)(call.as_deref(), stream, line), stream);
+        let log = |stream, line| (shared.log)(call.as_deref(), stream, line);
+        log_within(&shared.log_budget, &log, stream, line);
     }
+    log_dropped(&shared.log_budget, &|stream, line| (shared.log)(None, stream, line));
 }
 
 /// One call on an instance's control channel, until it ends however it ends: its pending
 /// entry is removed, and if it was dropped (its caller gone: a client that disconnected drops
-/// the handler's future) in the middle of writing its request frame or of reading a frame, the
-/// instance is killed. The channel's bytes would be out of step otherwise: the next call's
-/// frame read as the rest of the abandoned body (one caller's headers and body in another's
-/// request), or a body read as the next frame's length.
+/// the handler's future) in the middle of writing its request frame, the instance is killed:
+/// the next call's frame would be read as the rest of the abandoned body (one caller's
+/// headers and body in another's request). (Reading is cancel-safe: `FrameReader`.)
 struct CallGuard<'a> {
     inst: &'a Instance,
     id: &'a str,
@@ -822,7 +822,7 @@ impl Drop for CallGuard<'_> {
                 Some(self.id),
                 LogStream::System,
                 format!(
-                    "call abandoned in the middle of a frame on the control channel; instance {} killed",
+                    "call abandoned in the middle of writing its request to the instance; instance {} killed",
                     self.inst.shared.id
                 ),
             );
@@ -836,54 +836,102 @@ impl Drop for CallGuard<'_> {
 /// function writing without newlines grew the daemon until the OOM killer took it.
 const MAX_LINE: u64 = 16 << 10;
 
-/// Output an instance may log, bytes a second, and in one burst. Every line logged is held by
-/// the daemon until the store has written it, and kept on disk: a function flooding its
+/// Output an instance may log, bytes a second, and in one burst, over its stdout, stderr
+/// and the log frames its runtime sends (`print` in a handler): every line logged is held by
+/// the daemon until the store has written it, and kept on disk. A function flooding its
 /// output (200 MB in half a second, measured) grew the daemon by as much. Past the budget
-/// lines are dropped and counted, and the count logged once output fits again.
+/// lines are dropped and counted, and the count logged once output fits again (at most once a
+/// second) and when the instance's output ends.
 const LOG_RATE: f64 = (1 << 20) as f64;
 const LOG_BURST: f64 = (8 << 20) as f64;
 
-/// What an output pipe gives: a line, or how much was dropped over the budget before it.
-#[derive(Debug, PartialEq)]
-enum Out {
-    Line(String),
-    Dropped { lines: u64, bytes: u64 },
+/// An instance's output budget (a token bucket of [`LOG_RATE`] and [`LOG_BURST`]). Pure: the
+/// caller gives the time.
+#[derive(Debug)]
+struct LogBudget {
+    budget: f64,
+    refilled: Instant,
+    /// Lines and bytes dropped since the last count given.
+    dropped: (u64, u64),
+    counted: Option<Instant>,
 }
 
-impl Out {
-    /// Log it: a line on its stream, a drop count as a system line.
-    fn log(self, log: &dyn Fn(LogStream, String), stream: LogStream) {
-        match self {
-            Out::Line(l) => log(stream, l),
-            Out::Dropped { lines, bytes } => log(
-                LogStream::System,
-                format!(
-                    "{lines} lines ({bytes} bytes) of {} dropped: over {} MiB a second",
-                    if stream == LogStream::Stderr {
-                        "stderr"
-                    } else {
-                        "stdout"
-                    },
-                    LOG_RATE / f64::from(1 << 20)
-                ),
-            ),
+impl LogBudget {
+    fn new(now: Instant) -> Self {
+        LogBudget {
+            budget: LOG_BURST,
+            refilled: now,
+            dropped: (0, 0),
+            counted: None,
         }
+    }
+
+    /// Whether a line of `len` bytes may be logged at `now` (`None`: drop it), and with it
+    /// the count of lines and bytes dropped before it, when one is due.
+    fn admit(&mut self, len: usize, now: Instant) -> Option<Option<(u64, u64)>> {
+        let refill = now.saturating_duration_since(self.refilled).as_secs_f64() * LOG_RATE;
+        self.budget = (self.budget + refill).min(LOG_BURST);
+        self.refilled = now;
+        let cost = len as f64 + 1.0;
+        if self.budget < cost {
+            self.dropped = (self.dropped.0 + 1, self.dropped.1 + len as u64 + 1);
+            return None;
+        }
+        self.budget -= cost;
+        // The count at most once a second: a steady flood lets a line through at each refill,
+        // and a count before each would be a flood of its own.
+        let due = self
+            .counted
+            .is_none_or(|c| now.saturating_duration_since(c) >= Duration::from_secs(1));
+        if due && self.dropped.0 > 0 {
+            self.counted = Some(now);
+            return Some(Some(std::mem::take(&mut self.dropped)));
+        }
+        Some(None)
+    }
+
+    /// What was dropped and not yet counted.
+    fn take_dropped(&mut self) -> Option<(u64, u64)> {
+        let d = std::mem::take(&mut self.dropped);
+        (d.0 > 0).then_some(d)
+    }
+}
+
+/// The system line that counts dropped output.
+fn dropped_line((lines, bytes): (u64, u64)) -> String {
+    format!(
+        "{lines} lines ({bytes} bytes) of output dropped: over {} MiB a second",
+        LOG_RATE / f64::from(1 << 20)
+    )
+}
+
+/// Log `line` on `stream` within `budget`, after a count of what was dropped when one is due.
+fn log_within(budget: &Mutex<LogBudget>, log: &dyn Fn(LogStream, String), stream: LogStream, line: String) {
+    let admitted = budget
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .admit(line.len(), Instant::now());
+    if let Some(count) = admitted {
+        if let Some(d) = count {
+            log(LogStream::System, dropped_line(d));
+        }
+        log(stream, line);
+    }
+}
+
+/// Log the count of output dropped and not yet counted, if any.
+fn log_dropped(budget: &Mutex<LogBudget>, log: &dyn Fn(LogStream, String)) {
+    if let Some(d) = budget.lock().unwrap_or_else(|p| p.into_inner()).take_dropped() {
+        log(LogStream::System, dropped_line(d));
     }
 }
 
 /// A function's output pipe read as lines of at most [`MAX_LINE`] bytes, invalid UTF-8
 /// replaced (tokio's `lines()` ended at the first invalid byte: the function's later output
-/// was lost, and a write to the closed pipe can kill it with SIGPIPE), within the budget of
-/// [`LOG_RATE`] and [`LOG_BURST`].
+/// was lost, and a write to the closed pipe can kill it with SIGPIPE).
 struct Lines<R> {
     reader: BufReader<R>,
     buf: Vec<u8>,
-    budget: f64,
-    refilled: Instant,
-    dropped: (u64, u64),
-    /// When the last count was given.
-    counted: Instant,
-    held: Option<String>,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
@@ -891,55 +939,11 @@ impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
         Lines {
             reader: BufReader::new(r),
             buf: Vec::new(),
-            budget: LOG_BURST,
-            refilled: Instant::now(),
-            dropped: (0, 0),
-            counted: Instant::now()
-                .checked_sub(Duration::from_secs(1))
-                .unwrap_or_else(Instant::now),
-            held: None,
         }
     }
 
-    /// The next line (without its line ending) or drop count; `None` at the end or on a read
-    /// error, after the count of what was dropped last.
-    async fn next(&mut self) -> Option<Out> {
-        if let Some(line) = self.held.take() {
-            return Some(Out::Line(line));
-        }
-        loop {
-            let Some(line) = self.read().await else {
-                return self.take_dropped();
-            };
-            let now = Instant::now();
-            let refill = now.saturating_duration_since(self.refilled).as_secs_f64() * LOG_RATE;
-            self.budget = (self.budget + refill).min(LOG_BURST);
-            self.refilled = now;
-            let cost = line.len() as f64 + 1.0;
-            if self.budget < cost {
-                self.dropped = (self.dropped.0 + 1, self.dropped.1 + line.len() as u64 + 1);
-                continue;
-            }
-            self.budget -= cost;
-            // The count at most once a second: a steady flood lets a line through at each
-            // refill, and a count before each would be a flood of its own.
-            if now.saturating_duration_since(self.counted) >= Duration::from_secs(1)
-                && let Some(count) = self.take_dropped()
-            {
-                self.counted = now;
-                self.held = Some(line);
-                return Some(count);
-            }
-            return Some(Out::Line(line));
-        }
-    }
-
-    fn take_dropped(&mut self) -> Option<Out> {
-        let (lines, bytes) = std::mem::take(&mut self.dropped);
-        (lines > 0).then_some(Out::Dropped { lines, bytes })
-    }
-
-    async fn read(&mut self) -> Option<String> {
+    /// The next line without its line ending; `None` at the end or on a read error.
+    async fn next(&mut self) -> Option<String> {
         use tokio::io::AsyncReadExt as _;
         self.buf.clear();
         let n = (&mut self.reader)
@@ -1004,47 +1008,35 @@ mod tests {
         input.extend(std::iter::repeat_n(b'x', MAX_LINE as usize * 2 + 5));
         input.extend_from_slice(b"\nbad \xff byte\nlast");
         let mut lines = Lines::new(&input[..]);
-        let line = |o: Option<Out>| match o {
-            Some(Out::Line(l)) => l,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(line(lines.next().await), "one");
+        assert_eq!(lines.next().await.as_deref(), Some("one"));
         // A line without a newline for 32 KiB comes in pieces, none over the cap.
-        assert_eq!(line(lines.next().await).len(), MAX_LINE as usize);
-        assert_eq!(line(lines.next().await).len(), MAX_LINE as usize);
-        assert_eq!(line(lines.next().await).len(), 5);
+        assert_eq!(lines.next().await.map(|l| l.len()), Some(MAX_LINE as usize));
+        assert_eq!(lines.next().await.map(|l| l.len()), Some(MAX_LINE as usize));
+        assert_eq!(lines.next().await.map(|l| l.len()), Some(5));
         // An invalid byte is replaced, and the lines after it still come.
-        assert_eq!(line(lines.next().await), "bad \u{fffd} byte");
-        assert_eq!(line(lines.next().await), "last");
+        assert_eq!(lines.next().await.as_deref(), Some("bad \u{fffd} byte"));
+        assert_eq!(lines.next().await.as_deref(), Some("last"));
         assert_eq!(lines.next().await, None);
     }
 
-    #[tokio::test]
-    async fn output_past_the_budget_is_dropped_and_counted() {
-        // 12 MiB of 1 KiB lines at once: the burst's 8 MiB pass, the rest is counted.
-        let one = [b"y".repeat(1023), b"\n".to_vec()].concat();
-        let input: Vec<u8> = one.iter().copied().cycle().take(one.len() * 12 * 1024).collect();
-        let mut lines = Lines::new(&input[..]);
-        let (mut kept, mut counts, mut lines_dropped, mut bytes_dropped) = (0u64, 0, 0, 0);
-        while let Some(out) = lines.next().await {
-            match out {
-                Out::Line(l) => {
-                    assert_eq!(l.len(), 1023);
-                    kept += 1;
-                }
-                Out::Dropped { lines, bytes } => {
-                    counts += 1;
-                    lines_dropped += lines;
-                    bytes_dropped += bytes;
-                }
-            }
-        }
-        // The burst, and what the rate refilled while the test read (a little, each refill
-        // letting a line through after a count of those dropped before it).
-        assert!((8 * 1024..8 * 1024 + 2048).contains(&kept), "{kept}");
-        // Counted at the end, and at most once a second before it.
-        assert!((1..=2).contains(&counts), "{counts}");
-        assert_eq!(kept + lines_dropped, 12 * 1024);
-        assert_eq!(bytes_dropped, lines_dropped * 1024);
+    #[test]
+    fn output_past_the_budget_is_dropped_and_counted() {
+        let t0 = Instant::now();
+        let mut b = LogBudget::new(t0);
+        // 12 MiB of 1 KiB lines (with their newlines) at once: the 8 MiB burst passes.
+        let kept = (0..12 * 1024).filter(|_| b.admit(1023, t0).is_some()).count();
+        assert_eq!(kept, 8 * 1024);
+        // Half a second later the rate has refilled 512 KiB: the next line comes with the
+        // count of the 4 MiB dropped.
+        let later = t0 + Duration::from_millis(500);
+        assert_eq!(b.admit(1023, later), Some(Some((4 * 1024, 4 << 20))));
+        // Dropped again at once, and the next count waits a second after the last one.
+        let burst = (0..1024).filter(|_| b.admit(1023, later).is_some()).count();
+        assert_eq!(burst, 511);
+        assert_eq!(b.admit(10 << 20, later), None);
+        assert_eq!(b.admit(1023, later + Duration::from_millis(900)), Some(None));
+        let d = b.admit(1023, later + Duration::from_millis(1000)).expect("fits");
+        assert_eq!(d, Some((513 + 1, 513 * 1024 + (10 << 20) + 1)));
+        assert_eq!(b.take_dropped(), None);
     }
 }

@@ -1,7 +1,7 @@
 //! The instance protocol (docs/protocol.md): frames of a JSON header and a binary body over
 //! the control socket (fd 3 in the sandbox).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -95,31 +95,75 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     w.write_all(&encode(header, body)).await
 }
 
-/// Read one frame; `Ok(None)` at a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<(FromInstance, Bytes)>> {
-    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+/// Frames read from a stream so that a read dropped part-way loses nothing: the bytes read so
+/// far stay here for the next read (the caller that reads is whichever call on the instance
+/// is waiting, and a call whose client goes away is dropped mid-read).
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Frames from `inner`.
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(64 << 10),
+        }
     }
-    let hlen = u32::from_be_bytes(len) as usize;
-    if hlen > MAX_HEADER {
-        return Err(invalid(format!("frame header of {hlen} bytes exceeds {MAX_HEADER}")));
+
+    /// The next frame; `Ok(None)` at a clean end of stream (between frames). Cancel-safe.
+    pub async fn next(&mut self) -> std::io::Result<Option<(FromInstance, Bytes)>> {
+        loop {
+            if let Some(frame) = self.parse()? {
+                return Ok(Some(frame));
+            }
+            // `read_buf` appends only what it read, when it read it: dropping it loses nothing.
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the control channel closed in the middle of a frame",
+                    ))
+                };
+            }
+        }
     }
-    let mut h = vec![0u8; hlen];
-    r.read_exact(&mut h).await?;
-    r.read_exact(&mut len).await?;
-    let blen = u32::from_be_bytes(len) as usize;
-    if blen > MAX_BODY {
-        return Err(invalid(format!("frame body of {blen} bytes exceeds {MAX_BODY}")));
+
+    /// A whole frame from the bytes read so far, or `None` (with room reserved for the rest).
+    fn parse(&mut self) -> std::io::Result<Option<(FromInstance, Bytes)>> {
+        let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+        let len_at = |b: &[u8], at: usize| {
+            b.get(at..at + 4)
+                .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+        };
+        let Some(hlen) = len_at(&self.buf, 0) else {
+            self.buf.reserve(4);
+            return Ok(None);
+        };
+        if hlen > MAX_HEADER {
+            return Err(invalid(format!("frame header of {hlen} bytes exceeds {MAX_HEADER}")));
+        }
+        let Some(blen) = len_at(&self.buf, 4 + hlen) else {
+            self.buf.reserve(8 + hlen - self.buf.len().min(8 + hlen));
+            return Ok(None);
+        };
+        if blen > MAX_BODY {
+            return Err(invalid(format!("frame body of {blen} bytes exceeds {MAX_BODY}")));
+        }
+        let total = 8 + hlen + blen;
+        if self.buf.len() < total {
+            self.buf.reserve(total - self.buf.len());
+            return Ok(None);
+        }
+        let frame = self.buf.split_to(total).freeze();
+        let h = &frame[4..4 + hlen];
+        let header: FromInstance = serde_json::from_slice(h)
+            .map_err(|e| invalid(format!("bad frame header {}: {e}", String::from_utf8_lossy(h))))?;
+        Ok(Some((header, frame.slice(8 + hlen..))))
     }
-    let mut body = vec![0u8; blen];
-    r.read_exact(&mut body).await?;
-    let header: FromInstance = serde_json::from_slice(&h)
-        .map_err(|e| invalid(format!("bad frame header {}: {e}", String::from_utf8_lossy(&h))))?;
-    Ok(Some((header, Bytes::from(body))))
 }
 
 #[cfg(test)]
@@ -134,8 +178,8 @@ mod tests {
         buf.extend_from_slice(h);
         buf.extend_from_slice(&3u32.to_be_bytes());
         buf.extend_from_slice(&[0, 255, 7]);
-        let mut r = buf.as_slice();
-        let (head, body) = read_frame(&mut r).await.unwrap().unwrap();
+        let mut r = FrameReader::new(buf.as_slice());
+        let (head, body) = r.next().await.unwrap().unwrap();
         assert_eq!(
             head,
             FromInstance::Response {
@@ -145,16 +189,40 @@ mod tests {
             }
         );
         assert_eq!(&body[..], &[0, 255, 7]);
-        assert!(read_frame(&mut r).await.unwrap().is_none());
+        assert!(r.next().await.unwrap().is_none());
 
         let mut bad = Vec::new();
         bad.extend_from_slice(&(u32::MAX).to_be_bytes());
-        assert!(read_frame(&mut bad.as_slice()).await.is_err());
+        assert!(FrameReader::new(bad.as_slice()).next().await.is_err());
         let mut bad = Vec::new();
         bad.extend_from_slice(&2u32.to_be_bytes());
         bad.extend_from_slice(b"{}");
         bad.extend_from_slice(&0u32.to_be_bytes());
-        assert!(read_frame(&mut bad.as_slice()).await.is_err());
+        assert!(FrameReader::new(bad.as_slice()).next().await.is_err());
+        // Cut off in the middle of a frame: an error, not a clean end.
+        let mut cut = FrameReader::new(&buf[..buf.len() - 1]);
+        assert!(cut.next().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_read_dropped_mid_frame_loses_nothing() {
+        let mut frame = Vec::new();
+        let h = br#"{"t":"response","id":"c1","status":200,"headers":[]}"#;
+        frame.extend_from_slice(&(h.len() as u32).to_be_bytes());
+        frame.extend_from_slice(h);
+        frame.extend_from_slice(&5u32.to_be_bytes());
+        frame.extend_from_slice(b"hello");
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        let mut r = FrameReader::new(rx);
+        // Half the frame arrives, and the read waiting for the rest is dropped.
+        tx.write_all(&frame[..20]).await.unwrap();
+        let dropped = tokio::time::timeout(std::time::Duration::from_millis(50), r.next()).await;
+        assert!(dropped.is_err(), "no whole frame yet");
+        // The next read gets the whole frame once the rest arrives.
+        tx.write_all(&frame[20..]).await.unwrap();
+        let (head, body) = r.next().await.unwrap().unwrap();
+        assert!(matches!(head, FromInstance::Response { status: 200, .. }));
+        assert_eq!(&body[..], b"hello");
     }
 
     #[test]

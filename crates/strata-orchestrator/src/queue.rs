@@ -186,7 +186,7 @@ impl AsyncQueue {
         let now = now_ms();
         let (tx, rx) = oneshot::channel();
         let ids: Vec<String> = calls.iter().map(|c| c.call_id.clone()).collect();
-        {
+        let (durable, seqs) = {
             let mut st = self.state.lock().expect("queue lock");
             // Bound check for every function first, so a publish is refused whole.
             let mut add: HashMap<&str, usize> = HashMap::new();
@@ -212,20 +212,22 @@ impl AsyncQueue {
                 let body = (body.len() <= INLINE_BODY).then_some(body);
                 st.calls.insert(call.seq, Queued { call, body });
             }
-            // The calls are scheduled by the commit's acknowledgement, on the writer's thread,
-            // not by this task (which a client that goes away drops): no worker starts one
-            // before it is durable (a body over INLINE_BODY is read back from the store; one
-            // read before the commit was empty), and the calls of a commit that failed, whose
-            // caller hears 500, are dropped instead of run.
-            let q = Arc::clone(self);
-            self.store.enqueue(
-                durable,
-                Box::new(move |r| {
-                    q.settle(&seqs, r.is_ok());
-                    let _ = tx.send(r);
-                }),
-            );
-        }
+            (durable, seqs)
+        };
+        // The calls are scheduled by the commit's acknowledgement, on the writer's thread, not
+        // by this task (which a client that goes away drops): no worker starts one before it
+        // is durable (a body over INLINE_BODY is read back from the store; one read before the
+        // commit was empty), and the calls of a commit that failed, whose caller hears 500,
+        // are dropped instead of run. Submitted after the queue's lock is released: a store
+        // that cannot take the change acknowledges on this thread, and `settle` takes the lock.
+        let q = Arc::clone(self);
+        self.store.enqueue(
+            durable,
+            Box::new(move |r| {
+                q.settle(&seqs, r.is_ok());
+                let _ = tx.send(r);
+            }),
+        );
         match rx.await {
             Ok(Ok(())) => Ok(ids),
             Ok(Err(e)) => Err(QueueError::Store(e)),
@@ -540,8 +542,9 @@ impl AsyncQueue {
 
     /// Calls of `function` that may run at once: what its instances can take.
     /// Calls whose enqueue just committed go on the due heap; those whose commit failed are
-    /// forgotten. Runs on the store writer's thread: it must not panic (a poisoned lock is
-    /// taken anyway) and takes no lock the writer could be waited on under.
+    /// forgotten. Runs on the store writer's thread (or the caller's, when the store cannot
+    /// take the change): it must not panic (a poisoned lock is taken anyway), and the queue's
+    /// lock is never held while waiting on the writer or submitting to it.
     fn settle(&self, seqs: &[u64], committed: bool) {
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());

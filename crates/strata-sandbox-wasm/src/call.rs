@@ -258,9 +258,9 @@ pub(crate) struct Function {
     pub(crate) inflight: AtomicU32,
     /// Its calls so far (each call's number, for the chooser).
     pub(crate) calls: AtomicU64,
-    /// Making its instances ahead took longer than [`AHEAD_LIMIT`] once: its calls make their
-    /// own from then on, under their own timeout.
-    pub(crate) ahead_off: AtomicBool,
+    /// Attempts in a row to make its instance ahead that took longer than [`AHEAD_LIMIT`]:
+    /// after [`AHEAD_STRIKES`] its calls make their own from then on, under their own timeout.
+    pub(crate) ahead_slow: AtomicU32,
 }
 
 /// The longest an instance made ahead of its call may take. Instantiation runs the guest's
@@ -270,6 +270,11 @@ pub(crate) struct Function {
 /// make their own instances. A pooled instantiation takes microseconds, an interpreter's
 /// snapshot a few milliseconds.
 pub(crate) const AHEAD_LIMIT: Duration = Duration::from_millis(100);
+
+/// Attempts over [`AHEAD_LIMIT`] in a row that stop a function's instances being made ahead:
+/// one could be a busy moment (the limit is wall-clock time, and on a worker includes its
+/// other tasks); a start function that spins or waits is over it every time.
+const AHEAD_STRIKES: u32 = 3;
 
 /// Counts a call out of its function's calls in flight when dropped.
 struct Inflight<'a>(&'a AtomicU32);
@@ -429,7 +434,7 @@ impl Function {
     pub(crate) fn makes_ahead(&self) -> bool {
         self.inner.ahead != Ahead::Never
             && !matches!(self.pre, Pre::Command(_))
-            && !self.ahead_off.load(Ordering::Relaxed)
+            && self.ahead_slow.load(Ordering::Relaxed) < AHEAD_STRIKES
     }
 
     /// Make the instance for the next call on the recycler's thread ([`Self::make_ready`]),
@@ -490,14 +495,17 @@ impl Function {
         )
         .await;
         let Ok(made) = made else {
-            self.ahead_off.store(true, Ordering::Relaxed);
-            tracing::warn!(
-                "instantiating ahead took longer than {AHEAD_LIMIT:?} (a start function that \
-                 runs or waits): this function's calls make their own instances from now on"
-            );
+            if self.ahead_slow.fetch_add(1, Ordering::Relaxed) + 1 == AHEAD_STRIKES {
+                tracing::warn!(
+                    "instantiating ahead took longer than {AHEAD_LIMIT:?} {AHEAD_STRIKES} times in a row \
+                     (a start function that runs or waits): this function's calls make their own \
+                     instances from now on"
+                );
+            }
             teardown_now(store, permit);
             return None;
         };
+        self.ahead_slow.store(0, Ordering::Relaxed);
         match made {
             Ok(Ok(proxy)) => {
                 meter.instantiated(started);

@@ -349,7 +349,7 @@ impl WasmEngine {
                 chooser: Mutex::default(),
                 inflight: Default::default(),
                 calls: Default::default(),
-                ahead_off: Default::default(),
+                ahead_slow: Default::default(),
             }),
             info,
         })

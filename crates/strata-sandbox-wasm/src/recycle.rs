@@ -324,7 +324,7 @@ const OFFLOAD_PER_INSTANTIATE: f64 = 2.0;
 /// current rate (`offload_cores`: calls a second × the work each moves), or the CPU quota
 /// throttled the process since the last sample. The second matters under load: 32 clients
 /// left the two cores of this machine 0.12 of a core idle on average, in gaps that passed the
-/// first test in some samples, while offloading 27,000 calls a second would ask ~0.3 of a
+/// first test in some samples, while offloading 27,000 calls a second would ask ~0.4 of a
 /// core; the calls then paid for the hand-offs and a thread competing with them
 /// (docs/benchmarks.md, "Spare only if the idle time holds the work").
 pub(crate) fn too_busy(idle_cores: f64, offload_cores: f64, throttled: bool) -> bool {

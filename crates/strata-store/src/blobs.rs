@@ -159,6 +159,18 @@ fn inside(name: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// An error making entry `name`'s file or folder: the package's own fault when its entries
+/// clash (a file where a folder is, or the other way), the daemon's otherwise (a full disk).
+fn clash(e: std::io::Error, name: &Path) -> PackageError {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::IsADirectory | ErrorKind::NotADirectory | ErrorKind::AlreadyExists => {
+            PackageError::Archive(format!("entry {} clashes with another: {e}", name.display()))
+        }
+        _ => PackageError::Io(e),
+    }
+}
+
 fn unpack(archive: &[u8], dest: &Path, max_unpacked: u64) -> Result<(), PackageError> {
     let bad = |e: std::io::Error| PackageError::Archive(e.to_string());
     let too_big = || PackageError::TooBig { limit: max_unpacked };
@@ -185,7 +197,7 @@ fn unpack(archive: &[u8], dest: &Path, max_unpacked: u64) -> Result<(), PackageE
         // path of normal components stays inside.
         let out = dest.join(&rel);
         if kind.is_dir() {
-            std::fs::create_dir_all(&out)?;
+            std::fs::create_dir_all(&out).map_err(|e| clash(e, &name))?;
             std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755))?;
             continue;
         }
@@ -200,9 +212,9 @@ fn unpack(archive: &[u8], dest: &Path, max_unpacked: u64) -> Result<(), PackageE
         let exec = entry.header().mode().map_err(bad)? & 0o111 != 0;
         let mtime = entry.header().mtime().map_err(bad)?;
         if let Some(parent) = out.parent() {
-            std::fs::create_dir_all(parent)?;
+            std::fs::create_dir_all(parent).map_err(|e| clash(e, &name))?;
         }
-        let mut file = std::fs::File::create(&out)?;
+        let mut file = std::fs::File::create(&out).map_err(|e| clash(e, &name))?;
         // Whatever the sizes said, what is written is bounded too: the file's share of the
         // budget is what remains after the files before it.
         let budget = max_unpacked - (total - declared);

@@ -251,16 +251,21 @@ async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         let counted = Counted(Arc::clone(&open));
+        let mut stop = stopped.clone();
         tokio::spawn(async move {
             // Uncounted when the task ends, however it ends (a handler's panic included).
             let _counted = counted;
             // hyper's header timer starts only once it reads HTTP/1, after the builder has
             // sniffed for HTTP/2's preface, which waits without one: a client that connects
-            // and sends nothing would hold its descriptor and this task until it left.
+            // and sends nothing would hold its descriptor and this task until it left. A stop
+            // ends the wait (the graceful shutdown waits for this task's watcher).
             let mut first = [0u8; 1];
-            match tokio::time::timeout(FIRST_BYTE, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
+            tokio::select! {
+                r = tokio::time::timeout(FIRST_BYTE, stream.peek(&mut first)) => match r {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
             }
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
