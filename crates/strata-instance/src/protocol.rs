@@ -158,11 +158,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.buf.reserve(total - self.buf.len());
             return Ok(None);
         }
-        let frame = self.buf.split_to(total).freeze();
-        let h = &frame[4..4 + hlen];
+        let h = &self.buf[4..4 + hlen];
         let header: FromInstance = serde_json::from_slice(h)
             .map_err(|e| invalid(format!("bad frame header {}: {e}", String::from_utf8_lossy(h))))?;
-        Ok(Some((header, frame.slice(8 + hlen..))))
+        // The body copied out, not split off: the buffer stays this reader's alone, so its
+        // space is reused for the next frame (a split-off body still held by its caller made
+        // the next read allocate a fresh 64 KiB).
+        let body = Bytes::copy_from_slice(&self.buf[8 + hlen..total]);
+        bytes::Buf::advance(&mut self.buf, total);
+        Ok(Some((header, body)))
     }
 }
 
