@@ -123,6 +123,8 @@ pub struct AsyncQueue {
     workers: Arc<Semaphore>,
     next_seq: AtomicU64,
     depth_limit: usize,
+    /// Held by a replay of dead letters.
+    replaying: tokio::sync::Mutex<()>,
     http: reqwest::Client,
 }
 
@@ -163,6 +165,7 @@ impl AsyncQueue {
             workers: Arc::new(Semaphore::new(workers.max(1))),
             next_seq: AtomicU64::new(max + 1),
             depth_limit,
+            replaying: tokio::sync::Mutex::new(()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -175,6 +178,15 @@ impl AsyncQueue {
 
     /// Make calls durable and schedule them, all or none. Returns once they are on disk.
     pub async fn accept(self: &Arc<Self>, calls: Vec<NewCall>) -> Result<Vec<String>, QueueError> {
+        self.accept_replacing(calls, None).await
+    }
+
+    /// [`AsyncQueue::accept`], removing `replaced`'s dead letters in the same commit.
+    async fn accept_replacing(
+        self: &Arc<Self>,
+        calls: Vec<NewCall>,
+        replaced: Option<(String, Vec<u64>)>,
+    ) -> Result<Vec<String>, QueueError> {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
@@ -221,8 +233,9 @@ impl AsyncQueue {
         // are dropped instead of run. Submitted after the queue's lock is released: a store
         // that cannot take the change acknowledges on this thread, and `settle` takes the lock.
         let q = Arc::clone(self);
-        self.store.enqueue(
+        self.store.enqueue_replacing(
             durable,
+            replaced,
             Box::new(move |r| {
                 q.settle(&seqs, r.is_ok());
                 let _ = tx.send(r);
@@ -304,10 +317,33 @@ impl AsyncQueue {
 
     /// Re-enqueue a function's dead letters with fresh attempts. Returns how many.
     pub async fn replay(self: &Arc<Self>, function: &str) -> Result<usize, QueueError> {
-        let dead = self
+        // One replay at a time: two at once read the same dead letters and enqueued them twice.
+        let _one = self.replaying.lock().await;
+        let mut dead = self
             .store
             .dead_letters(function)
             .map_err(|e| QueueError::Store(e.to_string()))?;
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        // As many as the function's queue has room for (all or none refused a function with
+        // more dead letters than its depth for good); the rest stay for the next replay.
+        let depth = self
+            .state
+            .lock()
+            .expect("queue lock")
+            .depth
+            .get(function)
+            .copied()
+            .unwrap_or(0);
+        let room = self.depth_limit.saturating_sub(depth);
+        if room == 0 {
+            return Err(QueueError::Full {
+                function: function.to_owned(),
+                depth,
+            });
+        }
+        dead.truncate(room);
         let seqs: Vec<u64> = dead.iter().map(|c| c.seq).collect();
         let mut calls = Vec::new();
         for c in &dead {
@@ -328,18 +364,8 @@ impl AsyncQueue {
             });
         }
         let n = calls.len();
-        self.accept(calls).await?;
-        let (tx, rx) = oneshot::channel();
-        self.store.drop_dead_letters(
-            function,
-            seqs,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx.await
-            .map_err(|_| QueueError::Store("the store writer stopped".into()))?
-            .map_err(QueueError::Store)?;
+        // The new calls and the removal of the dead letters they replay in one commit.
+        self.accept_replacing(calls, Some((function.to_owned(), seqs))).await?;
         Ok(n)
     }
 

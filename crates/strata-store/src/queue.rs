@@ -168,8 +168,22 @@ pub(crate) fn remove_cron_marks(tx: &redb::WriteTransaction, function: &str) -> 
 impl Store {
     /// Durably add calls (with their bodies); `ack` hears once they are on disk.
     pub fn enqueue(&self, calls: Vec<(AsyncCall, Vec<u8>)>, ack: Ack) {
+        self.enqueue_replacing(calls, None, ack);
+    }
+
+    /// As [`Store::enqueue`], and in the same commit remove `replaced`'s dead letters (a
+    /// function and sequence numbers) with their bodies: a replay's new calls and the removal
+    /// of what they replay are one change, so a crash between them cannot leave both (the
+    /// dead letters would be replayed again).
+    pub fn enqueue_replacing(&self, calls: Vec<(AsyncCall, Vec<u8>)>, replaced: Option<(String, Vec<u64>)>, ack: Ack) {
         self.submit(
             Box::new(move |t| {
+                if let Some((f, seqs)) = &replaced {
+                    for s in seqs {
+                        t.dlq.remove((f.as_str(), *s))?;
+                        t.bodies.remove(*s)?;
+                    }
+                }
                 for (c, body) in &calls {
                     t.pending.insert(c.seq, encode(c).as_slice())?;
                     t.bodies.insert(c.seq, body.as_slice())?;
@@ -312,21 +326,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Remove dead letters (after they were re-enqueued); `ack` hears when durable.
-    pub fn drop_dead_letters(&self, function: &str, seqs: Vec<u64>, ack: Ack) {
-        let f = function.to_owned();
-        self.submit(
-            Box::new(move |t| {
-                for s in seqs {
-                    t.dlq.remove((f.as_str(), s))?;
-                    t.bodies.remove(s)?;
-                }
-                Ok(())
-            }),
-            Some(ack),
-        );
-    }
-
     /// Forget results finished before `cutoff_ms`.
     pub fn expire_results(&self, cutoff_ms: u64) {
         self.submit(
@@ -412,6 +411,14 @@ mod tests {
         }
     }
 
+    /// Calls 1 and 2 of `f`, bodies "one" and "two", on disk.
+    fn enqueue_two(s: &Store) {
+        wait(s, |ack| {
+            s.enqueue(vec![(call(1), b"one".to_vec()), (call(2), b"two".to_vec())], ack)
+        })
+        .unwrap();
+    }
+
     fn wait(store: &Store, f: impl FnOnce(Ack)) -> Result<(), String> {
         let (tx, rx) = mpsc::channel();
         f(Box::new(move |r| {
@@ -426,10 +433,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         {
             let s = Store::open(d.path()).unwrap();
-            wait(&s, |ack| {
-                s.enqueue(vec![(call(1), b"one".to_vec()), (call(2), b"two".to_vec())], ack)
-            })
-            .unwrap();
+            enqueue_two(&s);
             // Call 1's entry damaged on disk.
             let tx = s.inner.db.begin_write().unwrap();
             tx.open_table(PENDING).unwrap().insert(1, &b"{not json"[..]).unwrap();
@@ -445,10 +449,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         {
             let s = Store::open(d.path()).unwrap();
-            wait(&s, |ack| {
-                s.enqueue(vec![(call(1), b"one".to_vec()), (call(2), b"two".to_vec())], ack)
-            })
-            .unwrap();
+            enqueue_two(&s);
         }
         let s = Store::open(d.path()).unwrap();
         let p = s.pending_calls().unwrap();
@@ -468,6 +469,36 @@ mod tests {
         s.expire_results(10);
         s.flush();
         assert!(s.async_call("c1").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_replay_enqueues_and_removes_its_dead_letters_in_one_commit() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        enqueue_two(&s);
+        for seq in [1, 2] {
+            let mut dead = call(seq);
+            dead.attempts = 3;
+            s.finish(&dead, result(&dead, CallState::Dead));
+        }
+        s.flush();
+        assert_eq!(s.dead_letters("f").unwrap().len(), 2);
+        // Call 1 replayed as call 5: in the same commit its dead letter and body go.
+        let mut again = call(5);
+        again.call_id = "c1".into();
+        wait(&s, |ack| {
+            s.enqueue_replacing(vec![(again, b"one".to_vec())], Some(("f".into(), vec![1])), ack)
+        })
+        .unwrap();
+        let left: Vec<u64> = s.dead_letters("f").unwrap().iter().map(|c| c.seq).collect();
+        assert_eq!(left, [2]);
+        assert!(s.call_body(1).unwrap().is_empty());
+        assert_eq!(s.call_body(5).unwrap(), b"one");
+        assert_eq!(s.call_body(2).unwrap(), b"two", "the other dead letter keeps its body");
+        assert_eq!(
+            s.pending_calls().unwrap().iter().map(|c| c.seq).collect::<Vec<_>>(),
+            [5]
+        );
     }
 
     #[test]
