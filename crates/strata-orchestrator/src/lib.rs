@@ -470,6 +470,11 @@ impl Orchestrator {
         Outcome { result, version, cold }
     }
 
+    /// Whether the daemon is stopping (calls are drained, new ones refused).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How `name` is served: one lookup, for the hot path.
     fn serving(&self, name: &str) -> Option<Serving> {
         let functions = self.functions.lock().expect("functions lock");

@@ -505,6 +505,13 @@ impl AsyncQueue {
                 self.reschedule(call, 200);
                 return;
             }
+            // An instance the daemon's stop killed at the end of its grace: the stop's doing,
+            // not the function's; the call stays pending for the next start, its attempts as
+            // they were.
+            Err(_) if self.orch.is_stopping() => {
+                self.reschedule(call, 200);
+                return;
+            }
             Err(e) => (e.code().status(), Some(format!("{}: {e}", e.code())), None),
         };
         call.attempts = attempt;
