@@ -547,6 +547,11 @@ impl WasmFunction {
         &self.info
     }
 
+    /// Its calls in flight (counted out however a call ends, a dropped one included).
+    pub fn inflight(&self) -> u32 {
+        self.function.inflight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Whether it is a command module (body on stdin, response on stdout).
     pub fn is_command(&self) -> bool {
         matches!(self.function.pre, Pre::Command(_))

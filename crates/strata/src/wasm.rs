@@ -5,7 +5,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -106,7 +106,6 @@ impl DirectTier for Tier {
             function,
             logs,
             first: AtomicBool::new(true),
-            inflight: AtomicU32::new(0),
             cold_starts: AtomicU64::new(0),
         }))
     }
@@ -118,7 +117,6 @@ struct Loaded {
     logs: LogSink,
     /// The first call reports the cold start: compile, load and instantiate.
     first: AtomicBool,
-    inflight: AtomicU32,
     cold_starts: AtomicU64,
 }
 
@@ -138,9 +136,6 @@ impl Loaded {
     }
 
     async fn serve(&self, req: Request) -> DirectOutcome {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
-        // Counted out however the call ends: a client that disconnects drops this future.
-        let inflight = Inflight(&self.inflight);
         let Request {
             id,
             method,
@@ -160,7 +155,6 @@ impl Loaded {
             body,
         };
         let report = self.function.call(call).await;
-        drop(inflight);
         self.log(&id, LogStream::Stdout, &report.stdout, "stdout");
         self.log(&id, LogStream::Stderr, &report.stderr, "stderr");
         let result = match report.result {
@@ -219,18 +213,9 @@ impl DirectFunction for Loaded {
 
     fn stats(&self) -> PoolStats {
         PoolStats {
-            inflight: self.inflight.load(Ordering::Relaxed),
+            inflight: self.function.inflight(),
             cold_starts: self.cold_starts.load(Ordering::Relaxed),
             ..PoolStats::default()
         }
-    }
-}
-
-/// Counts a call out of a function's calls in flight when dropped.
-struct Inflight<'a>(&'a AtomicU32);
-
-impl Drop for Inflight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -35,42 +35,21 @@ async fn unknown_function_oversized_body_and_unknown_route() {
     expect_code(r, 413, "payload_too_large").await;
     // The daemon closes a connection whose body it refused; continue on fresh ones.
     let c = d.client();
-    expect_code(
-        c.get(format!("{}/nothing/here", d.url)).send().await.unwrap(),
-        404,
-        "route_not_found",
-    )
-    .await;
-    expect_code(
-        c.get(format!("{}/api/v1/functions/nope", d.url)).send().await.unwrap(),
-        404,
-        "function_not_found",
-    )
-    .await;
-    // A known route with another method, and a malformed query: JSON errors too.
-    expect_code(
-        c.delete(format!("{}/healthz", d.url)).send().await.unwrap(),
-        405,
-        "method_not_allowed",
-    )
-    .await;
-    expect_code(
-        c.get(format!("{}/api/v1/functions/echo/logs?limit=abc", d.url))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "bad_request",
-    )
-    .await;
-    // A name that does not decode is no function (JSON 404, not axum's plain-text 400);
-    // a sub-path that does not decode is the function's to read, as sent.
-    expect_code(
-        c.get(format!("{}/function/%FF", d.url)).send().await.unwrap(),
-        404,
-        "function_not_found",
-    )
-    .await;
+    // An unknown route and function; a known route with another method; a malformed query;
+    // a function name that does not decode (no function: JSON 404, not axum's plain-text
+    // 400). JSON errors with their codes, all of them.
+    for (method, path, status, code) in [
+        ("GET", "/nothing/here", 404, "route_not_found"),
+        ("GET", "/api/v1/functions/nope", 404, "function_not_found"),
+        ("DELETE", "/healthz", 405, "method_not_allowed"),
+        ("GET", "/api/v1/functions/echo/logs?limit=abc", 400, "bad_request"),
+        ("GET", "/function/%FF", 404, "function_not_found"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = c.request(method, format!("{}{path}", d.url)).send().await.unwrap();
+        expect_code(r, status, code).await;
+    }
+    // A sub-path that does not decode is the function's to read, as sent.
     let r = c.get(format!("{}/caf%E9", d.fn_url("echo"))).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(body_json(r).await["path"], "/caf%E9");
